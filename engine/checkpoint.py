@@ -1,0 +1,95 @@
+"""Weights in and out: Hugging Face style directories (config.json + *.safetensors), never pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import InfiniConfig
+from .model import InfiniTransformer
+
+
+class ModelLoadError(ValueError):
+    """A model source that cannot be loaded; the message names the problem."""
+
+
+# Tensors a Hugging Face checkpoint may hold that the model recomputes.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def load_state_dict_into(model: InfiniTransformer, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy tensors (HF names) into the model; memory gates missing from a plain checkpoint keep
+    their initial value. Unknown or missing weights are errors that name the tensor."""
+    tensors = {k: v for k, v in tensors.items() if not k.endswith(_IGNORED_SUFFIXES)}
+    own = model.state_dict()
+    cfg = model.config
+    if cfg.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
+        own.pop("lm_head.weight", None)
+    unknown = sorted(set(tensors) - set(own))
+    if unknown:
+        raise ModelLoadError(f"{source}: unexpected weights {unknown[:5]} (is this a Llama-family model?)")
+    missing = sorted(k for k in set(own) - set(tensors) if not k.endswith("memory_gate"))
+    if missing:
+        raise ModelLoadError(f"{source}: weights missing: {missing[:5]}{' …' if len(missing) > 5 else ''}")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if own[name].shape != t.shape:
+                raise ModelLoadError(
+                    f"{source}: weight {name} has shape {tuple(t.shape)}, the config expects {tuple(own[name].shape)}"
+                )
+            own[name].copy_(t)
+
+
+def read_hf_directory(path: Path, **overrides) -> tuple[InfiniConfig, dict[str, torch.Tensor]]:
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ModelLoadError(f"{path}: no config.json; a model folder needs config.json and *.safetensors")
+    try:
+        cfg = InfiniConfig.from_hf_dict(json.loads(cfg_file.read_text()), **overrides)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{cfg_file}: {exc}") from exc
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        hint = " (PyTorch .bin files are not loaded: pickles can run code)" if list(path.glob("*.bin")) else ""
+        raise ModelLoadError(f"{path}: no *.safetensors weights{hint}")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                for k in sf.keys():
+                    tensors[k] = sf.get_tensor(k)
+        except Exception as exc:  # safetensors raises several types for broken files
+            raise ModelLoadError(f"{f}: cannot read the weights ({exc})") from exc
+    return cfg, tensors
+
+
+def export_hf_directory(model: InfiniTransformer, directory: Path, tokenizer_json: str | None) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    d = cfg.to_hf_dict()
+    d["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    (directory / "config.json").write_text(json.dumps(d, indent=2) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer_json is not None:
+        (directory / "tokenizer.json").write_text(tokenizer_json)
+
+
+def weights_fingerprint(model: InfiniTransformer) -> str:
+    """SHA-256 over the config and every weight as the engine holds it (dtype included): a memory
+    is valid only for the exact arithmetic that produced it."""
+    h = hashlib.sha256()
+    h.update(json.dumps(model.config.to_hf_dict(), sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,201 @@
+"""The public face of the engine: load a model, stream documents into a memory, score tokens.
+
+    import engine
+    e = engine.load_model("path/to/model-folder")
+    mem = e.ingest(tokens, e.new_memory())
+    logits = e.logits(question_tokens, mem)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from .checkpoint import (
+    ModelLoadError,
+    export_hf_directory,
+    load_state_dict_into,
+    read_hf_directory,
+    weights_fingerprint,
+)
+from .config import InfiniConfig
+from .memory import Memory, SnapshotError
+from .model import InfiniTransformer, LayerMemory, add_delta
+
+Progress = Callable[[int, int], None]  # (tokens done, tokens total)
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("a GPU (cuda) was asked for, but PyTorch sees none; use device 'cpu' or 'auto'")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
+    named = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in named:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return named[dtype]
+
+
+class Engine:
+    """A model ready to read: weights on a device, an optional tokenizer, a fingerprint."""
+
+    def __init__(self, model: InfiniTransformer, tokenizer=None, source: str = "", tokenizer_json: str | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer  # a `tokenizers.Tokenizer`, or None for token-id-only use
+        self.tokenizer_json = tokenizer_json
+        self.source = source
+
+    @property
+    def config(self) -> InfiniConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return weights_fingerprint(self.model)
+
+    # ---- memory ----
+
+    def new_memory(self) -> Memory:
+        c = self.config
+        Hkv, D = c.num_key_value_heads, c.head_dim
+        zeros = lambda *s: torch.zeros(*s, dtype=torch.float32, device=self.device)  # noqa: E731
+        return Memory(
+            [zeros(Hkv, D, D) for _ in range(c.num_hidden_layers)],
+            [zeros(Hkv, D) for _ in range(c.num_hidden_layers)],
+            self.fingerprint, c.memory_update, c.segment_length, 0,
+        )
+
+    def check_memory(self, memory: Memory) -> None:
+        if memory.fingerprint != self.fingerprint:
+            raise SnapshotError(
+                "this memory was made by a different model; read the document again with the current "
+                "model, or switch back to the model that made it"
+            )
+
+    def _as_layers(self, memory: Memory | None) -> list[LayerMemory] | None:
+        if memory is None or memory.empty:
+            return None
+        self.check_memory(memory)
+        return [(M.to(self.device)[None], z.to(self.device)[None]) for M, z in zip(memory.M, memory.z)]
+
+    def _to_memory(self, layers: list[LayerMemory] | None, like: Memory, tokens: int) -> Memory:
+        out = like.clone() if layers is None else Memory(
+            [M[0] for M, _ in layers], [z[0] for _, z in layers], self.fingerprint,
+            self.config.memory_update, self.config.segment_length, 0, dict(like.extra),
+        )
+        out.tokens = like.tokens + tokens
+        return out
+
+    def _ids(self, tokens_or_text: str | Sequence[int] | torch.Tensor) -> torch.Tensor:
+        if isinstance(tokens_or_text, str):
+            if self.tokenizer is None:
+                raise ValueError("this engine has no tokenizer: pass token ids")
+            tokens_or_text = self.tokenizer.encode(tokens_or_text, add_special_tokens=False).ids
+        ids = torch.as_tensor(tokens_or_text, dtype=torch.long).reshape(-1)
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
+        return ids.to(self.device)
+
+    # ---- reading ----
+
+    @torch.inference_mode()
+    def ingest(self, tokens_or_text, memory: Memory, progress: Progress | None = None) -> Memory:
+        """Stream tokens through the model segment by segment; return the memory after the last one.
+
+        The given memory is not modified. A trailing partial segment is written too, so to continue
+        a document across calls with the same result as one call, pass whole segments.
+        """
+        ids = self._ids(tokens_or_text)
+        layers = self._as_layers(memory)
+        L, n = self.config.segment_length, ids.numel()
+        for s in range(0, n, L):
+            _, deltas = self.model.segment(ids[None, s : s + L], layers, write_only=True)
+            layers = add_delta(layers, deltas)
+            if progress is not None:
+                progress(min(s + L, n), n)
+        return self._to_memory(layers, memory, n)
+
+    @torch.inference_mode()
+    def logits(self, token_ids, memory: Memory | None = None) -> torch.Tensor:
+        """Float32 logits (len(token_ids), vocab) for every position, processing the tokens in
+        segments from the given (or an empty) memory. The given memory is not modified."""
+        ids = self._ids(token_ids)
+        layers = self._as_layers(memory)
+        L = self.config.segment_length
+        out = []
+        for s in range(0, ids.numel(), L):
+            h, deltas = self.model.segment(ids[None, s : s + L], layers)
+            out.append(self.model.lm_head(h[0]).float())
+            if s + L < ids.numel():
+                layers = add_delta(layers, deltas)
+        if not out:
+            return torch.zeros(0, self.config.vocab_size)
+        return torch.cat(out)
+
+    # ---- saving ----
+
+    def export_hf(self, directory: str | Path) -> None:
+        export_hf_directory(self.model, Path(directory), self.tokenizer_json)
+
+
+def build_model(cfg: InfiniConfig, device="cpu", dtype=torch.float32, seed: int | None = None) -> InfiniTransformer:
+    """A randomly initialised model (tests, benchmarks)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return InfiniTransformer(cfg).to(device=device, dtype=dtype)
+
+
+def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", **overrides) -> Engine:
+    """Load a model: "builtin", a GGUF file, or a Hugging Face style folder.
+
+    `overrides` set config fields such as segment_length or memory_update.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    path = Path(source) if str(source) != "builtin" else None
+    if path is not None and path.is_dir():
+        cfg, tensors = read_hf_directory(path, **overrides)
+        model = InfiniTransformer(cfg)
+        load_state_dict_into(model, tensors, str(path))
+        tokenizer, tok_json = None, None
+        tok_file = path / "tokenizer.json"
+        if tok_file.is_file():
+            from tokenizers import Tokenizer
+
+            tok_json = tok_file.read_text()
+            tokenizer = Tokenizer.from_str(tok_json)
+        return Engine(model.to(device=dev, dtype=dt), tokenizer, str(path), tok_json)
+    if path is not None and not path.exists():
+        raise ModelLoadError(f"{source}: no such file or folder")
+    raise ModelLoadError(f"{source}: loading this kind of model source is not supported yet")

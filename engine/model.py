@@ -1,0 +1,270 @@
+"""A Llama-family decoder whose every attention layer is Infini-attention.
+
+Read top to bottom: norm, rotary, MLP, the Infini-attention layer, the decoder block, the model.
+A document flows through `segment()` one segment at a time; the per-layer memory (M, z) is carried
+by the caller. `forward_train()` unrolls several segments with back-propagation through the memory.
+
+Shapes: B batch, T tokens in the segment (or chunk), C hidden, H query heads, Hkv key/value heads,
+G = H / Hkv, D head dim. Memory tensors are float32 whatever the weights' dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .config import InfiniConfig
+from .memory import memory_delta, memory_retrieve, sigma
+
+# Per layer: (M (B, Hkv, D, D), z (B, Hkv, D)); None for an empty memory (nothing written yet).
+LayerMemory = tuple[torch.Tensor, torch.Tensor]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rotary_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (length, D) in float32, in the half-split layout of Hugging Face Llama."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    t = torch.arange(length, dtype=torch.int64).float()
+    freqs = torch.outer(t, inv_freq)  # (L, D/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (L, D)
+    return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: InfiniConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+@dataclass
+class SegmentCache:
+    """Key/value cache of the *current segment* of one layer, for generation.
+
+    Keys are stored after rotary (they serve local attention only). What the segment will add to
+    the memory is accumulated in dM/dz chunk by chunk and written once, when the segment is full.
+    """
+
+    k: torch.Tensor | None = None  # (B, Hkv, pos, D), rotary applied
+    v: torch.Tensor | None = None  # (B, Hkv, pos, D)
+    dM: torch.Tensor | None = None
+    dz: torch.Tensor | None = None
+
+    @property
+    def pos(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+
+class InfiniAttention(nn.Module):
+    def __init__(self, cfg: InfiniConfig):
+        super().__init__()
+        self.cfg = cfg
+        H, Hkv, D, C = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+        self.q_proj = nn.Linear(C, H * D, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(C, Hkv * D, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(C, Hkv * D, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(H * D, C, bias=cfg.o_bias)
+        # β, one per query head; sigmoid(β) is the weight of the memory read.
+        self.memory_gate = nn.Parameter(torch.full((H,), cfg.memory_gate_init))
+
+    def _kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        k = self.k_proj(x).view(B, T, -1, self.cfg.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, -1, self.cfg.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        return k, v
+
+    def write_only(self, x: torch.Tensor, mem: LayerMemory | None) -> LayerMemory:
+        """The segment's contribution to the memory, without computing the layer's output."""
+        k, v = self._kv(x)
+        M, z = mem if mem is not None else (None, None)
+        return memory_delta(sigma(k.float()), v.float(), M, z, self.cfg.memory_update)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mem: LayerMemory | None,
+        cache: SegmentCache | None = None,
+    ) -> tuple[torch.Tensor, LayerMemory]:
+        """x (B, T, C) → (output (B, T, C), (dM, dz) this chunk adds to the memory).
+
+        cos/sin hold the rotary tables of this chunk's positions inside its segment.
+        """
+        B, T, _ = x.shape
+        H, D = self.cfg.num_attention_heads, self.cfg.head_dim
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k, v = self._kv(x)  # (B, Hkv, T, D)
+        M, z = mem if mem is not None else (None, None)
+
+        # Memory path: queries and keys *before* rotary, so no position enters M; float32.
+        sk = sigma(k.float())
+        dM, dz = memory_delta(sk, v.float(), M, z, self.cfg.memory_update)
+
+        # Local path: causal softmax attention inside the segment, with rotary.
+        q_r = apply_rotary(q, cos, sin)
+        k_r = apply_rotary(k, cos, sin)
+        pos0 = 0
+        if cache is not None:
+            pos0 = cache.pos
+            if pos0:
+                k_r = torch.cat((cache.k, k_r), dim=2)  # (B, Hkv, pos0 + T, D)
+                v = torch.cat((cache.v, v), dim=2)
+            cache.k, cache.v = k_r, v
+        if pos0 == 0 or T == 1:
+            a_dot = F.scaled_dot_product_attention(q_r, k_r, v, is_causal=T > 1, enable_gqa=True)
+        else:  # a chunk continuing a segment: query i sees keys up to pos0 + i
+            mask = torch.ones(T, pos0 + T, dtype=torch.bool, device=x.device).tril(pos0)
+            a_dot = F.scaled_dot_product_attention(q_r, k_r, v, attn_mask=mask, enable_gqa=True)
+
+        g = torch.sigmoid(self.memory_gate.float()).view(1, H, 1, 1)
+        if M is None:  # empty memory: the retrieval is zero (not 0/0)
+            a = ((1 - g) * a_dot.float()).to(x.dtype)
+        else:
+            a_mem = memory_retrieve(sigma(q.float()), M, z)  # (B, H, T, D)
+            a = (g * a_mem + (1 - g) * a_dot.float()).to(x.dtype)
+        y = a.transpose(1, 2).reshape(B, T, H * D)  # heads back beside each other: (B, T, H*D)
+        return self.o_proj(y), (dM, dz)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: InfiniConfig):
+        super().__init__()
+        self.self_attn = InfiniAttention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mem, cache=None):
+        a, delta = self.self_attn(self.input_layernorm(x), cos, sin, mem, cache)
+        x = x + a
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, delta
+
+
+class _Body(nn.Module):
+    """Holds the weights under Hugging Face's `model.` prefix."""
+
+    def __init__(self, cfg: InfiniConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+def add_delta(mem: list[LayerMemory] | None, deltas: list[LayerMemory]) -> list[LayerMemory]:
+    """Write a segment's (dM, dz) into the memory: M_s = M_{s-1} + dM, z_s = z_{s-1} + dz."""
+    if mem is None:
+        return list(deltas)
+    return [(M + dM, z + dz) for (M, z), (dM, dz) in zip(mem, deltas)]
+
+
+class InfiniTransformer(nn.Module):
+    def __init__(self, cfg: InfiniConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = _Body(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rotary_tables(cfg.head_dim, cfg.segment_length, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+
+    def _init(self, m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    # ---- one segment ----
+
+    def segment(
+        self,
+        idx: torch.Tensor,
+        mem: list[LayerMemory] | None,
+        caches: list[SegmentCache] | None = None,
+        write_only: bool = False,
+    ) -> tuple[torch.Tensor | None, list[LayerMemory]]:
+        """Run tokens idx (B, T) of one segment (or the next chunk of it, with caches).
+
+        Returns the final hidden states (B, T, C) after the last norm and, per layer, (dM, dz) that
+        this chunk adds to the memory. `write_only` skips everything not needed for the memory
+        (the last layer's attention output and MLP, the final norm) and returns None for hidden.
+        """
+        T = idx.shape[1]
+        pos0 = caches[0].pos if caches else 0
+        if pos0 + T > self.config.segment_length:
+            raise ValueError(f"a segment holds at most {self.config.segment_length} tokens")
+        x = self.model.embed_tokens(idx)
+        cos = self.rope_cos[pos0 : pos0 + T].to(x.dtype)
+        sin = self.rope_sin[pos0 : pos0 + T].to(x.dtype)
+        deltas = []
+        layers = self.model.layers
+        for i, layer in enumerate(layers):
+            m = mem[i] if mem is not None else None
+            if write_only and i == len(layers) - 1:
+                deltas.append(layer.self_attn.write_only(layer.input_layernorm(x), m))
+                return None, deltas
+            x, d = layer(x, cos, sin, m, caches[i] if caches else None)
+            deltas.append(d)
+        return self.model.norm(x), deltas
+
+    # ---- training: several segments, gradients through the memory ----
+
+    def forward_train(self, idx: torch.Tensor, targets: torch.Tensor, grad_checkpoint: bool = True) -> torch.Tensor:
+        """Mean cross-entropy over a sequence of several segments, idx/targets (B, N).
+
+        The memory is never detached inside the sequence, so the loss of a late segment reaches the
+        weights through every earlier segment's keys and values. With `grad_checkpoint`, each
+        segment's activations are recomputed in the backward pass: peak activation memory is that of
+        one segment. Targets equal to -100 are ignored.
+        """
+        L = self.config.segment_length
+        n_layers = self.config.num_hidden_layers
+        mem_flat: list[torch.Tensor] = []
+        total = idx.new_zeros((), dtype=torch.float32)
+        count = (targets != -100).sum()
+        for s in range(0, idx.shape[1], L):
+            args = (idx[:, s : s + L], targets[:, s : s + L], *mem_flat)
+            if grad_checkpoint and torch.is_grad_enabled():
+                out = checkpoint(self._segment_loss, *args, use_reentrant=False)
+            else:
+                out = self._segment_loss(*args)
+            total = total + out[0]
+            mem_flat = list(out[1:])
+            assert len(mem_flat) == 2 * n_layers
+        return total / count.clamp(min=1)
+
+    def _segment_loss(self, idx, targets, *mem_flat):
+        mem = list(zip(mem_flat[0::2], mem_flat[1::2])) if mem_flat else None
+        h, deltas = self.segment(idx, mem)
+        logits = self.lm_head(h).float()
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+        new = add_delta(mem, deltas)
+        return (loss, *[t for pair in new for t in pair])

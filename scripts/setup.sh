@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Creates .venv and installs Infini Reader into it; does nothing when already up to date.
+#   scripts/setup.sh          the application
+#   scripts/setup.sh test     the application and the test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+PY="${PYTHON:-python3}"
+
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "Infini Reader needs Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2; exit 1; }
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+
+stamp=".venv/.installed${extra:+-$extra}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
+    if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+        if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+            echo "Installing PyTorch with CUDA (a GPU was found)…"
+            "${pip[@]}" install torch
+        else
+            # On machines that carry a local CPU build (as ours do) pip takes it from disk.
+            echo "Installing PyTorch for the CPU…"
+            "${pip[@]}" install torch==2.13.0
+        fi
+    fi
+    echo "Installing Infini Reader${extra:+ with [$extra]}…"
+    "${pip[@]}" install -e ".${extra:+[$extra]}"
+    touch "$stamp"
+fi
+
+# The built-in model (SmolLM2-135M-Instruct) is fetched once into the user data folder.
+.venv/bin/infini model install --quiet
