@@ -62,11 +62,19 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 class Engine:
     """A model ready to read: weights on a device, an optional tokenizer, a fingerprint."""
 
-    def __init__(self, model: InfiniTransformer, tokenizer=None, source: str = "", tokenizer_json: str | None = None):
+    def __init__(
+        self,
+        model: InfiniTransformer,
+        tokenizer=None,
+        source: str = "",
+        tokenizer_json: str | None = None,
+        chat=None,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer  # a `tokenizers.Tokenizer`, or None for token-id-only use
         self.tokenizer_json = tokenizer_json
         self.source = source
+        self.chat = chat  # an `engine.chat.ChatFormat` (template, stop tokens), or None
 
     @property
     def config(self) -> InfiniConfig:
