@@ -89,11 +89,14 @@ class InfiniConfig:
             )
         if d.get("hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported activation {d['hidden_act']!r}: only SwiGLU (silu) models load")
-        scaling = d.get("rope_scaling")
-        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-            raise ValueError(f"unsupported rope_scaling {scaling!r}")
+        # transformers < 5 writes rope_theta and rope_scaling; transformers >= 5 writes rope_parameters.
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type")) not in (None, "default"):
+            raise ValueError(f"unsupported rotary scaling {rope!r}: only default RoPE is implemented")
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
+        if "rope_theta" in rope:
+            kw["rope_theta"] = rope["rope_theta"]
         kw["model_type"] = model_type
         if kw.get("head_dim") is None:
             kw["head_dim"] = d["hidden_size"] // d["num_attention_heads"]

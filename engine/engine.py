@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from .checkpoint import (
     weights_fingerprint,
 )
 from .config import InfiniConfig
+from .generate import generate_ids, detokenize
 from .memory import Memory, SnapshotError
 from .model import InfiniTransformer, LayerMemory, add_delta
 
@@ -170,6 +171,55 @@ class Engine:
         if not out:
             return torch.zeros(0, self.config.vocab_size)
         return torch.cat(out)
+
+    # ---- writing ----
+
+    def generate(
+        self,
+        prompt_or_messages,
+        memory: Memory | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        on_memory: Callable[[Memory], None] | None = None,
+    ) -> Iterator[str]:
+        """Stream the answer to a prompt, on top of a memory, as text pieces.
+
+        `prompt_or_messages`: chat messages ([{"role": ..., "content": ...}]), a string (a user
+        message when the model has a chat format, plain text otherwise) or token ids (used as they
+        are). Greedy when temperature is 0. The given memory is never modified; `on_memory`, if
+        given, receives the memory after the prompt and the answer once generation ends.
+        """
+        ids = self.prompt_ids(prompt_or_messages)
+        layers = self._as_layers(memory)
+        stop_ids = frozenset(self.chat.stop_token_ids if self.chat else ())
+        if self.tokenizer is None:
+            raise ValueError("this engine has no tokenizer; use generate_ids for token ids")
+        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        base = memory if memory is not None else self.new_memory()
+
+        def end(stream) -> None:
+            if on_memory is not None:
+                on_memory(self._to_memory(stream.final_memory(), base, stream.tokens))
+
+        tokens = generate_ids(self.model, ids, layers, max_new_tokens, temperature, top_p, stop_ids, gen, end)
+        decode = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
+        return detokenize(tokens, decode, list(stop or []))
+
+    def prompt_ids(self, prompt_or_messages) -> torch.Tensor:
+        p = prompt_or_messages
+        if isinstance(p, str) and self.chat is not None:
+            p = [{"role": "user", "content": p}]
+        if isinstance(p, list) and p and isinstance(p[0], dict):
+            if self.chat is None:
+                raise ValueError("this model has no chat format; pass plain text")
+            p = self.chat.render(p, add_generation_prompt=True)
+        ids = self._ids(p)
+        if ids.numel() == 0:
+            raise ValueError("the prompt is empty")
+        return ids
 
     # ---- saving ----
 

@@ -10,7 +10,7 @@ G = H / Hkv, D head dim. Memory tensors are float32 whatever the weights' dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -65,18 +65,34 @@ class MLP(nn.Module):
 class SegmentCache:
     """Key/value cache of the *current segment* of one layer, for generation.
 
-    Keys are stored after rotary (they serve local attention only). What the segment will add to
-    the memory is accumulated in dM/dz chunk by chunk and written once, when the segment is full.
+    Keys are stored after rotary (they serve local attention only), in buffers of one segment's
+    length allocated once. What the segment will add to the memory is accumulated in dM/dz chunk by
+    chunk and written into the memory once, when the segment is full.
     """
 
-    k: torch.Tensor | None = None  # (B, Hkv, pos, D), rotary applied
-    v: torch.Tensor | None = None  # (B, Hkv, pos, D)
+    k: torch.Tensor | None = None  # (B, Hkv, L, D), rotary applied; valid up to pos
+    v: torch.Tensor | None = None  # (B, Hkv, L, D)
+    pos: int = 0
     dM: torch.Tensor | None = None
     dz: torch.Tensor | None = None
 
-    @property
-    def pos(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
+    def append(self, k: torch.Tensor, v: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is None:
+            B, Hkv, _, D = k.shape
+            self.k = k.new_empty(B, Hkv, length, D)
+            self.v = v.new_empty(B, Hkv, length, D)
+        T = k.shape[2]
+        self.k[:, :, self.pos : self.pos + T] = k
+        self.v[:, :, self.pos : self.pos + T] = v
+        self.pos += T
+        return self.k[:, :, : self.pos], self.v[:, :, : self.pos]
+
+    def accumulate(self, dM: torch.Tensor, dz: torch.Tensor) -> None:
+        self.dM = dM if self.dM is None else self.dM + dM
+        self.dz = dz if self.dz is None else self.dz + dz
+
+    def restart(self) -> None:
+        self.pos, self.dM, self.dz = 0, None, None
 
 
 class InfiniAttention(nn.Module):
@@ -131,10 +147,7 @@ class InfiniAttention(nn.Module):
         pos0 = 0
         if cache is not None:
             pos0 = cache.pos
-            if pos0:
-                k_r = torch.cat((cache.k, k_r), dim=2)  # (B, Hkv, pos0 + T, D)
-                v = torch.cat((cache.v, v), dim=2)
-            cache.k, cache.v = k_r, v
+            k_r, v = cache.append(k_r, v, self.cfg.segment_length)  # (B, Hkv, pos0 + T, D)
         if pos0 == 0 or T == 1:
             a_dot = F.scaled_dot_product_attention(q_r, k_r, v, is_causal=T > 1, enable_gqa=True)
         else:  # a chunk continuing a segment: query i sees keys up to pos0 + i

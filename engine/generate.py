@@ -1,0 +1,115 @@
+"""Generation: a prompt on top of a memory, one token at a time, with a per-token callback.
+
+The key/value cache holds the current segment only. When a segment fills up during the prompt or
+the answer, what it adds to the memory is written exactly once and the cache restarts, so an answer
+may run longer than a segment. Everything happens on a private copy of the memory: the caller's
+(a saved book's) memory is never modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from .model import InfiniTransformer, LayerMemory, SegmentCache, add_delta
+
+
+class Stream:
+    """The state of one generation: the memory so far plus the current segment's caches."""
+
+    def __init__(self, model: InfiniTransformer, mem: list[LayerMemory] | None):
+        self.model = model
+        self.mem = mem
+        self.caches = [SegmentCache() for _ in range(model.config.num_hidden_layers)]
+        self.tokens = 0  # tokens fed through this stream
+
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Run 1-D token ids; return the float32 logits after the last one."""
+        L = self.model.config.segment_length
+        i, h = 0, None
+        while i < ids.numel():
+            chunk = ids[i : i + L - self.caches[0].pos]
+            h, deltas = self.model.segment(chunk[None], self.mem, self.caches)
+            for c, (dM, dz) in zip(self.caches, deltas):
+                c.accumulate(dM, dz)
+            if self.caches[0].pos == L:  # the segment is full: write it into the memory, once
+                self._commit()
+            i += chunk.numel()
+        self.tokens += ids.numel()
+        return self.model.lm_head(h[0, -1]).float()
+
+    def _commit(self) -> None:
+        self.mem = add_delta(self.mem, [(c.dM, c.dz) for c in self.caches])
+        for c in self.caches:
+            c.restart()
+
+    def final_memory(self) -> list[LayerMemory] | None:
+        """The memory with the current partial segment written in too (the stream ends here)."""
+        if self.caches[0].pos == 0:
+            return self.mem
+        return add_delta(self.mem, [(c.dM, c.dz) for c in self.caches])
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        p, order = probs.sort(descending=True)
+        keep = p.cumsum(-1) - p < top_p  # the smallest prefix whose mass reaches top_p
+        probs = torch.zeros_like(probs).scatter_(0, order[keep], p[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.inference_mode()
+def generate_ids(
+    model: InfiniTransformer,
+    prompt: torch.Tensor,
+    mem: list[LayerMemory] | None,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop_ids: frozenset[int] = frozenset(),
+    generator: torch.Generator | None = None,
+    on_end: Callable[[Stream], None] | None = None,
+) -> Iterator[int]:
+    """Yield new token ids after the prompt; a stop id ends generation and is not yielded."""
+    stream = Stream(model, mem)
+    logits = stream.feed(prompt)
+    for _ in range(max_new_tokens):
+        tok = sample(logits, temperature, top_p, generator)
+        if tok in stop_ids:
+            break
+        yield tok
+        logits = stream.feed(prompt.new_tensor([tok]))
+    if on_end is not None:
+        on_end(stream)
+
+
+def detokenize(ids: Iterator[int], decode: Callable[[list[int]], str], stop: list[str]) -> Iterator[str]:
+    """Turn token ids into text pieces as they come.
+
+    Byte-level tokens can split a character: text ending in U+FFFD waits for the next token. Text
+    that could be the start of a stop string is held back until it is known not to be one.
+    """
+    out: list[int] = []
+    sent = 0  # characters already yielded
+    text = ""
+    for tok in ids:
+        out.append(tok)
+        text = decode(out)
+        if text.endswith("\ufffd"):
+            continue
+        for s in stop:
+            at = text.find(s, max(0, sent - len(s)))
+            if at != -1:
+                if at > sent:
+                    yield text[sent:at]
+                return
+        hold = max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        if len(text) - hold > sent:
+            yield text[sent : len(text) - hold]
+            sent = len(text) - hold
+    if len(text) > sent and not text.endswith("\ufffd"):
+        yield text[sent:]
