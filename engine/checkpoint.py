@@ -46,15 +46,60 @@ def load_state_dict_into(model: InfiniTransformer, tensors: dict[str, torch.Tens
             own[name].copy_(t)
 
 
+def _flat_rope(d: dict) -> dict:
+    """transformers 5 writes rope_theta (and any scaling) inside `rope_parameters`; lift it out."""
+    rp = d.get("rope_parameters")
+    if not isinstance(rp, dict):
+        return d
+    d = {**d, "rope_theta": rp.get("rope_theta", d.get("rope_theta", 10000.0))}
+    if rp.get("rope_type", "default") != "default":
+        d["rope_scaling"] = rp
+    return d
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a folder: those its shard index names, or else all of them.
+
+    The index matters where a download also holds other formats of the same weights
+    (Mistral's consolidated.safetensors beside the Hugging Face shards)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{index}: unreadable shard index ({exc})") from exc
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise ModelLoadError(f"{path}: shards missing: {missing[:3]} (an incomplete download?)")
+        return [path / n for n in names]
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    return sorted(path.glob("*.safetensors"))
+
+
+def read_tokenizer(path: Path):
+    """(tokenizers.Tokenizer, its JSON) from a folder's tokenizer.json, or (None, None) without one."""
+    tok_file = path / "tokenizer.json"
+    if not tok_file.is_file():
+        return None, None
+    from tokenizers import Tokenizer
+
+    tok_json = tok_file.read_text()
+    try:
+        return Tokenizer.from_str(tok_json), tok_json
+    except Exception as exc:  # tokenizers raises a plain Exception for malformed JSON
+        raise ModelLoadError(f"{tok_file}: cannot read the tokenizer ({exc})") from exc
+
+
 def read_hf_directory(path: Path, **overrides) -> tuple[InfiniConfig, dict[str, torch.Tensor]]:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise ModelLoadError(f"{path}: no config.json; a model folder needs config.json and *.safetensors")
     try:
-        cfg = InfiniConfig.from_hf_dict(json.loads(cfg_file.read_text()), **overrides)
+        cfg = InfiniConfig.from_hf_dict(_flat_rope(json.loads(cfg_file.read_text())), **overrides)
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{cfg_file}: {exc}") from exc
-    files = sorted(path.glob("*.safetensors"))
+    files = _weight_files(path)
     if not files:
         hint = " (PyTorch .bin files are not loaded: pickles can run code)" if list(path.glob("*.bin")) else ""
         raise ModelLoadError(f"{path}: no *.safetensors weights{hint}")

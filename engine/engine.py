@@ -14,14 +14,19 @@ from pathlib import Path
 
 import torch
 
+from .builtin import builtin_path
+from .chat import read_chat_format
 from .checkpoint import (
     ModelLoadError,
     export_hf_directory,
     load_state_dict_into,
     read_hf_directory,
+    read_tokenizer,
     weights_fingerprint,
 )
 from .config import InfiniConfig
+from .gguf import cached_folder as cached_gguf_folder
+from .gguf import is_gguf
 from .generate import generate_ids, detokenize
 from .memory import Memory, SnapshotError
 from .model import InfiniTransformer, LayerMemory, add_delta
@@ -237,23 +242,28 @@ def build_model(cfg: InfiniConfig, device="cpu", dtype=torch.float32, seed: int 
 def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", **overrides) -> Engine:
     """Load a model: "builtin", a GGUF file, or a Hugging Face style folder.
 
-    `overrides` set config fields such as segment_length or memory_update.
+    A GGUF file is converted once into a float32 Hugging Face folder in the user cache; later loads
+    read that folder. `overrides` set config fields such as segment_length or memory_update.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    path = Path(source) if str(source) != "builtin" else None
-    if path is not None and path.is_dir():
-        cfg, tensors = read_hf_directory(path, **overrides)
-        model = InfiniTransformer(cfg)
-        load_state_dict_into(model, tensors, str(path))
-        tokenizer, tok_json = None, None
-        tok_file = path / "tokenizer.json"
-        if tok_file.is_file():
-            from tokenizers import Tokenizer
-
-            tok_json = tok_file.read_text()
-            tokenizer = Tokenizer.from_str(tok_json)
-        return Engine(model.to(device=dev, dtype=dt), tokenizer, str(path), tok_json)
-    if path is not None and not path.exists():
+    path = builtin_path() if str(source) == "builtin" else Path(source)
+    if path.is_dir():
+        folder = path
+    elif path.is_file() and (is_gguf(path) or path.suffix.lower() == ".gguf"):
+        folder = cached_gguf_folder(path)
+    elif not path.exists():
         raise ModelLoadError(f"{source}: no such file or folder")
-    raise ModelLoadError(f"{source}: loading this kind of model source is not supported yet")
+    else:
+        raise ModelLoadError(
+            f"{source}: not a model; give a GGUF file or a folder with config.json and *.safetensors"
+        )
+    cfg, tensors = read_hf_directory(folder, **overrides)
+    model = InfiniTransformer(cfg)
+    load_state_dict_into(model, tensors, str(source))
+    del tensors
+    if str(source) == "builtin":
+        pass  # TODO(adapter): apply the project's trained adapter from resources/ to `model` here.
+    tokenizer, tok_json = read_tokenizer(folder)
+    chat = read_chat_format(folder, tokenizer, cfg.eos_token_id)
+    return Engine(model.to(device=dev, dtype=dt), tokenizer, str(source), tok_json, chat=chat)

@@ -1,0 +1,363 @@
+"""Llama-family GGUF files (llama.cpp, Ollama, LM Studio): config, de-quantized weights, tokenizer.
+
+A GGUF file is converted once into a Hugging Face style folder in the user cache
+(`<cache>/weights/<sha256 of the file>/`: config.json, model.safetensors in float32, tokenizer.json,
+tokenizer_config.json with the chat template). Every later start loads that folder, which is much
+faster than parsing and de-quantizing the file again, and goes through the same code as any other
+Hugging Face folder.
+
+    folder = cached_folder("model.gguf")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+import torch
+from safetensors.torch import save_file
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+from .checkpoint import ModelLoadError
+from .config import InfiniConfig
+
+GGUF_MAGIC = b"GGUF"
+# Bump when the conversion changes, so that folders converted by older code are rebuilt.
+CONVERTER_VERSION = 1
+# What llama.cpp calls the architecture → our model_type. Both use SwiGLU, RMSNorm and rotary.
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
+# Infini-attention fields stay out of the cached config: they are the engine's, not the file's.
+_INFINI_FIELDS = ("segment_length", "memory_update", "memory_gate_init")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("INFINI_CACHE_DIR") or platformdirs.user_cache_dir("infini-reader"))
+
+
+def is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+# ---- reading the file ----
+
+
+def open_gguf(path: Path):
+    """A `gguf.GGUFReader` for the file; a clear ModelLoadError for anything that is not a whole GGUF."""
+    from gguf import GGUFReader  # imported here: it is slow to import and only needed on a first load
+
+    if not is_gguf(path):
+        raise ModelLoadError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # gguf raises ValueError, IndexError, KeyError... for broken files
+        raise ModelLoadError(f"{path}: cannot read this GGUF file, it is truncated or corrupt ({exc})") from exc
+    size = path.stat().st_size
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
+            raise ModelLoadError(
+                f"{path}: the file is truncated (tensor {t.name} ends at byte {t.data_offset + t.n_bytes:,}, "
+                f"the file has {size:,} bytes); download or copy it again"
+            )
+    return reader
+
+
+def read_metadata(reader) -> dict:
+    """All key/value fields as Python values (strings, numbers, lists)."""
+    try:
+        return {key: field.contents() for key, field in reader.fields.items()}
+    except Exception as exc:
+        raise ModelLoadError(f"cannot decode the GGUF metadata, the file is corrupt ({exc})") from exc
+
+
+def read_config(meta: dict, tensor_names: set[str], embed_rows: int) -> InfiniConfig:
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ModelLoadError(
+            f"GGUF architecture {arch!r} is not supported; supported: {', '.join(ARCHITECTURES)} (Llama family)"
+        )
+
+    def get(key, default=None):
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise ModelLoadError(f"the GGUF metadata lacks {arch}.{key}")
+        return value
+
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling not in ("none", None) or "rope_freqs.weight" in tensor_names:
+        raise ModelLoadError(f"this GGUF uses rope scaling ({scaling}), which the engine does not support")
+    hidden, heads = get("embedding_length"), get("attention.head_count")
+    head_dim = get("attention.key_length", hidden // heads)
+    if get("attention.value_length", head_dim) != head_dim or get("rope.dimension_count", head_dim) != head_dim:
+        raise ModelLoadError("this GGUF has partial rotary or unequal key/value head sizes: not supported")
+    return InfiniConfig(
+        model_type=ARCHITECTURES[arch],
+        # The embedding's rows, not the token list, decide the logits' size; they agree in practice.
+        vocab_size=embed_rows,
+        hidden_size=hidden,
+        num_hidden_layers=get("block_count"),
+        num_attention_heads=heads,
+        num_key_value_heads=get("attention.head_count_kv", heads),
+        head_dim=head_dim,
+        intermediate_size=get("feed_forward_length"),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        tie_word_embeddings="output.weight" not in tensor_names,
+        attention_bias=arch == "llama" and "blk.0.attn_q.bias" in tensor_names,
+        max_position_embeddings=get("context_length"),
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+    )
+
+
+_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def hf_name(name: str) -> str:
+    """'blk.3.attn_q.weight' → 'model.layers.3.self_attn.q_proj.weight'."""
+    parts = name.split(".")
+    if parts[0] == "blk" and len(parts) == 4 and parts[2] in _LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
+    if len(parts) == 2 and parts[0] in _GLOBAL_NAMES:
+        return f"{_GLOBAL_NAMES[parts[0]]}.{parts[1]}"
+    raise ModelLoadError(f"unexpected GGUF tensor {name!r} (is this a Llama-family model?)")
+
+
+def unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's row order for q/k (weights or biases) of Llama models.
+
+    Its converter reorders each head's rows from Hugging Face's half-split rotary layout
+    (x[:D/2] pairs with x[D/2:]) into interleaved pairs (x[2i] with x[2i+1]):
+    `w.reshape(n_head, 2, D//2, ...).swapaxes(1, 2)`. Our model rotates half-split, so reverse it.
+    """
+    half = w.shape[0] // n_head // 2
+    # (H, D/2, 2, ...) interleaved pairs → (H, 2, D/2, ...) halves
+    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def read_tensors(reader, cfg: InfiniConfig) -> dict[str, torch.Tensor]:
+    """Every tensor de-quantized to float32, under its Hugging Face name and shape."""
+    from gguf.quants import dequantize
+
+    out = {}
+    for t in reader.tensors:
+        name = hf_name(t.name)
+        # GGUF lists dimensions fastest-first; numpy (and torch) want them the other way round.
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        try:
+            w = dequantize(t.data, t.tensor_type).reshape(shape)
+        except NotImplementedError as exc:
+            raise ModelLoadError(f"tensor {t.name}: quantization {t.tensor_type.name} is not supported") from exc
+        except Exception as exc:
+            raise ModelLoadError(f"tensor {t.name}: cannot de-quantize ({exc}); the file is corrupt") from exc
+        if cfg.model_type == "llama" and ".attn_q." in t.name:
+            w = unpermute_rotary(w, cfg.num_attention_heads)
+        elif cfg.model_type == "llama" and ".attn_k." in t.name:
+            w = unpermute_rotary(w, cfg.num_key_value_heads)
+        out[name] = torch.tensor(np.asarray(w, dtype=np.float32))  # a copy: the reader's data is a memory map
+    return out
+
+
+# ---- tokenizer ----
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte → printable character table, in which byte-level vocabularies are spelled."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+# Split rules of `tokenizer.ggml.pre` values whose models do not use GPT-2's own (the regexes of
+# those models' tokenizer.json files).
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "smaug-bpe": _LLAMA3_SPLIT,
+           "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT}
+
+
+def _pre_tokenizer(pre: str | None):
+    if pre in _SPLITS:
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_SPLITS[pre]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre == "smollm":  # SmolLM's tokenizer.json splits digits apart before GPT-2's rule (as llama.cpp does)
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    return byte_level
+
+
+def read_tokenizer(meta: dict) -> Tokenizer:
+    """The byte-level BPE tokenizer ("gpt2" in llama.cpp's terms) that the metadata describes."""
+    kind = meta.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ModelLoadError(
+            f"this GGUF's tokenizer is {kind!r}; only byte-level BPE ('gpt2': Llama 3, SmolLM, Qwen...) is supported"
+        )
+    tokens = meta["tokenizer.ggml.tokens"]
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    spelling = bytes_to_unicode()
+    alphabet = set(spelling.values())
+
+    def spelled(token: str) -> str:  # tokens written with other characters are respelled byte by byte
+        return token if set(token) <= alphabet else "".join(spelling[b] for b in token.encode("utf-8"))
+
+    vocab = {spelled(t): i for i, t in enumerate(tokens)}
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre"))
+    tok.decoder = decoders.ByteLevel()
+    # 3 = control (<|im_end|>...): special, never split, skipped when decoding with skip_special_tokens.
+    # A "control" token outside the byte alphabet is a mislabel in some files; adding it would grow the vocabulary.
+    tok.add_special_tokens([
+        AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == 3 and set(t) <= alphabet
+    ])
+    # 4 = user-defined (<think>...): matched whole in the text, but ordinary text otherwise.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4])
+    bos = meta.get("tokenizer.ggml.bos_token_id")
+    if meta.get("tokenizer.ggml.add_bos_token") and bos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A $B:1", special_tokens=[(tokens[bos], bos)]
+        )
+    return tok
+
+
+def tokenizer_config(meta: dict) -> dict:
+    """The tokenizer_config.json of the converted folder: chat template and special tokens."""
+    tokens = meta["tokenizer.ggml.tokens"]
+    name = lambda key: tokens[meta[key]] if meta.get(key) is not None else None  # noqa: E731
+    return {
+        "chat_template": meta.get("tokenizer.chat_template"),
+        "bos_token": name("tokenizer.ggml.bos_token_id"),
+        "eos_token": name("tokenizer.ggml.eos_token_id"),
+        "pad_token": name("tokenizer.ggml.padding_token_id"),
+        "unk_token": name("tokenizer.ggml.unknown_token_id"),
+        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+    }
+
+
+# ---- conversion to a cached Hugging Face folder ----
+
+
+def convert(path: Path, folder: Path) -> None:
+    """Write the GGUF file as a Hugging Face folder (float32 safetensors, config, tokenizer)."""
+    reader = open_gguf(path)
+    meta = read_metadata(reader)
+    names = {t.name for t in reader.tensors}
+    embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if embed is None:
+        raise ModelLoadError(f"{path}: no token_embd.weight tensor (is this a Llama-family model?)")
+    try:
+        cfg = read_config(meta, names, int(embed.shape[-1]))
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ModelLoadError(f"{path}: unusable GGUF metadata ({exc})") from exc
+    try:
+        tokenizer = read_tokenizer(meta)
+        tensors = read_tensors(reader, cfg)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc
+
+    folder.mkdir(parents=True, exist_ok=True)
+    hf = {k: v for k, v in cfg.to_hf_dict().items() if k not in _INFINI_FIELDS}
+    (folder / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "tokenizer.json").write_text(tokenizer.to_str())
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(meta), indent=2) + "\n")
+    source = {"source": str(path), "converter_version": CONVERTER_VERSION, "name": meta.get("general.name")}
+    (folder / "source.json").write_text(json.dumps(source, indent=2) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of the file, remembered per (path, size, mtime) so that a start does not re-read 100+ MB."""
+    st = path.stat()
+    key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns]
+    memo_file = cache_dir() / "weights" / "hashes.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if memo.get(key, {}).get("stamp") == stamp:
+        return memo[key]["sha256"]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    memo[key] = {"stamp": stamp, "sha256": h.hexdigest()}
+    _write_atomic(memo_file, json.dumps(memo, indent=1))
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _is_current(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "source.json").read_text())["converter_version"] == CONVERTER_VERSION
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def cached_folder(path: str | Path, sha256: str | None = None) -> Path:
+    """The converted folder of a GGUF file, converting it on the first call.
+
+    The folder is written under a temporary name and renamed when complete, so a crash mid-way
+    never leaves a half-written cache behind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    if not is_gguf(path):
+        raise ModelLoadError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
+    folder = cache_dir() / "weights" / (sha256 or file_sha256(path))
+    if _is_current(folder):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        convert(path, tmp)
+        if folder.exists():  # an older conversion, or one made meanwhile by another process
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
