@@ -1,0 +1,60 @@
+"""The benchmark runs end to end on a tiny model and prints well-formed tables (no timings asserted)."""
+
+from engine import InfiniConfig
+from engine.bench import ingest_flops, kv_cache_bytes, run
+
+from .conftest import tiny_config
+
+
+def _table(md: str, title_start: str) -> tuple[list[str], list[list[str]]]:
+    lines = md.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith("### " + title_start))
+    rows = []
+    for ln in lines[i + 2 :]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip("|").split("|")])
+    return rows[0], rows[2:]  # header, (separator), body
+
+
+def _number(cell: str) -> float:
+    return float(cell.replace(",", "").rstrip("%").rstrip("K"))
+
+
+def test_bench_quick_on_a_tiny_model():
+    cfg = tiny_config(segment_length=32)
+    md = run(lengths=(64, 96), cfg=cfg, quick=True, command="python -m engine.bench --quick", log=lambda s: None)
+    assert "python -m engine.bench --quick" in md
+
+    header, rows = _table(md, "Matmul rates")
+    assert header == ["measure", "TFLOP/s", "of bf16 peak"]
+    assert len(rows) == 3 and all(_number(r[1]) > 0 for r in rows)
+
+    header, rows = _table(md, "Ingest, random model")
+    for col in ("tokens", "tokens/s", "MFU", "RSS loaded (MiB)", "peak RSS (MiB)", "snapshot (KiB)",
+                "full KV cache bf16 (MiB)", "KV / snapshot"):
+        assert col in header
+    assert [r[0] for r in rows] == ["64", "96"]
+    for row in rows:
+        assert len(row) == len(header)
+        values = dict(zip(header, row))
+        for col in header:
+            if col != "peak − loaded (MiB)":  # may round to 0 on a tiny model
+                assert _number(values[col]) > 0, (col, values[col])
+    # the snapshot does not grow with the length; the KV cache does
+    assert rows[0][header.index("snapshot (KiB)")] == rows[1][header.index("snapshot (KiB)")]
+    assert _number(rows[1][header.index("KV / snapshot")]) > _number(rows[0][header.index("KV / snapshot")])
+
+
+def test_kv_cache_and_flop_counts():
+    cfg = InfiniConfig()
+    assert kv_cache_bytes(cfg, 131072) == 30 * 2 * 3 * 64 * 131072 * 2
+    # one segment from an empty memory: no read; every layer but the last does the full work
+    c = tiny_config(num_hidden_layers=2, segment_length=4)
+    C, I, H, Hkv, D, T = 48, 80, 6, 2, 8, 4
+    proj = 2 * T * (C * H * D + 2 * C * Hkv * D + H * D * C + 3 * C * I)
+    update = 2 * T * Hkv * D * D + T * Hkv * D
+    first = proj + 4 * H * D * (T * (T + 1) // 2) + update + (2 * T * 2 * C * Hkv * D + update)
+    assert ingest_flops(c, T) == first
+    # the second segment adds the memory read in the full layers
+    assert ingest_flops(c, 2 * T) == 2 * first + 2 * T * H * D * (D + 1)
