@@ -205,3 +205,22 @@ def test_export_hf_round_trip(tmp_path):
     assert torch.equal(back.logits(ids), e.logits(ids))
     assert back.fingerprint == e.fingerprint
     assert torch.equal(back.model.model.layers[1].self_attn.memory_gate, torch.full((6,), -1.5))
+
+
+@pytest.mark.parametrize("T,pos0,block", [(300, 0, 256), (100, 37, 32), (257, 0, 64), (1, 50, 256)])
+def test_blocked_attention_equals_sdpa(T, pos0, block):
+    from engine.model import blocked_attention
+
+    g = torch.Generator().manual_seed(T)
+    q = torch.randn(2, 6, T, 16, generator=g, requires_grad=True)
+    k = torch.randn(2, 2, pos0 + T, 16, generator=g, requires_grad=True)
+    v = torch.randn(2, 2, pos0 + T, 16, generator=g, requires_grad=True)
+    mask = torch.ones(T, pos0 + T, dtype=torch.bool).tril(pos0)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    got = blocked_attention(q, k, v, pos0, block=block)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    w = torch.randn_like(ref)
+    g_ref = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    g_got = torch.autograd.grad((got * w).sum(), (q, k, v))
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
