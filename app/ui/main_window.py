@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import html
+import re
 from collections.abc import Callable
 
 from PySide6.QtCore import Qt, Signal
@@ -23,6 +23,10 @@ import engine
 from app.core.models import describe
 
 from .worker import GeneratorWorker
+
+
+def _md_escape(text: str) -> str:
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!<>|])", r"\\\1", text)
 
 
 class QuestionBox(QPlainTextEdit):
@@ -141,12 +145,15 @@ class MainWindow(QMainWindow):
         self._render()
 
     def _render(self) -> None:
+        # The model writes Markdown (lists, bold); the user's own words are shown as typed.
         parts = []
-        for m in self.messages + ([{"role": "assistant", "content": self._answer + "▍"}] if self._worker else []):
-            who = "You" if m["role"] == "user" else "Infini Reader"
-            body = html.escape(m["content"]).replace("\n", "<br>")
-            parts.append(f"<p><b>{who}</b><br>{body}</p>")
-        self.transcript.setHtml("".join(parts))
+        for m in self.messages + ([{"role": "assistant", "content": self._answer + " ▍"}] if self._worker else []):
+            if m["role"] == "user":
+                body = "  \n".join(_md_escape(line) for line in m["content"].splitlines())
+                parts.append(f"**You**\n\n{body}")
+            else:
+                parts.append(f"**Infini Reader**\n\n{m['content']}")
+        self.transcript.setMarkdown("\n\n".join(parts))
         self.transcript.verticalScrollBar().setValue(self.transcript.verticalScrollBar().maximum())
 
     @property
