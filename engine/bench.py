@@ -1,17 +1,19 @@
 """Speed and memory of the engine, printed as markdown tables.
 
-    python -m engine.bench                                  # random SmolLM2-135M-shaped model, 8K/32K/128K
-    python -m engine.bench --lengths 8192,32768 --out docs/bench.md
-    python -m engine.bench --quick                          # a smoke run of a few seconds
-    python -m engine.bench --profile 2                      # where the time of 2 segments goes
+    python -m engine.bench                                   # random SmolLM2-135M-shaped model, 8K/32K/128K
+    python -m engine.bench --sections random,builtin,peers --out docs/bench.md
+    python -m engine.bench --quick                           # a smoke run of a few seconds
+    python -m engine.bench --profile 2                       # where the time of 2 segments goes
 
-Every ingest runs in a fresh subprocess, so that `ru_maxrss` is the peak RSS of that length alone.
-The bf16 matmul peak is measured in the same run, and model FLOPs utilisation (MFU) is the ingest's
-useful FLOP/s over it: ratios measured side by side, since these machines are shared and noisy.
+Sections: `random` (a random model of the default `InfiniConfig` shape: the SmolLM2-135M one),
+`builtin` (the built-in model: ingest, time to first token, decode) and `peers` (Hugging Face
+transformers on the built-in model's weights, and the PyPI package infini-transformer-pytorch at the
+same shape). Each is one function returning tables.
 
-Sections (one function each, returning a `Table`): `random` (a random model of the default
-`InfiniConfig` shape). Later: `builtin` (the real model: ingest, time to first token, decode) and
-`peers` (transformers and infini-transformer-pytorch at equal lengths).
+Every measured run happens in a fresh subprocess, so that its peak RSS is its own. The machines
+this runs on are shared: the matmul rate moves by 2-4× within a minute. So the bf16 rate is probed
+between segments (outside their timing) and MFU divides by the rate of the moment: ratios measured
+side by side. Nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,21 @@ REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 DEFAULT_LENGTHS = (8192, 32768, 131072)
 QUICK_LENGTHS = (4096,)
+QUESTION = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+
+
+@dataclass
+class Options:
+    lengths: tuple[int, ...] = DEFAULT_LENGTHS
+    sections: tuple[str, ...] = ("random",)
+    peer_lengths: tuple[int, ...] = (8192,)
+    decode_tokens: int = 64  # new tokens for the decode rate (greedy; a stop token may end it sooner)
+    quick: bool = False  # short matmul measurements (the lengths are chosen by the caller)
+    threads: int | None = None
+    wait_quiet: float = 0.0  # seconds to wait at most, before each run, for the other programs to calm down
+    cfg: InfiniConfig | None = None  # the random model's shape; default InfiniConfig() (SmolLM2-135M)
+    log: Callable[[str], None] = print
+
 
 # ---- tables ----
 
@@ -89,18 +107,29 @@ def machine() -> str:
             f"threads, CPU capability {torch.backends.cpu.get_cpu_capability()}; flags: {flags or 'unknown'}")
 
 
-def matmul_tflops(m: int, k: int, n: int, dtype=torch.bfloat16, seconds: float = 1.0) -> float:
-    """Best single (m, k) @ (k, n) product over `seconds` of repeats (at least 3), in TFLOP/s.
+def cpu_pressure() -> tuple[float, int]:
+    """(avg10 in %, total µs) of /proc/pressure/cpu "some": time in which a runnable task waited
+    for a core. The runs use as many threads as cores, so waiting means someone else ran."""
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()
+        kv = dict(x.split("=") for x in some[1:])
+        return float(kv["avg10"]), int(kv["total"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return float("nan"), 0
 
-    The first products of a size are slow (kernel selection, threads waking, clocks rising), so
-    this repeats for a while and keeps the best rather than averaging.
-    """
-    return Probe(m, k, n, dtype)(seconds)
+
+def wait_quiet(max_seconds: float, log=print, below: float = 10.0) -> None:
+    """Wait (at most max_seconds) until other programs leave the cores alone (pressure avg10 < below %)."""
+    t_end = time.monotonic() + max_seconds
+    while cpu_pressure()[0] > below and time.monotonic() < t_end:
+        log(f"  waiting for a quiet machine (CPU pressure {cpu_pressure()[0]:.0f}%)…")
+        time.sleep(10)
 
 
 class Probe:
-    """A bf16 matmul kept ready to measure the machine's current rate between two segments: on a
-    shared machine the rate moves by 2× within a minute, so MFU divides by the rate of the moment."""
+    """A bf16 matmul kept ready to measure the machine's matmul rate of the moment, in TFLOP/s:
+    the best of repeats over `seconds` (at least 3). The first products of a size are slow
+    (kernel selection, threads waking, clocks rising), so keep the best rather than the mean."""
 
     def __init__(self, m: int = 2048, k: int = 2048, n: int = 2048, dtype=torch.bfloat16):
         self.a, self.b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
@@ -120,10 +149,10 @@ class Probe:
 def matmul_peak(dtype=torch.bfloat16, quick: bool = False) -> float:
     """This machine's matmul peak: the best square product over a few sizes."""
     sizes = (2048,) if quick else (2048, 4096, 8192)
-    return max(matmul_tflops(s, s, s, dtype, seconds=0.5 if quick else 2.0) for s in sizes)
+    return max(Probe(s, s, s, dtype)(0.5 if quick else 2.0) for s in sizes)
 
 
-def model_gemm_tflops(cfg: InfiniConfig, dtype=torch.bfloat16, quick: bool = False) -> tuple[float, float]:
+def model_gemm_tflops(cfg: InfiniConfig, quick: bool = False) -> tuple[float, float]:
     """bf16 rates of the layer's own projections at one segment's rows: (FLOP-weighted over the
     seven products, best single product). What the matmul library gives at these skinny shapes."""
     T, C, I = cfg.segment_length, cfg.hidden_size, cfg.intermediate_size
@@ -131,7 +160,7 @@ def model_gemm_tflops(cfg: InfiniConfig, dtype=torch.bfloat16, quick: bool = Fal
     shapes = [(T, C, HD), (T, C, KD), (T, C, KD), (T, HD, C), (T, C, I), (T, C, I), (T, I, C)]
     flops = secs = best = 0.0
     for m, k, n in shapes:
-        rate = matmul_tflops(m, k, n, dtype, seconds=0.2 if quick else 0.5)
+        rate = Probe(m, k, n)(0.2 if quick else 0.5)
         flops += 2 * m * k * n
         secs += 2 * m * k * n / (rate * 1e12)
         best = max(best, rate)
@@ -146,6 +175,17 @@ def kv_cache_bytes(cfg: InfiniConfig, tokens: int, bytes_per_value: int = 2) -> 
     return cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * tokens * bytes_per_value
 
 
+def _layer_weights(cfg: InfiniConfig, kv_heads: int | None = None) -> int:
+    C, I, H, D = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.head_dim
+    Hkv = kv_heads or cfg.num_key_value_heads
+    return C * H * D + 2 * C * Hkv * D + H * D * C + 3 * C * I  # q, k, v, o, gate, up, down
+
+
+def _causal_attention(cfg: InfiniConfig, T: int, past: int = 0) -> int:
+    """QKᵀ and AV of T queries over `past` earlier keys plus the causal half of their own."""
+    return 4 * cfg.num_attention_heads * cfg.head_dim * (T * past + T * (T + 1) // 2)
+
+
 def ingest_flops(cfg: InfiniConfig, tokens: int, start_empty: bool = True) -> int:
     """Useful FLOPs of `Engine.ingest` over `tokens` tokens (multiply-add = 2).
 
@@ -155,9 +195,8 @@ def ingest_flops(cfg: InfiniConfig, tokens: int, start_empty: bool = True) -> in
     and updates the memory (`write_only`); the final norm and LM head are skipped. Elementwise work
     (norms, rotary, σ, SiLU, gates) is not counted.
     """
-    C, I, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    C, n = cfg.hidden_size, cfg.num_hidden_layers
     H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    proj = C * H * D + 2 * C * Hkv * D + H * D * C + 3 * C * I  # weights of q, k, v, o, gate, up, down
     total, empty = 0, start_empty
     for s in range(0, tokens, cfg.segment_length):
         T = min(cfg.segment_length, tokens - s)
@@ -165,180 +204,480 @@ def ingest_flops(cfg: InfiniConfig, tokens: int, start_empty: bool = True) -> in
         if cfg.memory_update == "delta" and not empty:
             update += 2 * T * Hkv * D * (D + 1) + T * Hkv * D  # σ(K)M / σ(K)z, subtracted from V
         read = 0 if empty else 2 * T * H * D * (D + 1)  # σ(Q)M and σ(Q)z
-        local = 4 * H * D * T * (T + 1) // 2  # QKᵀ and AV over the causal half
-        total += (n - 1) * (2 * T * proj + local + read + update)
+        total += (n - 1) * (2 * T * _layer_weights(cfg) + _causal_attention(cfg, T) + read + update)
         total += 2 * T * 2 * C * Hkv * D + update  # the last layer: K, V and the memory update
         empty = False
     return total
 
 
-# ---- one ingest, in a subprocess ----
+def dense_forward_flops(cfg: InfiniConfig, tokens: int, past: int = 0, logits: int = 1,
+                        kv_heads: int | None = None) -> int:
+    """A plain causal transformer over `tokens` new tokens after `past` cached ones: every layer's
+    projections and MLP, causal attention, and the LM head for `logits` positions."""
+    per_layer = 2 * tokens * _layer_weights(cfg, kv_heads) + _causal_attention(cfg, tokens, past)
+    return cfg.num_hidden_layers * per_layer + 2 * logits * cfg.hidden_size * cfg.vocab_size
 
 
-def _rss_now() -> int:
+# ---- the subprocess side: one measured run ----
+
+
+def _status(field_name: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field_name + ":"):
             return int(line.split()[1]) * 1024
     return 0
 
 
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+def _reset_peak() -> None:
+    """Reset VmHWM, so the peak after this point excludes the loading of the weights."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
-def ingest_child(spec: dict) -> dict:
-    """Runs inside the subprocess: load the model, warm up on one segment, time one ingest."""
-    import engine
+class Clock:
+    """Times a run piece by piece (segments); after each piece, outside the timing, probes the
+    matmul rate. Also counts the CPU seconds the process got and the cores' pressure."""
 
-    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    def __init__(self, probe: Probe):
+        self.probe, self.pieces, self.cpu, self.rates = probe, [], [], [probe()]
+        self.psi0, self.wall0 = cpu_pressure()[1], time.perf_counter()
+        self._start()
+
+    def _start(self) -> None:
+        self.t, self.c = time.perf_counter(), time.process_time()
+
+    def lap(self, *_) -> None:  # also usable as an ingest progress callback
+        self.pieces.append(time.perf_counter() - self.t)
+        self.cpu.append(time.process_time() - self.c)
+        self.rates.append(self.probe())
+        self._start()
+
+    def result(self) -> dict:
+        p = sorted(self.pieces)
+        return {
+            "seconds": sum(p), "piece_median_s": p[len(p) // 2], "pieces": len(p), "cpu_seconds": sum(self.cpu),
+            "cpu_pressure": (cpu_pressure()[1] - self.psi0) / 1e6 / (time.perf_counter() - self.wall0),
+            "probe_tflops": sum(self.rates) / len(self.rates), "probe_max": max(self.rates),
+        }
+
+
+def child(spec: dict) -> dict:
+    """Runs inside the subprocess: load what `spec` names, warm up, measure, report a dict."""
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     t = time.perf_counter()
-    if spec["model"] == "random":
-        cfg = InfiniConfig.from_hf_dict(spec["config"])
-        e = engine.Engine(engine.build_model(cfg, dtype=getattr(torch, spec["dtype"]), seed=0))
-    else:
-        e = engine.load_model(spec["model"], device="cpu", dtype=spec["dtype"])
-        cfg = e.config
-    load_s = time.perf_counter() - t
+    job = {"ingest": _child_ingest, "hf": _child_hf, "lucidrains": _child_lucidrains}[spec["job"]]
+    run = job(spec)  # loads, returns a function that measures with the given probe
+    out = {"load_seconds": time.perf_counter() - t}
     probe = Probe()
     probe(0.5)  # wakes the threads and the matmul kernels
-    rss_loaded, peak_loaded = _rss_now(), _peak_rss()
+    out.update(rss_loaded=_status("VmRSS"), threads=torch.get_num_threads())
+    out.update(run(probe))
+    out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return out
+
+
+def _child_ingest(spec: dict):
+    import engine
+
+    if spec["model"] == "random":
+        cfg = InfiniConfig.from_hf_dict(spec["config"])
+        e = engine.Engine(engine.build_model(cfg, dtype=torch.bfloat16, seed=0))
+    else:
+        e = engine.load_model(spec["model"], device="cpu", dtype="bfloat16")
+    cfg = e.config
     n = spec["length"]
     ids = torch.randint(0, cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(0))
-    e.ingest(ids[: min(n, cfg.segment_length)], e.new_memory())  # warm-up: kernel selection, allocator
-    # Each segment is timed alone and followed by a short probe of the matmul rate (not timed).
-    # CPU seconds per wall second tell how much of the cores this process got (others share them).
-    seg, cpu, rates = [], [], [probe()]
-    start = [time.perf_counter(), time.process_time()]
 
-    def after_segment(done: int, total: int) -> None:
-        seg.append(time.perf_counter() - start[0])
-        cpu.append(time.process_time() - start[1])
-        rates.append(probe())
-        start[:] = time.perf_counter(), time.process_time()
+    def run(probe: Probe) -> dict:
+        e.ingest(ids[: min(n, cfg.segment_length)], e.new_memory())  # warm-up: kernels, allocator
+        _reset_peak()
+        clock = Clock(probe)
+        mem = e.ingest(ids, e.new_memory(), progress=clock.lap)
+        out = clock.result()
+        out.update(peak_run=_status("VmHWM"), snapshot_bytes=len(mem.to_bytes()), config=cfg.to_hf_dict())
+        if spec.get("decode_tokens"):
+            out.update(_generate(e, mem, spec["decode_tokens"]))
+        return out
 
-    mem = e.ingest(ids, e.new_memory(), progress=after_segment)
-    secs = sum(seg)
-    median = sorted(seg)[len(seg) // 2]
-    return {
-        "length": n, "seconds": secs, "segment_median_s": median, "segment_max_s": max(seg),
-        "segments": len(seg), "cpu_seconds": sum(cpu), "probe_tflops": sum(rates) / len(rates), "probe_min": min(rates),
-        "probe_max": max(rates), "load_seconds": load_s, "rss_loaded": rss_loaded,
-        "peak_loaded": peak_loaded, "peak_rss": _peak_rss(), "snapshot_bytes": len(mem.to_bytes()),
-        "config": cfg.to_hf_dict(), "threads": torch.get_num_threads(),
-    }
+    return run
 
 
-def run_ingest(model: str, length: int, cfg: InfiniConfig | None = None, dtype: str = "bfloat16",
-               threads: int | None = None) -> dict:
-    """One ingest in a fresh interpreter; returns `ingest_child`'s dict."""
-    spec = {"model": model, "length": length, "dtype": dtype, "threads": threads,
-            "config": cfg.to_hf_dict() if cfg is not None else None}
+def _generate(e, mem, max_new_tokens: int) -> dict:
+    """Time to the first text piece and decode tokens/s of `Engine.generate` on top of `mem`."""
+    prompt_len = e.prompt_ids(QUESTION).numel()
+    after = []
+    t0 = time.perf_counter()
+    pieces = e.generate(QUESTION, mem, max_new_tokens=max_new_tokens, temperature=0, on_memory=after.append)
+    first = None
+    for _ in pieces:
+        first = first or time.perf_counter()
+    end = time.perf_counter()
+    new = after[0].tokens - mem.tokens - prompt_len if after else 0  # tokens fed after the prompt
+    return {"prompt_tokens": prompt_len, "ttft": (first or end) - t0, "new_tokens": new,
+            "decode_tps": new / (end - first) if first and new else float("nan")}
+
+
+def _child_hf(spec: dict):
+    """transformers on the GGUF file's weights in bf16: one forward over the whole context (the
+    last position's logits only), then greedy decode with its KV cache."""
+    from transformers import AutoModelForCausalLM
+
+    gguf = Path(spec["gguf"])
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16).eval()
+    vocab, n = model.config.vocab_size, spec["length"]
+    ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(0))
+
+    @torch.inference_mode()
+    def run(probe: Probe) -> dict:
+        model(ids[:, :512], logits_to_keep=1)  # warm-up
+        _reset_peak()
+        clock = Clock(probe)
+        out = model(ids, logits_to_keep=1, use_cache=True)
+        clock.lap()
+        res = clock.result()
+        res["peak_run"] = _status("VmHWM")
+        pkv, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        steps = spec.get("decode_tokens") or 0
+        t = time.perf_counter()
+        for _ in range(steps):
+            o = model(tok, past_key_values=pkv, use_cache=True, logits_to_keep=1)
+            pkv, tok = o.past_key_values, o.logits[:, -1].argmax(-1, keepdim=True)
+        res["decode_tps"] = steps / (time.perf_counter() - t) if steps else float("nan")
+        c = model.config
+        res["config"] = InfiniConfig(
+            vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+            num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
+            head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+            intermediate_size=c.intermediate_size,
+        ).to_hf_dict()
+        return res
+
+    return run
+
+
+def _child_lucidrains(spec: dict):
+    """infini-transformer-pytorch (lucidrains) at the random model's shape, random weights, bf16,
+    fed segment by segment with its memories carried (return_new_memories=True)."""
+    from infini_transformer_pytorch import InfiniTransformer
+
+    cfg = InfiniConfig.from_hf_dict(spec["config"])
+    torch.manual_seed(0)
+    model = InfiniTransformer(
+        num_tokens=cfg.vocab_size, dim=cfg.hidden_size, depth=cfg.num_hidden_layers, dim_head=cfg.head_dim,
+        heads=cfg.num_attention_heads, ff_mult=cfg.intermediate_size * 3 / (2 * cfg.hidden_size),
+    ).to(torch.bfloat16).eval()
+    n, L = spec["length"], cfg.segment_length
+    ids = torch.randint(0, cfg.vocab_size, (1, n), generator=torch.Generator().manual_seed(0))
+
+    @torch.inference_mode()
+    def run(probe: Probe) -> dict:
+        model(ids[:, :L], return_new_memories=True)  # warm-up
+        _reset_peak()
+        clock, mems = Clock(probe), None
+        for s in range(0, n, L):
+            mems = model(ids[:, s : s + L], past_memories=mems, return_new_memories=True).past_memories
+            clock.lap()
+        res = clock.result()
+        res["peak_run"] = _status("VmHWM")
+        res["snapshot_bytes"] = sum(m.numel() * m.element_size() for pair in mems for m in pair)
+        return res
+
+    return run
+
+
+def measure(spec: dict, opts: Options) -> dict:
+    """`child(spec)` in a fresh interpreter."""
+    if opts.wait_quiet:
+        wait_quiet(opts.wait_quiet, opts.log)
+    spec = dict(spec, threads=opts.threads)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-m", "engine.bench", "--child", json.dumps(spec)],
                           capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode:
-        raise RuntimeError(f"the ingest of {length} tokens failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"the run {spec['job']} of {spec['length']} tokens failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ---- sections ----
 
-
-def ingest_table(title: str, model: str, lengths, peak: float, cfg: InfiniConfig | None = None,
-                 dtype: str = "bfloat16", threads: int | None = None, log=print) -> Table:
-    table = Table(title, [
-        "tokens", "tokens/s", "tokens/s (median segment)", "seconds", "GFLOP/token", "TFLOP/s",
-        "cores busy", "bf16 peak alongside (TFLOP/s)", "MFU", "MFU vs run's best peak", "RSS loaded (MiB)", "peak RSS (MiB)",
-        "peak − loaded (MiB)", "snapshot (KiB)", "full KV cache bf16 (MiB)", "KV / snapshot",
-    ])
-    for n in lengths:
-        log(f"  {title}: {n} tokens…")
-        r = run_ingest(model, n, cfg, dtype, threads)
-        c = InfiniConfig.from_hf_dict(r["config"])
-        flops = ingest_flops(c, n)
-        tflops = flops / r["seconds"] / 1e12
-        kv = kv_cache_bytes(c, n)
-        table.rows.append([
-            _tokens(n), n / r["seconds"], min(n, c.segment_length) / r["segment_median_s"], r["seconds"],
-            flops / n / 1e9, tflops, r["cpu_seconds"] / r["seconds"], r["probe_tflops"], _pct(tflops / r["probe_tflops"]),
-            _pct(tflops / max(peak, r["probe_max"])), r["rss_loaded"] / MiB, r["peak_rss"] / MiB,
-            (r["peak_rss"] - r["rss_loaded"]) / MiB, r["snapshot_bytes"] / 1024, kv / MiB, kv / r["snapshot_bytes"],
-        ])
-    table.notes += [
-        "One fresh subprocess per length: peak RSS is `ru_maxrss` of that length alone; 'RSS loaded' "
-        "is VmRSS after building the model. The timed ingest follows a one-segment warm-up; each "
-        "segment is timed alone. 'tokens/s (median segment)' is one segment's tokens over the median "
-        "segment time. 'cores busy' is the process's CPU seconds per wall second during the timed "
-        f"segments, out of {torch.get_num_threads()} threads: less means other programs took the cores.",
-        "The matmul rate of these shared machines moves by up to 4× within a minute. So after every "
-        "segment (outside its timing) a 2048² bf16 product measures the rate of the moment; 'bf16 peak "
-        "alongside' is the mean of those probes, and MFU is the ingest's useful FLOP/s over it. "
-        f"'MFU vs run's best peak' divides by the best bf16 rate seen in the whole run ({peak:.3g} "
-        "TFLOP/s at the start, or a higher probe): the pessimistic figure.",
-        "FLOPs: 2 × weights of every layer's projections and MLP (the last layer only K and V: ingest "
-        "skips its attention output and MLP, the final norm and the LM head), causal local attention "
-        "4·H·D·T(T+1)/2 per layer and segment, and the memory read and update; elementwise work "
-        "(norms, rotary, σ, SiLU, gates, casts) is not counted.",
-        "Snapshot: `len(memory.to_bytes())` (float32 M and z for every layer, plus header). Full KV "
-        "cache: layers × 2 × kv_heads × head_dim × tokens × 2 bytes.",
-    ]
-    return table
+SPEED_COLUMNS = ["tokens", "tokens/s", "tokens/s (median segment)", "seconds", "GFLOP/token", "TFLOP/s",
+                 "bf16 rate alongside (TFLOP/s)", "MFU", "MFU vs best peak", "cores busy", "CPU pressure"]
+MEMORY_COLUMNS = ["tokens", "RSS loaded (MiB)", "peak RSS during run (MiB)", "growth (MiB)", "ru_maxrss (MiB)",
+                  "snapshot (KiB)", "full KV cache bf16 (MiB)", "KV cache / snapshot"]
 
 
-def random_section(lengths, peak: float, cfg: InfiniConfig | None = None, threads: int | None = None,
-                   log=print) -> Table:
-    cfg = cfg or InfiniConfig()
-    title = (f"Ingest, random model ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
-             f"{cfg.num_attention_heads}/{cfg.num_key_value_heads} heads, segment {cfg.segment_length}), bf16")
-    return ingest_table(title, "random", lengths, peak, cfg, "bfloat16", threads, log)
+def _speed_row(label: str, n: int, flops: int, r: dict, peak: float, per_piece: int) -> list:
+    tflops = flops / r["seconds"] / 1e12
+    return [label, n / r["seconds"], per_piece / r["piece_median_s"], r["seconds"], flops / n / 1e9, tflops,
+            r["probe_tflops"], _pct(tflops / r["probe_tflops"]), _pct(tflops / max(peak, r["probe_max"])),
+            r["cpu_seconds"] / r["seconds"], _pct(r["cpu_pressure"])]
 
 
-def peak_table(cfg: InfiniConfig, quick: bool) -> tuple[Table, float]:
-    """The matmul rates of this machine, and the bf16 peak that MFU divides by: the best bf16 rate
-    seen, square products or the layer's own shapes (whichever this machine runs faster)."""
-    square = matmul_peak(torch.bfloat16, quick)
-    fp32 = matmul_peak(torch.float32, quick)
-    shapes, best_shape = model_gemm_tflops(cfg, torch.bfloat16, quick)
+def _memory_row(label: str, cfg: InfiniConfig, n: int, r: dict) -> list:
+    kv = kv_cache_bytes(cfg, n)
+    snap = r.get("snapshot_bytes")
+    return [label, r["rss_loaded"] / MiB, r["peak_run"] / MiB, (r["peak_run"] - r["rss_loaded"]) / MiB,
+            r["peak_rss"] / MiB, snap / 1024 if snap else "—", kv / MiB, kv / snap if snap else "—"]
+
+
+SPEED_NOTES = [
+    "Each row is a fresh subprocess. The timed run follows a one-segment warm-up; each segment is "
+    "timed alone. 'tokens/s (median segment)' is one segment's tokens over the median segment time.",
+    "After every segment (outside its timing) a 2048² bf16 product probes the machine's matmul rate; "
+    "'bf16 rate alongside' is the mean of those probes and MFU the run's useful FLOP/s over it. 'MFU vs "
+    "best peak' divides by the best bf16 rate of the whole benchmark instead: the pessimistic figure. "
+    "'cores busy' is the process's CPU seconds per wall second (out of its threads); 'CPU pressure' the "
+    "share of the run in which some task waited for a core (/proc/pressure/cpu): other programs running.",
+    "Useful FLOPs (multiply-add = 2): 2 × the weights of every projection and MLP product that runs, "
+    "causal attention 4·H·D·(pairs of query and earlier key), the memory read σ(Q)M, σ(Q)z and update "
+    "σ(K)ᵀV; ingest skips the last layer's attention output and MLP, the final norm and the LM head. "
+    "Elementwise work (norms, rotary, σ, SiLU, gates, casts) is not counted.",
+]
+MEMORY_NOTES = [
+    "'RSS loaded': VmRSS with the weights loaded. 'peak RSS during run': VmHWM, reset after loading "
+    "(/proc/self/clear_refs), at the end of the run; 'growth' the difference. 'ru_maxrss': the whole "
+    "process's peak, loading included (the float32 weights exist while the model is built).",
+    "Snapshot: `len(memory.to_bytes())` (float32 M and z of every layer, plus header). Full KV cache: "
+    "layers × 2 × kv_heads × head_dim × tokens × 2 bytes (bf16).",
+]
+
+
+def _shape(cfg: InfiniConfig) -> str:
+    return (f"{cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads}/"
+            f"{cfg.num_key_value_heads} heads, segment {cfg.segment_length}")
+
+
+def peak_section(opts: Options) -> tuple[list[Table], float]:
+    """The matmul rates of this machine, and the bf16 peak that 'MFU vs best peak' divides by: the
+    best bf16 rate seen, square products or the layer's own shapes (whichever runs faster here)."""
+    cfg = opts.cfg or InfiniConfig()
+    opts.log("measuring matmul rates…")
+    square = matmul_peak(torch.bfloat16, opts.quick)
+    fp32 = matmul_peak(torch.float32, opts.quick)
+    shapes, best_shape = model_gemm_tflops(cfg, opts.quick)
     peak = max(square, best_shape)
     t = Table("Matmul rates of this machine", ["measure", "TFLOP/s", "of bf16 peak"], [
-        ["bf16 square products (best of several sizes and repeats)", square, _pct(square / peak)],
+        ["bf16 square products (best of sizes 2048-8192 and repeats)", square, _pct(square / peak)],
         [f"bf16 at the layer's own GEMM shapes ({cfg.segment_length} rows), FLOP-weighted", shapes,
          _pct(shapes / peak)],
         ["fp32 square products", fp32, _pct(fp32 / peak)],
-    ], [f"bf16 peak used for MFU: {peak:.3g} TFLOP/s (the best bf16 rate above, or of a single layer shape)."])
-    return t, peak
+    ], [f"bf16 peak for 'MFU vs best peak': {peak:.3g} TFLOP/s (the best bf16 rate above, or of a single "
+        "layer shape), measured at the start of the run."])
+    return [t], peak
 
 
-# ---- profile ----
+def random_section(opts: Options, peak: float) -> list[Table]:
+    cfg = opts.cfg or InfiniConfig()
+    speed = Table(f"Ingest speed, random model ({_shape(cfg)}), bf16", SPEED_COLUMNS, notes=SPEED_NOTES)
+    memory = Table("Ingest memory, same runs", MEMORY_COLUMNS, notes=MEMORY_NOTES)
+    for n in opts.lengths:
+        opts.log(f"  random model, ingest of {n} tokens…")
+        r = measure({"job": "ingest", "model": "random", "length": n, "config": cfg.to_hf_dict()}, opts)
+        speed.rows.append(_speed_row(_tokens(n), n, ingest_flops(cfg, n), r, peak, min(n, cfg.segment_length)))
+        memory.rows.append(_memory_row(_tokens(n), cfg, n, r))
+    return [speed, memory]
 
 
-def profile(segments: int, cfg: InfiniConfig | None = None, rows: int = 25) -> str:
-    """torch.profiler over `segments` segments of ingest (after a warm-up), ops by self CPU time."""
+def builtin_section(opts: Options, peak: float) -> list[Table]:
+    """The built-in model: ingest at each length, then a question on top of the memory."""
+    speed = memory = None
+    gen = Table("Built-in model: answering on top of the memory (`Engine.generate`, greedy)",
+                ["book tokens", "prompt tokens", "time to first token (s)", "new tokens", "decode tokens/s"],
+                notes=["Time to first token: from the call to the first text piece, the prompt (a chat "
+                       "message) processed on top of the memory. Decode: new tokens over the time after the "
+                       f"first piece (up to {opts.decode_tokens} new tokens; a stop token may end sooner)."])
+    for n in opts.lengths:
+        opts.log(f"  built-in model, ingest of {n} tokens and a question…")
+        r = measure({"job": "ingest", "model": "builtin", "length": n, "decode_tokens": opts.decode_tokens}, opts)
+        cfg = InfiniConfig.from_hf_dict(r["config"])
+        if speed is None:
+            speed = Table(f"Built-in model ({_shape(cfg)}): ingest speed, bf16", SPEED_COLUMNS, notes=SPEED_NOTES)
+            memory = Table("Built-in model: ingest memory, same runs", MEMORY_COLUMNS, notes=MEMORY_NOTES)
+        speed.rows.append(_speed_row(_tokens(n), n, ingest_flops(cfg, n), r, peak, min(n, cfg.segment_length)))
+        memory.rows.append(_memory_row(_tokens(n), cfg, n, r))
+        gen.rows.append([_tokens(n), r["prompt_tokens"], r["ttft"], r["new_tokens"], r["decode_tps"]])
+    return [t for t in (speed, memory, gen) if t is not None]
+
+
+def peers_section(opts: Options, peak: float) -> list[Table]:
+    """Side by side at equal lengths: this engine (built-in model), transformers on the same
+    weights (one forward over the whole context, as far as the model's context reaches), and
+    infini-transformer-pytorch at the random model's shape."""
+    from .builtin import model_path
+
+    cfg = opts.cfg or InfiniConfig()
+    speed = Table("Peers, side by side: reading a context, bf16", ["implementation"] + SPEED_COLUMNS + ["decode tokens/s"],
+                  notes=SPEED_NOTES[:2] + [
+                      "Ours: `Engine.ingest` of the built-in model (memory only, no LM head). transformers: "
+                      "`AutoModelForCausalLM.from_pretrained(gguf dir, gguf_file=...)` in bf16, one forward over "
+                      "the whole context with `logits_to_keep=1` (its KV cache kept), FLOPs counted the same way "
+                      "plus one LM head row; decode: greedy steps on that KV cache. infini-transformer-pytorch "
+                      "0.2.x: random weights at the same shape but its own design (full multi-head K/V, no "
+                      "GQA; it computes every position's logits), fed 2048-token segments with "
+                      "`return_new_memories=True`; its FLOPs include its larger K/V projections and LM head."])
+    memory = Table("Peers: memory, same runs", ["implementation"] + MEMORY_COLUMNS, notes=MEMORY_NOTES[:1])
+    for n in opts.peer_lengths:
+        runs = []
+        opts.log(f"  peers at {n} tokens: ours…")
+        r = measure({"job": "ingest", "model": "builtin", "length": n, "decode_tokens": opts.decode_tokens}, opts)
+        c = InfiniConfig.from_hf_dict(r["config"])
+        runs.append(("Infini Reader (ours)", r, ingest_flops(c, n), c, min(n, c.segment_length)))
+        if n <= c.max_position_embeddings:
+            opts.log(f"  peers at {n} tokens: transformers…")
+            try:
+                r = measure({"job": "hf", "gguf": str(model_path()), "length": n,
+                             "decode_tokens": opts.decode_tokens}, opts)
+                hc = InfiniConfig.from_hf_dict(r["config"])
+                runs.append((f"transformers {_version('transformers')}", r, dense_forward_flops(hc, n), hc, n))
+            except RuntimeError as exc:
+                opts.log(f"  transformers failed: {exc}")
+        opts.log(f"  peers at {n} tokens: infini-transformer-pytorch…")
+        try:
+            r = measure({"job": "lucidrains", "length": n, "config": cfg.to_hf_dict()}, opts)
+            segs = [min(cfg.segment_length, n - s) for s in range(0, n, cfg.segment_length)]
+            flops = sum(dense_forward_flops(cfg, T, logits=T, kv_heads=cfg.num_attention_heads) for T in segs)
+            runs.append((f"infini-transformer-pytorch {_version('infini-transformer-pytorch')} (random)",
+                         r, flops, cfg, min(n, cfg.segment_length)))
+        except RuntimeError as exc:
+            opts.log(f"  infini-transformer-pytorch failed: {exc}")
+        for name, r, flops, c, piece in runs:
+            speed.rows.append([name] + _speed_row(_tokens(n), n, flops, r, peak, piece)
+                              + [r.get("decode_tps", "—")])
+            memory.rows.append([name] + _memory_row(_tokens(n), c, n, r))
+    return [speed, memory]
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+# ---- profile: where the time of an ingest goes ----
+
+
+def profile(segments: int = 2, cfg: InfiniConfig | None = None, ops: int = 0) -> str:
+    """Exclusive wall time of an ingest by part of the model, from forward hooks on the modules and
+    wrappers around the model's functions (the model's code is not changed). With `ops`, also the
+    torch.profiler table of that many operators by self CPU time."""
     import engine
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as tprofile
+    import engine.model as em
 
     cfg = cfg or InfiniConfig()
     e = engine.Engine(engine.build_model(cfg, dtype=torch.bfloat16, seed=0))
     ids = torch.randint(0, cfg.vocab_size, (segments * cfg.segment_length,))
-    e.ingest(ids[: cfg.segment_length], e.new_memory())
-    with tprofile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    times: dict[str, float] = {}
+    stack: list[list] = []  # [name, start, time spent in timed children]
+
+    def enter(name):
+        stack.append([name, time.perf_counter(), 0.0])
+
+    def leave():
+        name, t0, inner = stack.pop()
+        spent = time.perf_counter() - t0
+        times[name] = times.get(name, 0.0) + spent - inner
+        if stack:
+            stack[-1][2] += spent
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            enter(name)
+            try:
+                return fn(*a, **k)
+            finally:
+                leave()
+        return wrapper
+
+    def hook(module, name):
+        module.register_forward_pre_hook(lambda *_: enter(name))
+        module.register_forward_hook(lambda *_: leave())
+
+    for layer in e.model.model.layers:
+        a = layer.self_attn
+        hook(layer, "decoder layer: residual adds")
+        hook(a, "attention: rest (σ, fp32 casts, gate mix, transposes)")
+        for p in (a.q_proj, a.k_proj, a.v_proj, a.o_proj):
+            hook(p, "q, k, v, o projections")
+        hook(layer.mlp, "MLP: SiLU × up")
+        for p in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+            hook(p, "MLP matmuls (gate, up, down)")
+        hook(layer.input_layernorm, "RMSNorm")
+        hook(layer.post_attention_layernorm, "RMSNorm")
+    saved = {n: getattr(em, n) for n in ("local_attention", "memory_delta", "memory_retrieve", "apply_rotary")
+             if hasattr(em, n)}
+    labels = {"local_attention": "local attention", "memory_delta": "memory update (fp32)",
+              "memory_retrieve": "memory read (fp32)", "apply_rotary": "rotary"}
+    e.ingest(ids[: cfg.segment_length], e.new_memory())  # warm-up, untimed
+    for n, fn in saved.items():
+        setattr(em, n, timed(labels[n], fn))
+    try:
+        probe = Probe()
+        rate0 = probe(0.5)
+        t0 = time.perf_counter()
         e.ingest(ids, e.new_memory())
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+        wall = time.perf_counter() - t0
+        rate = (rate0 + probe(0.5)) / 2
+        prof_table = None
+        if ops:
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as tprofile
+
+            with tprofile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                e.ingest(ids, e.new_memory())
+            prof_table = prof.key_averages(group_by_input_shape=True).table(
+                sort_by="self_cpu_time_total", row_limit=ops, max_name_column_width=30, max_shapes_column_width=70)
+    finally:
+        for n, fn in saved.items():
+            setattr(em, n, fn)
+
+    T, n_seg, L = cfg.segment_length, segments, cfg.num_hidden_layers
+    C, I, H, Hkv, D = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    flops = {  # useful FLOPs per part, for the rate column
+        "q, k, v, o projections": n_seg * 2 * T * ((L - 1) * (2 * C * H * D + 2 * C * Hkv * D) + 2 * C * Hkv * D),
+        "MLP matmuls (gate, up, down)": n_seg * (L - 1) * 2 * T * 3 * C * I,
+        "local attention": n_seg * (L - 1) * _causal_attention(cfg, T),
+        "memory read (fp32)": (n_seg - 1) * (L - 1) * 2 * T * H * D * (D + 1),
+        "memory update (fp32)": n_seg * L * (2 * T * Hkv * D * D + T * Hkv * D),
+    }
+    t = Table(f"Where the time of an ingest goes ({segments} segments of {T} tokens, {_shape(cfg)}, bf16)",
+              ["part", "seconds", "share", "TFLOP/s", "of bf16 rate alongside"])
+    for name, secs in sorted(times.items(), key=lambda kv: -kv[1]):
+        f = flops.get(name)
+        t.rows.append([name, secs, _pct(secs / wall), f / secs / 1e12 if f else "—",
+                       _pct(f / secs / 1e12 / rate) if f else "—"])
+    rest = wall - sum(times.values())
+    t.rows.append(["rest: embedding, last layer's write_only glue, memory sums, Python", rest, _pct(rest / wall), "—", "—"])
+    t.rows.append(["total (wall)", wall, "100%", ingest_flops(cfg, n_seg * T) / wall / 1e12,
+                   _pct(ingest_flops(cfg, n_seg * T) / wall / 1e12 / rate)])
+    t.notes.append(f"bf16 rate alongside: {rate:.3g} TFLOP/s (2048² products just before and after). "
+                   f"{n_seg * T / wall:,.0f} tokens/s. Exclusive times: a part's time excludes the timed "
+                   "parts inside it.")
+    md = t.markdown()
+    if prof_table:
+        md += "\n### torch.profiler, operators by self CPU time (same segments, run again)\n\n```\n" + prof_table + "```\n"
+    return md
 
 
 # ---- main ----
 
 
-def run(lengths=DEFAULT_LENGTHS, cfg: InfiniConfig | None = None, quick: bool = False, threads: int | None = None,
-        command: str | None = None, log=print) -> str:
-    """The whole report as markdown. `cfg` replaces the default SmolLM2-135M shape (tests)."""
-    cfg = cfg or InfiniConfig()
-    if threads:
-        torch.set_num_threads(threads)
-    log("measuring the matmul peak…")
-    peaks, peak = peak_table(cfg, quick)
-    tables = [peaks, random_section(lengths, peak, cfg, threads, log)]
+def run(opts: Options, command: str | None = None) -> str:
+    """The whole report as markdown."""
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    tables, peak = peak_section(opts)
+    if "random" in opts.sections:
+        tables += random_section(opts, peak)
+    if "builtin" in opts.sections:
+        tables += builtin_section(opts, peak)
+    if "peers" in opts.sections:
+        tables += peers_section(opts, peak)
     head = ["## Benchmark", ""]
     if command:
         head += ["```", command, "```", ""]
@@ -346,27 +685,43 @@ def run(lengths=DEFAULT_LENGTHS, cfg: InfiniConfig | None = None, quick: bool = 
     return "\n".join(head) + "\n".join(t.markdown() for t in tables)
 
 
+def _ints(s: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in s.split(","))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m engine.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--lengths", help="comma-separated token counts (default 8192,32768,131072)")
-    p.add_argument("--quick", action="store_true", help="a smoke run: 4K tokens, a short peak measurement")
+    p.add_argument("--sections", default="random", help="comma-separated: random, builtin, peers (default random)")
+    p.add_argument("--lengths", type=_ints, help="token counts for random and builtin (default 8192,32768,131072)")
+    p.add_argument("--peer-lengths", type=_ints, default=(8192,), help="token counts for peers (default 8192)")
+    p.add_argument("--decode-tokens", type=int, default=64, help="new tokens for the decode rate (default 64)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 4K tokens, short matmul measurements")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before each run, wait up to this long for the other programs to leave the cores")
     p.add_argument("--out", help="also write the markdown to this file")
-    p.add_argument("--profile", type=int, metavar="SEGMENTS", help="profile this many segments and exit")
+    p.add_argument("--profile", type=int, metavar="SEGMENTS", help="time the parts of an ingest and exit")
+    p.add_argument("--profile-ops", type=int, default=0, metavar="N", help="with --profile: top N operators")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
-        print(json.dumps(ingest_child(json.loads(a.child))))
+        print(json.dumps(child(json.loads(a.child))))
         return
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.profile:
-        print(profile(a.profile))
-        return
-    lengths = [int(x) for x in a.lengths.split(",")] if a.lengths else (QUICK_LENGTHS if a.quick else DEFAULT_LENGTHS)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     command = "python -m engine.bench " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
-    md = run(lengths, quick=a.quick, threads=a.threads, command=command.strip(),
-             log=lambda s: print(s, file=sys.stderr, flush=True))
+    if a.profile:
+        md = f"```\n{command.strip()}\n```\n\nMachine: {machine()}.\n\n"
+        md += profile(a.profile, ops=a.profile_ops)
+    else:
+        opts = Options(
+            lengths=a.lengths or (QUICK_LENGTHS if a.quick else DEFAULT_LENGTHS),
+            sections=tuple(s.strip() for s in a.sections.split(",")), peer_lengths=a.peer_lengths,
+            decode_tokens=8 if a.quick and a.decode_tokens == 64 else a.decode_tokens, quick=a.quick,
+            threads=a.threads, wait_quiet=a.wait_quiet, log=log,
+        )
+        md = run(opts, command.strip())
     print(md)
     if a.out:
         Path(a.out).write_text(md)

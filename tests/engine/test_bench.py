@@ -1,7 +1,7 @@
 """The benchmark runs end to end on a tiny model and prints well-formed tables (no timings asserted)."""
 
 from engine import InfiniConfig
-from engine.bench import ingest_flops, kv_cache_bytes, run
+from engine.bench import Options, ingest_flops, kv_cache_bytes, run
 
 from .conftest import tiny_config
 
@@ -23,27 +23,36 @@ def _number(cell: str) -> float:
 
 def test_bench_quick_on_a_tiny_model():
     cfg = tiny_config(segment_length=32)
-    md = run(lengths=(64, 96), cfg=cfg, quick=True, command="python -m engine.bench --quick", log=lambda s: None)
+    opts = Options(lengths=(64, 96), cfg=cfg, quick=True, log=lambda s: None)
+    md = run(opts, command="python -m engine.bench --quick")
     assert "python -m engine.bench --quick" in md
 
     header, rows = _table(md, "Matmul rates")
     assert header == ["measure", "TFLOP/s", "of bf16 peak"]
     assert len(rows) == 3 and all(_number(r[1]) > 0 for r in rows)
 
-    header, rows = _table(md, "Ingest, random model")
-    for col in ("tokens", "tokens/s", "MFU", "RSS loaded (MiB)", "peak RSS (MiB)", "snapshot (KiB)",
-                "full KV cache bf16 (MiB)", "KV / snapshot"):
+    header, rows = _table(md, "Ingest speed, random model")
+    for col in ("tokens", "tokens/s", "GFLOP/token", "TFLOP/s", "MFU"):
         assert col in header
     assert [r[0] for r in rows] == ["64", "96"]
     for row in rows:
         assert len(row) == len(header)
+        assert all(_number(v) > 0 for v in row if v != "0%"), row  # CPU pressure may be 0 on a quiet machine
+
+    header, rows = _table(md, "Ingest memory")
+    for col in ("RSS loaded (MiB)", "peak RSS during run (MiB)", "ru_maxrss (MiB)", "snapshot (KiB)",
+                "full KV cache bf16 (MiB)", "KV cache / snapshot"):
+        assert col in header
+    assert [r[0] for r in rows] == ["64", "96"]
+    for row in rows:
         values = dict(zip(header, row))
         for col in header:
-            if col != "peak − loaded (MiB)":  # may round to 0 on a tiny model
+            if col != "growth (MiB)":  # may be about 0 (or below) on a tiny model
                 assert _number(values[col]) > 0, (col, values[col])
     # the snapshot does not grow with the length; the KV cache does
-    assert rows[0][header.index("snapshot (KiB)")] == rows[1][header.index("snapshot (KiB)")]
-    assert _number(rows[1][header.index("KV / snapshot")]) > _number(rows[0][header.index("KV / snapshot")])
+    snap, ratio = header.index("snapshot (KiB)"), header.index("KV cache / snapshot")
+    assert rows[0][snap] == rows[1][snap]
+    assert _number(rows[1][ratio]) > _number(rows[0][ratio])
 
 
 def test_kv_cache_and_flop_counts():
