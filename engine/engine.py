@@ -144,18 +144,29 @@ class Engine:
     # ---- reading ----
 
     @torch.inference_mode()
-    def ingest(self, tokens_or_text, memory: Memory, progress: Progress | None = None) -> Memory:
+    def ingest(
+        self,
+        tokens_or_text,
+        memory: Memory,
+        progress: Progress | None = None,
+        on_segment: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> Memory:
         """Stream tokens through the model segment by segment; return the memory after the last one.
 
         The given memory is not modified. A trailing partial segment is written too, so to continue
         a document across calls with the same result as one call, pass whole segments.
+        `on_segment(i, key_summary)` receives, for segment i of this call, its key summary: per
+        layer, the segment's own Σ_t σ(K_t) averaged over key/value heads, (layers, d_key) float32;
+        σ(q)·summary is the retrieval mass a query would send to that segment (attribution).
         """
         ids = self._ids(tokens_or_text)
         layers = self._as_layers(memory)
         L, n = self.config.segment_length, ids.numel()
-        for s in range(0, n, L):
+        for i, s in enumerate(range(0, n, L)):
             _, deltas = self.model.segment(ids[None, s : s + L], layers, write_only=True)
             layers = add_delta(layers, deltas)
+            if on_segment is not None:
+                on_segment(i, torch.stack([dz[0].mean(0) for _, dz in deltas]).cpu())
             if progress is not None:
                 progress(min(s + L, n), n)
         return self._to_memory(layers, memory, n)

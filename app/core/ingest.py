@@ -1,0 +1,161 @@
+"""Reading documents into the library: parse, plan segments, stream them through the engine.
+
+`ingest_file` is a generator of `Progress` events, so that the command line prints them and the
+window turns them into signals. Every few segments (or seconds) the memory and the position reached
+are stored in one transaction; a cancelled, crashed or killed reading resumes from there, and the
+final memory is the one an uninterrupted reading would have made.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import engine as eng
+
+from .document import ReaderError
+from .library import Library, file_hash
+from .segments import plan_segments
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    document_id: int | None
+    title: str
+    phase: str  # parsing | reading | ready | failed | cancelled
+    segments_done: int = 0
+    segments_total: int = 0
+    tokens_done: int = 0
+    tokens_total: int = 0
+    tokens_per_s: float = 0.0
+    eta_s: float | None = None
+    message: str = ""
+    reused: bool = False  # the library already held this file read by this model
+
+    @property
+    def fraction(self) -> float:
+        return self.segments_done / self.segments_total if self.segments_total else 0.0
+
+
+def _read(path: Path):
+    from .readers import read_document  # the readers pull in pymupdf/ebooklib: import when needed
+
+    return read_document(path)
+
+
+def model_name(e: eng.Engine) -> str:
+    return "builtin" if e.source == "builtin" else str(e.source)
+
+
+def ingest_file(
+    library: Library,
+    engine: eng.Engine,
+    path: str | Path,
+    cancel: threading.Event | None = None,
+    checkpoint_segments: int = 8,
+    checkpoint_seconds: float = 20.0,
+) -> Iterator[Progress]:
+    path = Path(path)
+    title = path.name
+    if not path.is_file():
+        yield Progress(None, title, "failed", message=f"{path}: no such file")
+        return
+    digest, size = file_hash(path), path.stat().st_size
+    doc_id = library.find_by_hash(digest)
+    snap_id = library.snapshot_id(doc_id, engine.fingerprint) if doc_id is not None else None
+    if snap_id is None:
+        yield Progress(doc_id, title, "parsing")
+        if doc_id is None or library.info(doc_id).status == "failed":
+            try:
+                doc = _read(path)
+            except ReaderError as exc:
+                doc_id = library.add_failed(path, digest, size, str(exc))
+                yield Progress(doc_id, title, "failed", message=str(exc))
+                return
+            except Exception as exc:  # a reader bug must not take the queue down
+                log.exception("reading %s failed", path)
+                doc_id = library.add_failed(path, digest, size, f"could not read the file ({exc})")
+                yield Progress(doc_id, title, "failed", message=f"could not read the file ({exc})")
+                return
+            doc_id = library.add_document(doc, digest, size)
+        else:  # the file is known, read by another model: its text is in the library
+            doc = library.document(doc_id)
+        if engine.tokenizer is None:
+            raise ValueError("the model has no tokenizer")
+        plans = plan_segments(doc, engine.tokenizer, engine.config.segment_length)
+        snap_id = library.create_reading(doc_id, engine.fingerprint, model_name(engine),
+                                         engine.config.segment_length, plans)
+    yield from _read_segments(library, engine, doc_id, snap_id, cancel, checkpoint_segments, checkpoint_seconds)
+
+
+def _read_segments(library, engine, doc_id, snap_id, cancel, every, seconds) -> Iterator[Progress]:
+    reading = library.reading(snap_id)
+    title = library.info(doc_id).title
+    total, done = reading.segments_total, reading.segments_done
+
+    def event(phase, tps=0.0, eta=None, message="", reused=False) -> Progress:
+        return Progress(doc_id, title, phase, done, total, tokens_done, reading.tokens_total, tps, eta, message, reused)
+
+    tokens_done = reading.tokens_done
+    if reading.status == "ready":
+        yield event("ready", reused=True)
+        return
+    if reading.memory is not None:
+        memory = eng.Memory.from_bytes(reading.memory, expected_fingerprint=engine.fingerprint)
+    else:
+        memory = engine.new_memory()
+    segments = library.segment_tokens(snap_id, done)
+    library.set_reading_status(snap_id, "reading")
+    yield event("reading")
+
+    spent, t_start = reading.seconds, time.perf_counter()
+    session_tokens, last_save, pending = 0, time.perf_counter(), {}
+    try:
+        for ids in segments:
+            if cancel is not None and cancel.is_set():
+                break
+
+            def keep(_i, summary, j=done):
+                pending[j] = summary.to("cpu").half().numpy().astype("<f2").tobytes()
+
+            memory = engine.ingest(ids.astype(np.int64), memory, on_segment=keep)
+            done += 1
+            tokens_done += len(ids)
+            session_tokens += len(ids)
+            elapsed = time.perf_counter() - t_start
+            tps = session_tokens / elapsed if elapsed > 0 else 0.0
+            eta = (reading.tokens_total - tokens_done) / tps if tps > 0 else None
+            if done == total or len(pending) >= every or time.perf_counter() - last_save >= seconds:
+                library.save_progress(snap_id, memory.to_bytes(), done, tokens_done, spent + elapsed, pending,
+                                      "ready" if done == total else "reading")
+                pending, last_save = {}, time.perf_counter()
+            yield event("reading" if done < total else "ready", tps, eta)
+    except Exception as exc:
+        log.exception("reading document %s failed", doc_id)
+        library.set_reading_status(snap_id, "failed", f"the model failed while reading: {exc}")
+        yield event("failed", message=f"the model failed while reading: {exc}")
+        return
+    if done < total:  # cancelled: keep what was read, resume later
+        library.save_progress(snap_id, memory.to_bytes(), done, tokens_done,
+                              spent + time.perf_counter() - t_start, pending, "cancelled")
+        yield event("cancelled", message="stopped; reading again resumes where it stopped")
+    elif total == 0:
+        library.save_progress(snap_id, memory.to_bytes(), 0, 0, spent, {}, "ready")
+        yield event("ready")
+
+
+def ingest_files(library: Library, engine: eng.Engine, paths, cancel: threading.Event | None = None,
+                 **kw) -> Iterator[Progress]:
+    """Several files, one at a time; a file that fails does not stop the others."""
+    for p in paths:
+        if cancel is not None and cancel.is_set():
+            return
+        yield from ingest_file(library, engine, p, cancel, **kw)

@@ -1,0 +1,245 @@
+"""The library: documents, their readings by models, and what was said about them.
+
+One short session per unit of work; ids, not ORM objects, cross thread boundaries. Per-segment data
+is written and read in bulk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import sessionmaker
+
+from .db import DocumentRow, SectionRow, SegmentRow, SnapshotRow, open_database
+from .document import Document, Section
+from .segments import SegmentPlan
+
+
+class LibraryError(ValueError):
+    """A request the library cannot satisfy (unknown or ambiguous document, ...)."""
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class DocInfo:
+    """What lists and status lines show about a document (plain data, safe across threads)."""
+
+    id: int
+    title: str
+    author: str | None
+    format: str
+    path: str
+    pages: int | None
+    chars: int
+    status: str
+    error: str | None
+    warnings: list[str]
+    chapters: list[str]
+    tokens: int = 0
+    segments_total: int = 0
+    segments_done: int = 0
+    memory_bytes: int = 0
+    model_fingerprint: str | None = None
+    seconds: float = 0.0
+
+
+class Library:
+    def __init__(self, url: str):
+        self.url = url
+        self.Session: sessionmaker = open_database(url)
+
+    # ---- documents ----
+
+    def find_by_hash(self, content_hash: str) -> int | None:
+        with self.Session() as s:
+            return s.scalar(select(DocumentRow.id).where(DocumentRow.content_hash == content_hash))
+
+    def add_document(self, doc: Document, content_hash: str, file_size: int) -> int:
+        with self.Session.begin() as s:
+            row = s.scalar(select(DocumentRow).where(DocumentRow.content_hash == content_hash))
+            if row is None:
+                row = DocumentRow(content_hash=content_hash)
+                s.add(row)
+            row.title, row.author, row.language, row.format = doc.title, doc.author, doc.language, doc.format
+            row.path, row.file_size, row.pages, row.chars = doc.source_path, file_size, doc.pages, len(doc.text)
+            row.text = doc.text
+            row.page_starts = np.asarray(doc.page_starts, "<i8").tobytes() if doc.page_starts is not None else None
+            row.warnings = "\n".join(doc.warnings)
+            row.status, row.error = "queued", None
+            s.flush()
+            s.execute(delete(SectionRow).where(SectionRow.document_id == row.id))
+            if doc.sections:
+                s.execute(insert(SectionRow), [
+                    dict(document_id=row.id, idx=i, title=sec.title, start=sec.start, end=sec.end,
+                         page_start=sec.page_start, page_end=sec.page_end)
+                    for i, sec in enumerate(doc.sections)
+                ])
+            return row.id
+
+    def add_failed(self, path: Path, content_hash: str, file_size: int, error: str) -> int:
+        """A file that could not be read still shows in the library, with the reason."""
+        with self.Session.begin() as s:
+            row = s.scalar(select(DocumentRow).where(DocumentRow.content_hash == content_hash))
+            if row is None:
+                row = DocumentRow(content_hash=content_hash, title=path.name, format=path.suffix.lstrip(".").lower()[:16],
+                                  path=str(path), file_size=file_size)
+                s.add(row)
+            row.status, row.error = "failed", error
+            s.flush()
+            return row.id
+
+    def document(self, doc_id: int) -> Document:
+        with self.Session() as s:
+            row = s.get(DocumentRow, doc_id)
+            if row is None:
+                raise LibraryError(f"no document with id {doc_id}")
+            return Document(
+                title=row.title, author=row.author, language=row.language, format=row.format, text=row.text,
+                sections=[Section(x.title, x.start, x.end, x.page_start, x.page_end) for x in row.sections],
+                page_starts=np.frombuffer(row.page_starts, "<i8").tolist() if row.page_starts is not None else None,
+                warnings=[w for w in row.warnings.split("\n") if w], source_path=row.path,
+            )
+
+    def set_status(self, doc_id: int, status: str, error: str | None = None) -> None:
+        with self.Session.begin() as s:
+            s.execute(update(DocumentRow).where(DocumentRow.id == doc_id).values(status=status, error=error))
+
+    def remove(self, doc_id: int) -> None:
+        with self.Session.begin() as s:
+            row = s.get(DocumentRow, doc_id)
+            if row is None:
+                raise LibraryError(f"no document with id {doc_id}")
+            s.delete(row)  # sections, readings, segments, chats and summaries go with it (cascade)
+
+    def info(self, doc_id: int, fingerprint: str | None = None) -> DocInfo:
+        return self.infos([doc_id], fingerprint)[0]
+
+    def infos(self, ids: list[int] | None = None, fingerprint: str | None = None) -> list[DocInfo]:
+        """Documents (all, or the given ids) with the state of their reading by `fingerprint`
+        (or their latest reading when None)."""
+        with self.Session() as s:
+            q = select(DocumentRow).order_by(DocumentRow.added_at, DocumentRow.id)
+            if ids is not None:
+                q = q.where(DocumentRow.id.in_(ids))
+            rows = s.scalars(q).all()
+            if ids is not None and len(rows) != len(set(ids)):
+                raise LibraryError(f"no document with id {sorted(set(ids) - {r.id for r in rows})[0]}")
+            snaps = {}
+            for snap in s.scalars(select(SnapshotRow).where(SnapshotRow.document_id.in_([r.id for r in rows]))
+                                  .order_by(SnapshotRow.updated_at)):
+                if fingerprint is None or snap.model_fingerprint == fingerprint:
+                    snaps[snap.document_id] = snap
+            chapters: dict[int, list[str]] = {}
+            for did, title in s.execute(select(SectionRow.document_id, SectionRow.title)
+                                        .where(SectionRow.document_id.in_([r.id for r in rows]))
+                                        .order_by(SectionRow.document_id, SectionRow.idx)):
+                chapters.setdefault(did, []).append(title)
+            out = []
+            for r in rows:
+                snap = snaps.get(r.id)
+                info = DocInfo(r.id, r.title, r.author, r.format, r.path, r.pages, r.chars, r.status, r.error,
+                               [w for w in r.warnings.split("\n") if w], chapters.get(r.id, []))
+                if snap is not None:
+                    info.tokens, info.segments_total, info.segments_done = (
+                        snap.tokens_total, snap.segments_total, snap.segments_done)
+                    info.memory_bytes = len(snap.memory or b"")
+                    info.model_fingerprint, info.seconds = snap.model_fingerprint, snap.seconds
+                    if snap.status in ("reading", "queued", "cancelled", "failed", "ready") and r.status != "failed":
+                        info.status = snap.status
+                        info.error = snap.error or r.error
+                out.append(info)
+            return out
+
+    def resolve(self, ref: str) -> int:
+        """A document from an id or an unambiguous title prefix (case-insensitive)."""
+        with self.Session() as s:
+            if ref.isdigit() and s.get(DocumentRow, int(ref)) is not None:
+                return int(ref)
+            hits = s.execute(select(DocumentRow.id, DocumentRow.title)
+                             .where(func.lower(DocumentRow.title).startswith(ref.lower()))).all()
+        if not hits:
+            raise LibraryError(f"no document matches {ref!r}")
+        if len(hits) > 1:
+            names = ", ".join(f"{i} ({t})" for i, t in hits[:5])
+            raise LibraryError(f"{ref!r} matches several documents: {names}; use the id")
+        return hits[0][0]
+
+    # ---- readings ----
+
+    def snapshot_id(self, doc_id: int, fingerprint: str) -> int | None:
+        with self.Session() as s:
+            return s.scalar(select(SnapshotRow.id).where(SnapshotRow.document_id == doc_id,
+                                                         SnapshotRow.model_fingerprint == fingerprint))
+
+    def create_reading(self, doc_id: int, fingerprint: str, model_name: str, segment_length: int,
+                       plans: list[SegmentPlan]) -> int:
+        """A new reading with all its segments planned, in one transaction."""
+        with self.Session.begin() as s:
+            snap = SnapshotRow(document_id=doc_id, model_fingerprint=fingerprint, model_name=model_name,
+                               segment_length=segment_length, status="queued",
+                               tokens_total=int(sum(len(p.token_ids) for p in plans)), segments_total=len(plans))
+            s.add(snap)
+            s.flush()
+            if plans:
+                s.execute(insert(SegmentRow), [
+                    dict(snapshot_id=snap.id, idx=p.idx, char_start=p.char_start, char_end=p.char_end,
+                         token_ids=p.token_ids.astype("<i4").tobytes(), section_idx=p.section_idx,
+                         page_start=p.page_start, page_end=p.page_end)
+                    for p in plans
+                ])
+            return snap.id
+
+    def reading(self, snapshot_id: int) -> SnapshotRow:
+        with self.Session() as s:
+            row = s.get(SnapshotRow, snapshot_id)
+            s.expunge(row)
+            return row
+
+    def segment_tokens(self, snapshot_id: int, start: int) -> list[np.ndarray]:
+        with self.Session() as s:
+            blobs = s.scalars(select(SegmentRow.token_ids).where(SegmentRow.snapshot_id == snapshot_id,
+                                                                 SegmentRow.idx >= start).order_by(SegmentRow.idx))
+            return [np.frombuffer(b, "<i4") for b in blobs]
+
+    def save_progress(self, snapshot_id: int, memory: bytes, segments_done: int, tokens_done: int,
+                      seconds: float, summaries: dict[int, bytes], status: str = "reading") -> None:
+        """The memory, the position reached and the new segments' key summaries, in one transaction:
+        after a crash the reading resumes from exactly this point."""
+        with self.Session.begin() as s:
+            snap = s.get(SnapshotRow, snapshot_id)
+            snap.memory, snap.memory_checksum = memory, hashlib.sha256(memory).hexdigest()
+            snap.segments_done, snap.tokens_done, snap.seconds, snap.status = segments_done, tokens_done, seconds, status
+            snap.error = None
+            if summaries:
+                ids = dict(s.execute(select(SegmentRow.idx, SegmentRow.id).where(
+                    SegmentRow.snapshot_id == snapshot_id, SegmentRow.idx.in_(list(summaries)))).all())
+                s.execute(update(SegmentRow), [{"id": ids[i], "key_summary": b} for i, b in summaries.items()])
+            s.execute(update(DocumentRow).where(DocumentRow.id == snap.document_id).values(status=status, error=None))
+
+    def set_reading_status(self, snapshot_id: int, status: str, error: str | None = None) -> None:
+        with self.Session.begin() as s:
+            snap = s.get(SnapshotRow, snapshot_id)
+            snap.status, snap.error = status, error
+            s.execute(update(DocumentRow).where(DocumentRow.id == snap.document_id).values(status=status, error=error))
+
+    def memory_bytes(self, doc_id: int, fingerprint: str) -> bytes | None:
+        """The stored memory after a complete reading, checked against its checksum."""
+        with self.Session() as s:
+            snap = s.scalar(select(SnapshotRow).where(SnapshotRow.document_id == doc_id,
+                                                      SnapshotRow.model_fingerprint == fingerprint))
+            if snap is None or snap.memory is None:
+                return None
+            if hashlib.sha256(snap.memory).hexdigest() != snap.memory_checksum:
+                raise LibraryError(f"the stored memory of document {doc_id} is damaged; read the document again")
+            return snap.memory
