@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 
 from .checkpoint import ModelLoadError
 from .config import InfiniConfig
+
+log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 # Bump when the conversion changes, so that folders converted by older code are rebuilt.
@@ -214,6 +217,8 @@ def _pre_tokenizer(pre: str | None):
             pre_tokenizers.Split(Regex(_SPLITS[pre]), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
+    if pre not in (None, "default", "gpt-2", "gpt2", "smollm"):
+        log.warning("GGUF tokenizer split rule %r is unknown here; using GPT-2's, so tokens may differ slightly", pre)
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre == "smollm":  # SmolLM's tokenizer.json splits digits apart before GPT-2's rule (as llama.cpp does)
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
@@ -221,38 +226,74 @@ def _pre_tokenizer(pre: str | None):
 
 
 def read_tokenizer(meta: dict) -> Tokenizer:
-    """The byte-level BPE tokenizer ("gpt2" in llama.cpp's terms) that the metadata describes."""
+    """The tokenizer the metadata describes: byte-level BPE ("gpt2" in llama.cpp's terms: Llama 3,
+    SmolLM, Qwen) or SentencePiece BPE ("llama": Llama 2, Mistral, TinyLlama)."""
     kind = meta.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ModelLoadError(
-            f"this GGUF's tokenizer is {kind!r}; only byte-level BPE ('gpt2': Llama 3, SmolLM, Qwen...) is supported"
-        )
+    if kind == "gpt2":
+        tok, vocab = _byte_level_bpe(meta)
+    elif kind == "llama":
+        tok, vocab = _sentencepiece_bpe(meta)
+    else:
+        raise ModelLoadError(f"this GGUF's tokenizer is {kind!r}; supported: 'gpt2' (byte-level BPE), 'llama' (SentencePiece)")
     tokens = meta["tokenizer.ggml.tokens"]
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    # 2 = unknown, 3 = control (<|im_end|>, <s>...): special, never split, dropped by decode(skip_special_tokens=True).
+    # 4 = user-defined (<think>...): matched whole in the text, ordinary text otherwise.
+    # Only tokens the model vocabulary spells that way: some files mislabel others, and adding those
+    # would grow the vocabulary past the embedding.
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types)
+                            if ty in (2, 3) and t in vocab])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types)
+                    if ty == 4 and t in vocab])
+    bos = meta.get("tokenizer.ggml.bos_token_id")
+    # llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise
+    if meta.get("tokenizer.ggml.add_bos_token", kind == "llama") and bos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A {tokens[bos]}:1 $B:1", special_tokens=[(tokens[bos], bos)]
+        )
+    return tok
+
+
+def _byte_level_bpe(meta: dict) -> tuple[Tokenizer, dict[str, int]]:
     spelling = bytes_to_unicode()
     alphabet = set(spelling.values())
 
     def spelled(token: str) -> str:  # tokens written with other characters are respelled byte by byte
         return token if set(token) <= alphabet else "".join(spelling[b] for b in token.encode("utf-8"))
 
-    vocab = {spelled(t): i for i, t in enumerate(tokens)}
+    vocab = {spelled(t): i for i, t in enumerate(meta["tokenizer.ggml.tokens"])}
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     tok.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre"))
     tok.decoder = decoders.ByteLevel()
-    # 3 = control (<|im_end|>...): special, never split, skipped when decoding with skip_special_tokens.
-    # A "control" token outside the byte alphabet is a mislabel in some files; adding it would grow the vocabulary.
-    tok.add_special_tokens([
-        AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == 3 and set(t) <= alphabet
-    ])
-    # 4 = user-defined (<think>...): matched whole in the text, but ordinary text otherwise.
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4])
-    bos = meta.get("tokenizer.ggml.bos_token_id")
-    if meta.get("tokenizer.ggml.add_bos_token") and bos is not None:
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A $B:1", special_tokens=[(tokens[bos], bos)]
-        )
-    return tok
+    return tok, vocab
+
+
+def _sentencepiece_bpe(meta: dict) -> tuple[Tokenizer, dict[str, int]]:
+    """SentencePiece BPE as Llama's tokenizer.json has it: "▁" for spaces, bytes as <0xNN> tokens."""
+    tokens = meta["tokenizer.ggml.tokens"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if "tokenizer.ggml.merges" in meta:
+        merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    else:
+        merges = _merges_from_scores(vocab, dict(zip(tokens, meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens))))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True))
+    prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first" if prefix else "never", split=False)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+    return tok, vocab
+
+
+def _merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """SentencePiece files store scores, not merges: every split of a token into two tokens is a
+    merge, ranked by the merged token's score (as transformers' `generate_merges` does)."""
+    found = []
+    for token, score in scores.items():
+        pairs = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in vocab and token[i:] in vocab]
+        found += [(a, b, score) for a, b in sorted(pairs, key=lambda p: (vocab[p[0]], vocab[p[1]]))]
+    found.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(a, b) for a, b, _ in found]
 
 
 def tokenizer_config(meta: dict) -> dict:
@@ -265,7 +306,7 @@ def tokenizer_config(meta: dict) -> dict:
         "eos_token": name("tokenizer.ggml.eos_token_id"),
         "pad_token": name("tokenizer.ggml.padding_token_id"),
         "unk_token": name("tokenizer.ggml.unknown_token_id"),
-        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", meta.get("tokenizer.ggml.model") == "llama")),
     }
 
 
@@ -337,7 +378,7 @@ def _is_current(folder: Path) -> bool:
         return False
 
 
-def cached_folder(path: str | Path, sha256: str | None = None) -> Path:
+def cached_folder(path: str | Path) -> Path:
     """The converted folder of a GGUF file, converting it on the first call.
 
     The folder is written under a temporary name and renamed when complete, so a crash mid-way
@@ -348,14 +389,16 @@ def cached_folder(path: str | Path, sha256: str | None = None) -> Path:
         raise ModelLoadError(f"{path}: no such file")
     if not is_gguf(path):
         raise ModelLoadError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
-    folder = cache_dir() / "weights" / (sha256 or file_sha256(path))
+    folder = cache_dir() / "weights" / file_sha256(path)
     if _is_current(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         convert(path, tmp)
-        if folder.exists():  # an older conversion, or one made meanwhile by another process
+        if _is_current(folder):  # another process finished the same conversion meanwhile
+            return folder
+        if folder.exists():  # made by an older converter
             shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     finally:

@@ -10,7 +10,7 @@ import torch
 import engine
 from engine import ModelLoadError
 from engine.builtin import model_path
-from engine.gguf import bytes_to_unicode, cached_folder, open_gguf, read_tensors
+from engine.gguf import bytes_to_unicode, cached_folder, open_gguf, read_metadata, read_tensors, read_tokenizer
 
 from ..conftest import shut_memory
 
@@ -186,6 +186,51 @@ def test_every_supported_tensor_type_reads_with_the_right_shape(tmp_path):
     for name, a in expected.items():
         assert got[name].dtype == torch.float32 and got[name].shape == (3, 512), name
         assert np.isfinite(a).all() and torch.equal(got[name], torch.from_numpy(a)), name
+
+
+# ---- tokenizers of other families, against transformers' reading of the same file ----
+
+
+def write_tokenizer_gguf(path: Path, model: str, tokens, types, **extra) -> None:
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model(model)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    for key, value in extra.items():
+        getattr(w, f"add_{key}")(value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_sentencepiece_tokenizer_matches_transformers(tmp_path):
+    """Llama 2 / Mistral / TinyLlama files: scores instead of merges, <0xNN> byte tokens."""
+    pieces = ["▁", "t", "h", "e", "a", "c", "s", "▁t", "he", "▁the", "at", "▁c", "▁cat", "▁a", "ca", "ts", "!",
+              "l", "o", "ll", "▁he", "▁hell"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    write_tokenizer_gguf(tmp_path / "spm.gguf", "llama", tokens, types, token_scores=scores, bos_token_id=1,
+                         eos_token_id=2, unk_token_id=0)
+    ours = read_tokenizer(read_metadata(open_gguf(tmp_path / "spm.gguf")))
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="spm.gguf")
+    for text in ["the cat", " the  cats!", "héllo hell", "", "a</s>the", "\n\tthe"]:
+        ids = ours.encode(text).ids
+        assert ids == ref(text)["input_ids"], text
+        assert ours.decode(ids) == ref.decode(ids, skip_special_tokens=True)
+    assert ours.decode(ours.encode("héllo the cats").ids) == "héllo the cats"
+
+
+@pytest.mark.parametrize("pre", ["default", "llama-bpe", "qwen2"])
+def test_byte_level_split_rules_match_transformers(tmp_path, pre):
+    tokens, types, merges = tiny_vocab()
+    write_tokenizer_gguf(tmp_path / "bpe.gguf", "gpt2", tokens, types, token_merges=merges, tokenizer_pre=pre)
+    ours = read_tokenizer(read_metadata(open_gguf(tmp_path / "bpe.gguf")))
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="bpe.gguf").backend_tokenizer
+    text = "It's 2024: we'll   see 12345 ok?\n\n  the END<|im_end|>x"
+    assert ours.pre_tokenizer.pre_tokenize_str(text) == ref.pre_tokenizer.pre_tokenize_str(text)
+    assert ours.encode(text).ids == ref.encode(text).ids
 
 
 # ---- the built-in model against transformers ----
