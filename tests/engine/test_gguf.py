@@ -104,9 +104,10 @@ def random_hf_model(arch: str, seed: int = 0):
     kw = dict(vocab_size=261, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=5000.0, tie_word_embeddings=False,
               max_position_embeddings=128)
-    cfg = transformers.LlamaConfig(**kw) if arch == "llama" else transformers.Qwen2Config(**kw)
+    name = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}[arch]
+    cfg = getattr(transformers, f"{name}Config")(**kw)
     torch.manual_seed(seed)
-    model = (transformers.LlamaForCausalLM if arch == "llama" else transformers.Qwen2ForCausalLM)(cfg).eval()
+    model = getattr(transformers, f"{name}ForCausalLM")(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.3)
@@ -287,6 +288,7 @@ def test_builtin_export_hf_loads_back_identically(builtin_engine_f32, tmp_path):
     assert torch.equal(back.logits(ids), builtin_engine_f32.logits(ids))
     assert back.fingerprint == builtin_engine_f32.fingerprint
     assert back.tokenizer.encode(PROMPT).ids == ids
+    assert back.chat.eos_token == "<|im_end|>" and back.chat.stop_token_ids == [2, 0]
 
 
 def test_second_load_reads_the_cache(builtin_engine_f32, monkeypatch):
@@ -301,14 +303,18 @@ def test_second_load_reads_the_cache(builtin_engine_f32, monkeypatch):
     assert cached_folder(model_path()) == folder
 
 
-# ---- a Qwen2 folder written by transformers ----
+# ---- folders written by transformers ----
 
 
-def test_tiny_qwen2_folder_matches_transformers(tmp_path):
-    hf_cfg, ref = random_hf_model("qwen2", seed=3)
-    ref.save_pretrained(tmp_path, safe_serialization=True)
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_tiny_folder_matches_transformers(tmp_path, arch):
+    hf_cfg, ref = random_hf_model(arch, seed=3)
+    # sharded, as large downloads are; a stray file of other weights must not be picked up
+    ref.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="100KB")
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    (tmp_path / "consolidated.safetensors").write_bytes(b"Mistral's own format, not read")
     e = shut_memory(engine.load_model(tmp_path, device="cpu", dtype="float32", segment_length=64))
-    assert e.config.model_type == "qwen2" and e.config.qkv_bias and e.config.rope_theta == 5000.0
+    assert e.config.model_type == arch and e.config.qkv_bias == (arch == "qwen2") and e.config.rope_theta == 5000.0
     ids = torch.randint(0, 261, (60,), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         expected = ref(ids[None]).logits[0]
