@@ -119,12 +119,13 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos0: i
     Hkv = k.shape[1]
     G = H // Hkv
     qs = (q * D**-0.5).view(B, Hkv, G, T, D)  # (B, Hkv, G, T, D)
+    kT = k.transpose(-1, -2).contiguous()  # (B, Hkv, D, S): row-major for the score products
     out = q.new_empty(B, Hkv, G, T, D)
     for s0 in range(0, T, block):
         e = min(s0 + block, T)
         n, end = e - s0, pos0 + e
         qb = qs[:, :, :, s0:e].reshape(B, Hkv, G * n, D)  # (B, Hkv, G*n, D)
-        scores = (qb @ k[:, :, :end].transpose(-1, -2)).view(B, Hkv, G, n, end)
+        scores = (qb @ kT[..., :end]).view(B, Hkv, G, n, end)
         causal = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
         scores[..., pos0 + s0 : end].masked_fill_(causal, float("-inf"))
         p = torch.softmax(scores, dim=-1).view(B, Hkv, G * n, end)
