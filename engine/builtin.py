@@ -30,13 +30,14 @@ class BuiltinInstallError(ModelLoadError):
     """The built-in model could not be installed; the message says what to do."""
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("INFINI_DATA_DIR") or platformdirs.user_data_dir("infini-reader"))
+def models_dir() -> Path:
+    # Its own variable, not INFINI_DATA_DIR: moving the library must not mean fetching the model again.
+    return Path(os.environ.get("INFINI_MODEL_DIR") or Path(platformdirs.user_data_dir("infini-reader")) / "models")
 
 
 def model_path() -> Path:
     """Where the built-in model's file lives (it may not be there yet)."""
-    return data_dir() / "models" / MODEL_FILE
+    return models_dir() / MODEL_FILE
 
 
 def builtin_path() -> Path:

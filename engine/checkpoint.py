@@ -114,7 +114,7 @@ def read_hf_directory(path: Path, **overrides) -> tuple[InfiniConfig, dict[str, 
     return cfg, tensors
 
 
-def export_hf_directory(model: InfiniTransformer, directory: Path, tokenizer_json: str | None) -> None:
+def export_hf_directory(model: InfiniTransformer, directory: Path, tokenizer_json: str | None, chat=None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     d = cfg.to_hf_dict()
@@ -126,6 +126,9 @@ def export_hf_directory(model: InfiniTransformer, directory: Path, tokenizer_jso
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer_json is not None:
         (directory / "tokenizer.json").write_text(tokenizer_json)
+    if chat is not None:  # the chat template travels with the weights, as in Hugging Face folders
+        tc = {"chat_template": chat.template, "bos_token": chat.bos_token, "eos_token": chat.eos_token}
+        (directory / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
 
 
 def weights_fingerprint(model: InfiniTransformer) -> str:

@@ -240,7 +240,7 @@ class Engine:
     # ---- saving ----
 
     def export_hf(self, directory: str | Path) -> None:
-        export_hf_directory(self.model, Path(directory), self.tokenizer_json)
+        export_hf_directory(self.model, Path(directory), self.tokenizer_json, self.chat)
 
 
 def build_model(cfg: InfiniConfig, device="cpu", dtype=torch.float32, seed: int | None = None) -> InfiniTransformer:
@@ -270,7 +270,7 @@ def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", **
             f"{source}: not a model; give a GGUF file or a folder with config.json and *.safetensors"
         )
     cfg, tensors = read_hf_directory(folder, **overrides)
-    model = InfiniTransformer(cfg)
+    model = InfiniTransformer.for_loading(cfg)
     load_state_dict_into(model, tensors, str(source))
     del tensors
     if str(source) == "builtin":

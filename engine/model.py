@@ -243,6 +243,22 @@ class InfiniTransformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
 
+    @classmethod
+    def for_loading(cls, cfg: InfiniConfig) -> InfiniTransformer:
+        """A model whose weights are about to be loaded: allocated, not randomly initialised (that
+        costs seconds for large models). Memory gates get their initial value, since plain
+        checkpoints do not hold them."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        model = model.to_empty(device="cpu")
+        if cfg.tie_word_embeddings:  # to_empty gives each module its own tensor: tie them again
+            model.lm_head.weight = model.model.embed_tokens.weight
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.memory_gate.fill_(cfg.memory_gate_init)
+        model.rope_cos, model.rope_sin = rotary_tables(cfg.head_dim, cfg.segment_length, cfg.rope_theta)
+        return model
+
     def _init(self, m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)

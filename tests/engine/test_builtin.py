@@ -13,7 +13,7 @@ from engine.builtin import BuiltinInstallError, install, model_path
 
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("INFINI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("INFINI_MODEL_DIR", str(tmp_path / "data" / "models"))
     return tmp_path / "data"
 
 
