@@ -1,0 +1,125 @@
+"""Which implementation runs: the Triton kernels or the PyTorch references.
+
+    INFINI_KERNELS=auto       (default) Triton for CUDA tensors when triton imports, PyTorch otherwise
+    INFINI_KERNELS=reference  always the PyTorch reference
+    INFINI_KERNELS=triton     always Triton, CPU tensors included (then TRITON_INTERPRET=1 must be
+                              set before the first kernel call: Triton's interpreter, as the tests do)
+
+The variable is read at every call, so a test can switch it. Nothing here imports triton at module
+import time: `import engine` on a machine without a GPU never loads it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from .decode import naive as decode_naive
+from .infini_attention import naive as attention_naive
+from .memory_update import naive as update_naive
+
+MODES = ("auto", "reference", "triton")
+
+
+def mode() -> str:
+    m = os.environ.get("INFINI_KERNELS", "auto").strip().lower() or "auto"
+    if m not in MODES:
+        raise ValueError(f"INFINI_KERNELS={m!r}: expected one of {', '.join(MODES)}")
+    return m
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # ImportError, or a broken install failing on import
+        return False
+    return True
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """True where the fused kernels run for tensors like x."""
+    m = mode()
+    if m == "reference":
+        return False
+    if m == "triton":
+        if not triton_available():
+            raise RuntimeError("INFINI_KERNELS=triton, but triton does not import")
+        return True
+    return x.is_cuda and triton_available()
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def infini_attention(
+    q: torch.Tensor,
+    k_r: torch.Tensor,
+    v: torch.Tensor,
+    M: torch.Tensor | None,
+    z: torch.Tensor | None,
+    beta: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pos0: int = 0,
+) -> torch.Tensor:
+    """The mixed attention output of one chunk, A = sigmoid(β)·A_mem + (1 − sigmoid(β))·A_dot.
+
+    q (B, H, T, D) before rotary; k_r (B, Hkv, >= pos0+T, D) rotated and v (B, Hkv, >= pos0+T, D)
+    (the segment's keys and values so far, this chunk's included); M (B, Hkv, D, D), z (B, Hkv, D)
+    float32 or None (empty memory); beta (H,); cos/sin (T, D) for positions pos0 .. pos0+T-1.
+    Returns (B, H, T, D) in q's dtype; differentiable. One token after a cache (T == 1, no
+    gradient) takes the decode kernel.
+    """
+    if not use_triton(q):
+        return attention_naive.infini_attention(q, k_r, v, M, z, beta, cos, sin, pos0)
+    if _needs_grad(q, k_r, v, M, z, beta):
+        from .infini_attention.fused_backward import InfiniAttentionFunction
+
+        return InfiniAttentionFunction.apply(q, k_r, v, M, z, beta, cos, sin, pos0)
+    if q.shape[2] == 1 and pos0 > 0:
+        from .decode.fused import decode_fwd
+
+        return decode_fwd(q, k_r, v, M, z, beta, cos, sin, pos0)
+    from .infini_attention.fused import infini_attention_fwd
+
+    return infini_attention_fwd(q, k_r, v, M, z, beta, cos, sin, pos0)
+
+
+def memory_update(
+    k: torch.Tensor, v: torch.Tensor, M: torch.Tensor | None, z: torch.Tensor | None, rule: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dM, dz) float32 that a segment (or chunk) adds to the memory; k (B, Hkv, T, D) *before*
+    rotary (σ is applied here), v (B, Hkv, T, D). Differentiable."""
+    if not use_triton(k):
+        return update_naive.memory_update(k, v, M, z, rule)
+    if _needs_grad(k, v, M, z):
+        from .memory_update.fused import MemoryUpdateFunction
+
+        return MemoryUpdateFunction.apply(k, v, M, z, rule)
+    from .memory_update.fused import memory_update_fwd
+
+    return memory_update_fwd(k, v, M, z, rule)
+
+
+def decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    M: torch.Tensor | None,
+    z: torch.Tensor | None,
+    beta: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pos: int,
+) -> torch.Tensor:
+    """One token at position pos against the segment's cache (its own key/value already at pos):
+    (B, H, 1, D). Inference only (no gradient)."""
+    if not use_triton(q):
+        return decode_naive.decode(q, k_cache, v_cache, M, z, beta, cos, sin, pos)
+    from .decode.fused import decode_fwd
+
+    return decode_fwd(q, k_cache, v_cache, M, z, beta, cos, sin, pos)

@@ -1,0 +1,1 @@
+"""A segment's write into the compressive memory: linear and delta rules."""
