@@ -109,17 +109,18 @@ class Memory:
             tensors[f"layers.{i}.M"] = m.detach().to("cpu", torch.float32).contiguous()
             tensors[f"layers.{i}.z"] = z.detach().to("cpu", torch.float32).contiguous()
         header = {
-            "format": "infini-memory",
-            "format_version": str(FORMAT_VERSION),
+            "format_version": FORMAT_VERSION,
             "fingerprint": self.fingerprint,
             "update_rule": self.update_rule,
-            "segment_length": str(self.segment_length),
-            "tokens": str(self.tokens),
-            "layers": str(len(self.M)),
+            "segment_length": self.segment_length,
+            "tokens": self.tokens,
+            "layers": len(self.M),
             "checksum": _digest(tensors),
-            "extra": json.dumps(self.extra),
+            "extra": self.extra,
         }
-        return st_save(tensors, metadata=header)
+        # One metadata entry holding sorted JSON (safetensors orders several entries at random):
+        # the same memory always gives the same bytes.
+        return st_save(tensors, metadata={"infini-memory": json.dumps(header, sort_keys=True)})
 
     @classmethod
     def from_bytes(cls, data: bytes, expected_fingerprint: str | None = None) -> Memory:
@@ -128,9 +129,13 @@ class Memory:
             header = _read_header(data)
         except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
             raise SnapshotError(f"the memory snapshot is corrupted or truncated ({exc})") from exc
-        if header.get("format") != "infini-memory":
+        if "infini-memory" not in header:
             raise SnapshotError("these bytes are not an Infini Reader memory snapshot")
-        if int(header.get("format_version", "0")) > FORMAT_VERSION:
+        try:
+            header = json.loads(header["infini-memory"])
+        except json.JSONDecodeError as exc:
+            raise SnapshotError(f"the memory snapshot's header is corrupted ({exc})") from exc
+        if int(header.get("format_version", 0)) > FORMAT_VERSION:
             raise SnapshotError(
                 f"the memory snapshot has format version {header['format_version']}, newer than this "
                 f"program understands ({FORMAT_VERSION}); update Infini Reader"
@@ -149,10 +154,8 @@ class Memory:
             z = [tensors[f"layers.{i}.z"] for i in range(n)]
         except KeyError as exc:
             raise SnapshotError(f"the memory snapshot is missing tensor {exc}") from exc
-        return cls(
-            M, z, header["fingerprint"], header["update_rule"], int(header["segment_length"]),
-            int(header["tokens"]), json.loads(header.get("extra", "{}")),
-        )
+        return cls(M, z, header["fingerprint"], header["update_rule"], int(header["segment_length"]),
+                   int(header["tokens"]), dict(header.get("extra") or {}))
 
 
 def _read_header(data: bytes) -> dict:

@@ -143,3 +143,10 @@ def test_broken_snapshots_raise_clear_errors():
 
     with pytest.raises(SnapshotError, match="not an Infini Reader memory"):
         Memory.from_bytes(save({"x": torch.zeros(2)}))
+
+
+def test_the_same_memory_always_gives_the_same_bytes():
+    e = tiny_engine()
+    mem = e.ingest(list(range(40)), e.new_memory())
+    mem.extra = {"b": 1, "a": 2}
+    assert mem.to_bytes() == mem.clone().to_bytes() == Memory.from_bytes(mem.to_bytes()).to_bytes()
