@@ -31,7 +31,10 @@ _DROP = {
     "meta", "base",
 }  # fmt: skip
 # Printed page numbers, footnote markers and Project Gutenberg's header and licence.
-_DROP_CLASSES = {"pagenum", "pageno", "page-number", "pg-boilerplate", "pgheader", "pgfooter", "x-ebookmaker-cover"}
+_DROP_CLASSES = {
+    "pagenum", "pageno", "page-number", "lnum", "linenum", "line-number", "pg-boilerplate", "pgheader", "pgfooter",
+    "x-ebookmaker-cover",
+}  # fmt: skip
 _DROP_TYPES = {"pagebreak", "noteref", "doc-pagebreak", "doc-noteref", "toc", "doc-toc", "landmarks", "page-list"}
 _DROP_IDS = {"pg-header", "pg-footer"}
 _HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
@@ -171,6 +174,8 @@ def convert(root) -> Converted:
             if tag in ("img", "image", "svg"):
                 images += 1
             if _dropped(el, tag):
+                # Links may point into what is dropped (a printed page number's id): they land here.
+                w.pending_anchors.extend(i for i in (e.get("id") for e in el.iter() if isinstance(e.tag, str)) if i)
                 skipping = el
                 walker.skip_subtree()
                 continue

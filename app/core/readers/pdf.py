@@ -58,19 +58,25 @@ def read_pdf(path: Path) -> Document:
         if doc.page_count == 0:
             raise ReaderError(f"{name} is damaged: it has no pages")
         pages, imageonly, unreadable = _read_pages(doc)
+        repaired = bool(getattr(doc, "is_repaired", False))
+        if repaired:  # a damaged file mupdf rebuilt: its empty pages are pages it lost, not blank ones
+            unreadable = sorted(set(unreadable) | {i + 1 for i, blocks in enumerate(pages) if not blocks} - set(imageonly))
         metadata = doc.metadata or {}
         language = getattr(doc, "language", None)
         try:
             toc = doc.get_toc(simple=True)
         except Exception:
             toc = []
-    textless = sorted(imageonly + unreadable)
     if not any(pages):
         if imageonly:
             raise ReaderError(f"{name} seems to be scanned: its pages have no text layer (OCR it first, then add it)")
         if unreadable:
-            raise ReaderError(f"{name} is damaged: none of its pages can be read")
+            raise ReaderError(f"{name} is damaged (truncated or corrupt): none of its pages can be read")
         raise ReaderError(f"{name} has no readable text")
+    if len(unreadable) > len(pages) // 2:
+        raise ReaderError(
+            f"{name} is damaged (truncated or corrupt): {len(unreadable)} of its {len(pages)} pages cannot be read"
+        )
 
     _drop_running_lines(pages)
     text, page_starts = _assemble(pages)
@@ -81,8 +87,9 @@ def read_pdf(path: Path) -> Document:
             f"{_page_list(imageonly)} of {name} have no text layer (scanned images?) and were left out; OCR the PDF to read them"
         )
     if unreadable:
-        warnings.append(f"{_page_list(unreadable)} of {name} could not be read and were left out")
-    del textless
+        warnings.append(f"{_page_list(unreadable)} of {name} could not be read (the file is damaged) and were left out")
+    elif repaired:
+        warnings.append(f"{name} is damaged; it was repaired while reading, so check that its text is complete")
 
     pg = gutenberg_bounds(text)
     if pg:
