@@ -30,9 +30,12 @@ SESSION_SEED = int(os.environ.get("KERNEL_TEST_SEED", random.SystemRandom().rand
 
 # Error bounds: max |kernel − reference| / max |reference| over a whole output or gradient, the
 # reference computed in float32 from the same (possibly bfloat16) inputs. float32 kernels differ by
-# summation order only; bfloat16 ones round the probabilities before P·V and round their output.
-BOUNDS = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
-GRAD_BOUNDS = {torch.float32: 5e-5, torch.bfloat16: 3e-2}
+# summation order only. bfloat16 ones feed the tensor cores bfloat16: the rotated queries and the
+# probabilities are rounded before their products, and the output is rounded. Worst measured over
+# 12 seeds of every case (200 for decode), interpreter: forward 5e-7 / 7.6e-3 (float32 / bfloat16),
+# decode 8e-7 / 1.5e-2, memory write 5e-7 (float32 accumulation for both), gradients 1.5e-6 / 1.3e-2.
+BOUNDS = {torch.float32: 2e-5, torch.bfloat16: 3e-2}
+GRAD_BOUNDS = {torch.float32: 5e-5, torch.bfloat16: 4e-2}
 
 
 @pytest.fixture
