@@ -121,6 +121,21 @@ class SegmentRow(Base):
     key_summary: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
+class PassageRow(Base):
+    """A paragraph-sized piece of a document's text: the unit of lexical search and of citations.
+    On SQLite its text is indexed in the FTS5 table `passage_fts` (rowid = id)."""
+
+    __tablename__ = "passages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    idx: Mapped[int] = mapped_column(Integer)
+    char_start: Mapped[int] = mapped_column(Integer)
+    char_end: Mapped[int] = mapped_column(Integer)
+    section_idx: Mapped[int | None] = mapped_column(Integer)
+    page: Mapped[int | None] = mapped_column(Integer)
+
+
 class ChatRow(Base):
     __tablename__ = "chats"
 

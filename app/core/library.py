@@ -7,6 +7,7 @@ is written and read in bulk.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +15,17 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import sessionmaker
 
-from .db import DocumentRow, SectionRow, SegmentRow, SnapshotRow, open_database
+from sqlalchemy import text as sql
+
+from .db import DocumentRow, PassageRow, SectionRow, SegmentRow, SnapshotRow, open_database
 from .document import Document, Section
+from .passages import split_passages
 from .segments import SegmentPlan
+
+# Words too common to tell passages apart; dropped from lexical queries.
+STOPWORDS = frozenset("""a an and are as at be been but by did do does for from had has have he her hers him his
+how i if in into is it its me my no not of on or our she so than that the their them then there these they this
+to up was we were what when where which who whom why will with would you your""".split())
 
 
 class LibraryError(ValueError):
@@ -79,6 +88,8 @@ class Library:
             row.status, row.error = "queued", None
             s.flush()
             s.execute(delete(SectionRow).where(SectionRow.document_id == row.id))
+            self._drop_passages(s, row.id)
+            self._add_passages(s, row.id, doc)
             if doc.sections:
                 s.execute(insert(SectionRow), [
                     dict(document_id=row.id, idx=i, title=sec.title, start=sec.start, end=sec.end,
@@ -86,6 +97,60 @@ class Library:
                     for i, sec in enumerate(doc.sections)
                 ])
             return row.id
+
+    @property
+    def has_fts(self) -> bool:
+        return self.Session.kw["bind"].dialect.name == "sqlite"
+
+    def _drop_passages(self, s, doc_id: int) -> None:
+        if self.has_fts:  # a virtual table knows no foreign keys: its rows go by hand
+            s.execute(sql("DELETE FROM passage_fts WHERE rowid IN (SELECT id FROM passages WHERE document_id = :d)"),
+                      {"d": doc_id})
+        s.execute(delete(PassageRow).where(PassageRow.document_id == doc_id))
+
+    def _add_passages(self, s, doc_id: int, doc: Document) -> None:
+        spans = split_passages(doc)
+        if not spans:
+            return
+        ids = s.scalars(insert(PassageRow).returning(PassageRow.id, sort_by_parameter_order=True), [
+            dict(document_id=doc_id, idx=p.idx, char_start=p.start, char_end=p.end, section_idx=p.section_idx,
+                 page=p.page) for p in spans]).all()
+        if self.has_fts:
+            s.execute(sql("INSERT INTO passage_fts(rowid, text) VALUES (:id, :text)"),
+                      [{"id": i, "text": doc.text[p.start:p.end]} for i, p in zip(ids, spans)])
+
+    def search(self, doc_id: int, query: str, limit: int = 50) -> list[tuple[int, float]]:
+        """Passages of a document ranked by BM25 for `query`: [(passage idx, score)], best first,
+        higher is better. SQLite's FTS5 on SQLite; on other databases BM25 over the document's
+        passages in Python (rank-bm25)."""
+        words = [w for w in re.findall(r"\w+", query.lower()) if w not in STOPWORDS]
+        if not words:
+            return []
+        with self.Session() as s:
+            if self.has_fts:
+                match = " OR ".join('"' + w.replace('"', "") + '"' for w in dict.fromkeys(words))
+                rows = s.execute(sql(
+                    "SELECT p.idx, bm25(passage_fts) FROM passage_fts JOIN passages p ON p.id = passage_fts.rowid "
+                    "WHERE passage_fts MATCH :q AND p.document_id = :d ORDER BY bm25(passage_fts) LIMIT :k"),
+                    {"q": match, "d": doc_id, "k": limit}).all()
+                return [(int(i), -float(score)) for i, score in rows]  # FTS5's bm25 is lower-is-better
+            from rank_bm25 import BM25Okapi
+
+            doc_text = s.scalar(select(DocumentRow.text).where(DocumentRow.id == doc_id)) or ""
+            spans = s.execute(select(PassageRow.idx, PassageRow.char_start, PassageRow.char_end)
+                              .where(PassageRow.document_id == doc_id).order_by(PassageRow.idx)).all()
+        if not spans:
+            return []
+        bm = BM25Okapi([re.findall(r"\w+", doc_text[a:b].lower()) for _, a, b in spans])
+        scores = bm.get_scores(words)
+        best = np.argsort(-scores)[:limit]
+        return [(int(spans[i][0]), float(scores[i])) for i in best if scores[i] > 0]
+
+    def passages(self, doc_id: int) -> list[PassageRow]:
+        with self.Session() as s:
+            rows = s.scalars(select(PassageRow).where(PassageRow.document_id == doc_id).order_by(PassageRow.idx)).all()
+            s.expunge_all()
+            return list(rows)
 
     def add_failed(self, path: Path, content_hash: str, file_size: int, error: str) -> int:
         """A file that could not be read still shows in the library, with the reason."""
@@ -120,6 +185,7 @@ class Library:
             row = s.get(DocumentRow, doc_id)
             if row is None:
                 raise LibraryError(f"no document with id {doc_id}")
+            self._drop_passages(s, doc_id)
             s.delete(row)  # sections, readings, segments, chats and summaries go with it (cascade)
 
     def info(self, doc_id: int, fingerprint: str | None = None) -> DocInfo:

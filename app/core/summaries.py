@@ -1,0 +1,162 @@
+"""Chapter and whole-book summaries, written over the document's memory and stored once made.
+
+A chapter is summarised from its own text in the local window (in parts when it does not fit, the
+parts' summaries then merged); the whole book from the chapter summaries. What is stored is shown
+at once next time, unless a new one is asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+
+import engine as eng
+
+from .answers import load_memory
+from .db import SummaryRow
+from .document import Document
+from .library import Library, LibraryError
+
+ANSWER_TOKENS = 220  # room left in the segment for the prompt's wording and the summary itself
+
+
+@dataclass
+class SummaryEvent:
+    kind: str  # "status" (what is being done), "token", "done", "error"
+    text: str = ""
+    section_idx: int | None = None  # None: the whole book
+
+
+def stored_summaries(library: Library, doc_id: int, fingerprint: str) -> dict[int | None, str]:
+    with library.Session() as s:
+        rows = s.scalars(select(SummaryRow).where(SummaryRow.document_id == doc_id,
+                                                  SummaryRow.model_fingerprint == fingerprint)).all()
+        return {r.section_idx: r.text for r in rows}
+
+
+def _store(library: Library, doc_id: int, fingerprint: str, section_idx: int | None, text: str) -> None:
+    with library.Session.begin() as s:
+        s.execute(delete(SummaryRow).where(SummaryRow.document_id == doc_id, SummaryRow.model_fingerprint == fingerprint,
+                                           SummaryRow.section_idx.is_(None) if section_idx is None
+                                           else SummaryRow.section_idx == section_idx))
+        s.add(SummaryRow(document_id=doc_id, model_fingerprint=fingerprint, section_idx=section_idx, text=text))
+
+
+def _parts(engine: eng.Engine, text: str, budget: int) -> list[str]:
+    """Cut text into pieces of at most `budget` tokens, at paragraph ends where possible."""
+    paras = [p.strip() for p in text.split("\n\n") if p.strip()]
+    parts, cur, n = [], [], 0
+    for p in paras:
+        k = len(engine.tokenizer.encode(p, add_special_tokens=False).ids)
+        if k > budget:  # a giant paragraph: cut by characters (about 4 per token)
+            step = budget * 3
+            pieces = [p[i : i + step] for i in range(0, len(p), step)]
+        else:
+            pieces = [p]
+        for piece in pieces:
+            k = min(k, budget)
+            if cur and n + k > budget:
+                parts.append("\n\n".join(cur))
+                cur, n = [], 0
+            cur.append(piece)
+            n += k
+    if cur:
+        parts.append("\n\n".join(cur))
+    return parts
+
+
+def _generate(engine, memory, messages, cancel, stream: bool, section_idx) -> Iterator[SummaryEvent | str]:
+    out = []
+    for piece in engine.generate(messages, memory, max_new_tokens=ANSWER_TOKENS):
+        if cancel is not None and cancel.is_set():
+            return
+        out.append(piece)
+        if stream:
+            yield SummaryEvent("token", piece, section_idx)
+    yield "".join(out).strip()
+
+
+def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, section_idx) -> Iterator:
+    """Events for the final text's tokens; the last item is the summary string."""
+    budget = engine.config.segment_length - ANSWER_TOKENS - 150
+    parts = _parts(engine, text, budget)
+    system = {"role": "system", "content": f"You summarise the book “{title}” for a reader."}
+    if len(parts) == 1:
+        msgs = [system, {"role": "user", "content": f"{what}:\n\n{parts[0]}\n\nSummarise {what.lower()} "
+                                                    "in a few sentences: who does what, and what happens."}]
+        yield from _generate(engine, memory, msgs, cancel, True, section_idx)
+        return
+    notes = []
+    for i, part in enumerate(parts, 1):
+        yield SummaryEvent("status", f"reading part {i} of {len(parts)}", section_idx)
+        msgs = [system, {"role": "user", "content": f"Part {i} of {what.lower()}:\n\n{part}\n\n"
+                                                    "Summarise this part in three sentences."}]
+        result = None
+        for ev in _generate(engine, memory, msgs, cancel, False, section_idx):
+            result = ev
+        if result is None:  # cancelled
+            return
+        notes.append(result)
+    yield SummaryEvent("status", "merging the parts", section_idx)
+    joined = "\n\n".join(f"Part {i}: {n}" for i, n in enumerate(notes, 1))
+    if len(engine.tokenizer.encode(joined, add_special_tokens=False).ids) > budget:  # summarise the summaries
+        yield from _summarize_text(engine, memory, title, what, joined, cancel, section_idx)
+        return
+    msgs = [system, {"role": "user", "content": f"Summaries of the consecutive parts of {what.lower()}:\n\n"
+                                                f"{joined}\n\nWrite one summary of {what.lower()} in a few "
+                                                "sentences, in the order things happen."}]
+    yield from _generate(engine, memory, msgs, cancel, True, section_idx)
+
+
+def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: int | None = None,
+              redo: bool = False, cancel: threading.Event | None = None) -> Iterator[SummaryEvent]:
+    """A chapter's summary (section_idx) or the whole book's (None), streamed, then stored."""
+    try:
+        stored = stored_summaries(library, doc_id, engine.fingerprint)
+        if section_idx in stored and not redo:
+            yield SummaryEvent("done", stored[section_idx], section_idx)
+            return
+        memory = load_memory(library, engine, doc_id)
+        doc: Document = library.document(doc_id)
+        if section_idx is not None and not 0 <= section_idx < len(doc.sections):
+            raise LibraryError(f"“{doc.title}” has no chapter {section_idx + 1}")
+    except (LibraryError, eng.SnapshotError) as exc:
+        yield SummaryEvent("error", str(exc), section_idx)
+        return
+
+    if section_idx is not None:
+        sec = doc.sections[section_idx]
+        what, text = f"The chapter “{sec.title}”", doc.text[sec.start:sec.end]
+    elif doc.sections:  # the whole book, from its chapters' summaries
+        notes = []
+        for i, sec in enumerate(doc.sections):
+            if i not in stored or redo:
+                yield SummaryEvent("status", f"summarising chapter {i + 1} of {len(doc.sections)}", None)
+                result = None
+                for ev in summarize(library, engine, doc_id, i, redo, cancel):
+                    if ev.kind == "error":
+                        yield SummaryEvent("error", ev.text, None)
+                        return
+                    if ev.kind == "done":
+                        result = ev.text
+                if result is None:
+                    return  # cancelled
+                stored[i] = result
+            notes.append(f"{sec.title}: {stored[i]}")
+        what, text = "The whole book, chapter by chapter", "\n\n".join(notes)
+    else:
+        what, text = "The whole text", doc.text
+
+    summary = None
+    for ev in _summarize_text(engine, memory, doc.title, what, text, cancel, section_idx):
+        if isinstance(ev, str):
+            summary = ev
+        else:
+            yield ev
+    if summary is None or (cancel is not None and cancel.is_set()):
+        return
+    _store(library, doc_id, engine.fingerprint, section_idx, summary)
+    yield SummaryEvent("done", summary, section_idx)

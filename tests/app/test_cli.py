@@ -1,0 +1,93 @@
+"""The `infini` command line end to end, in a temporary data folder."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+
+from .conftest import FIXTURES, write_book
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tiny_reader, tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-model")
+    tiny_reader.export_hf(d)
+    return d
+
+
+def run(capsys, data, model, *argv):
+    code = main(["--data-dir", str(data), "--model", str(model), "--device", "cpu", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_ingest_list_info_export_rm(capsys, tmp_path, tiny_model_dir):
+    data = tmp_path / "data"
+    book = write_book(tmp_path / "lighthouse.txt", chapters=3)
+    code, out, err = run(capsys, data, tiny_model_dir, "ingest", str(book))
+    assert code == 0, err
+    doc_id = int(out.strip())
+    assert "seg" in err  # the progress bar went to stderr
+
+    code, out, _ = run(capsys, data, tiny_model_dir, "list", "--json")
+    (entry,) = json.loads(out)
+    assert entry["id"] == doc_id and entry["status"] == "ready" and entry["chapters"] == 3
+
+    code, out, _ = run(capsys, data, tiny_model_dir, "info", entry["title"][:5].upper(), "--json")  # a title prefix
+    info = json.loads(out)
+    assert info["title"] == entry["title"]
+    assert info["segments_done"] == info["segments_total"] > 0 and info["memory_bytes"] > 0
+    assert len(info["model_fingerprint"]) == 64
+
+    code, out, _ = run(capsys, data, tiny_model_dir, "info", str(doc_id))
+    assert "Chapters" in out
+    assert f"{info['segments_total']} of {info['segments_total']} read" in out
+
+    code, out, _ = run(capsys, data, tiny_model_dir, "export", str(doc_id))
+    assert out.startswith("# ") and "## Chapters" in out
+
+    # the same book again: already there, instantly
+    code, out, err = run(capsys, data, tiny_model_dir, "ingest", str(book))
+    assert code == 0 and int(out) == doc_id and "already in the library" in err
+
+    code, _, err = run(capsys, data, tiny_model_dir, "rm", str(doc_id))
+    assert code == 0 and "removed" in err
+    code, out, _ = run(capsys, data, tiny_model_dir, "list", "--json")
+    assert json.loads(out) == []
+
+
+def test_user_errors_are_one_line_without_traceback(capsys, tmp_path, tiny_model_dir):
+    data = tmp_path / "data"
+    code, _, err = run(capsys, data, tiny_model_dir, "info", "nothing-like-this")
+    assert code == 1 and err.startswith("infini: ") and "Traceback" not in err and err.count("\n") == 1
+    bad = tmp_path / "broken.epub"
+    bad.write_bytes(b"PK\x03\x04 not a zip")
+    good = write_book(tmp_path / "good.txt")
+    code, out, err = run(capsys, data, tiny_model_dir, "ingest", str(bad), str(good))
+    assert code == 1 and "broken.epub" in err and "Traceback" not in err
+    assert len(out.split()) == 1  # the good one went in
+    code, out, _ = run(capsys, data, tiny_model_dir, "list")
+    assert "failed" in out and "ready" in out
+    code, _, err = run(capsys, data, tmp_path / "no-model-here", "ingest", str(good))
+    assert code == 1 and "no such file or folder" in err
+
+
+def test_the_installed_command_runs_on_the_builtin_model(tmp_path):
+    """`infini ingest` of the real EPUB fixture with the built-in model, as a user would run it."""
+    exe = Path(sys.executable).with_name("infini")
+    data = tmp_path / "data"
+    book = FIXTURES / "dart-wasteland.epub"
+    proc = subprocess.run([str(exe), "--data-dir", str(data), "ingest", str(book)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    info = subprocess.run([str(exe), "--data-dir", str(data), "info", proc.stdout.strip(), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    d = json.loads(info.stdout)
+    assert d["status"] == "ready" and d["segments_done"] == d["segments_total"] > 0
+    assert "Waste Land" in d["title"]

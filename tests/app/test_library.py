@@ -1,0 +1,81 @@
+"""The library's schema, round trips and lookups, on a real SQLite file."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+from sqlalchemy import inspect
+
+from app.core.db import create_db_engine
+from app.core.document import Document, Section
+from app.core.library import Library, LibraryError
+from app.core.segments import SegmentPlan
+
+
+def test_migration_from_an_empty_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'lib.sqlite3'}"
+    Library(url)
+    insp = inspect(create_db_engine(url))
+    assert {"documents", "sections", "memory_snapshots", "segments", "chats", "messages", "citations",
+            "summaries", "alembic_version"} <= set(insp.get_table_names())
+    con = sqlite3.connect(tmp_path / "lib.sqlite3")
+    (version,) = con.execute("select version_num from alembic_version").fetchone()
+    assert version == "0002"
+    assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
+    Library(url)  # opening again upgrades nothing and loses nothing
+    assert con.execute("select count(*) from alembic_version").fetchone()[0] == 1
+
+
+def sample_doc(title="Persuasion") -> Document:
+    text = "Front matter.\n\nChapter 1\n\nSir Walter Elliot.\n\nChapter 2\n\nMr Shepherd."
+    return Document(title, "Jane Austen", "en", "txt", text,
+                    [Section("Chapter 1", 15, 45, 1, 1), Section("Chapter 2", 45, len(text), 2, 2)],
+                    page_starts=[0, 45], warnings=["page 3 has no text"], source_path="/books/p.txt")
+
+
+def test_document_round_trip_and_lookup(library):
+    did = library.add_document(sample_doc(), "ab" * 32, 1234)
+    back = library.document(did)
+    assert back == sample_doc()
+    info = library.info(did)
+    assert (info.title, info.author, info.format, info.pages, info.status) == (
+        "Persuasion", "Jane Austen", "txt", 2, "queued")
+    assert info.chapters == ["Chapter 1", "Chapter 2"] and info.warnings == ["page 3 has no text"]
+    assert library.find_by_hash("ab" * 32) == did
+    assert library.resolve(str(did)) == did and library.resolve("persu") == did
+    other = library.add_document(sample_doc("Persuasion, annotated"), "cd" * 32, 10)
+    with pytest.raises(LibraryError, match="several documents"):
+        library.resolve("Persuasion")
+    assert library.resolve(str(other)) == other
+    with pytest.raises(LibraryError, match="no document matches"):
+        library.resolve("Emma")
+
+
+def test_readings_store_segments_in_bulk_and_removal_cascades(library, tmp_path):
+    did = library.add_document(sample_doc(), "ab" * 32, 1234)
+    plans = [SegmentPlan(i, i * 10, i * 10 + 10, np.arange(i, i + 5, dtype=np.int32), i % 2, 1, 1) for i in range(7)]
+    sid = library.create_reading(did, "f" * 64, "tiny", 5, plans)
+    assert library.snapshot_id(did, "f" * 64) == sid and library.snapshot_id(did, "0" * 64) is None
+    toks = library.segment_tokens(sid, 3)
+    assert [t.tolist() for t in toks] == [list(range(i, i + 5)) for i in range(3, 7)]
+    library.save_progress(sid, b"memory-bytes", 4, 20, 1.5, {0: b"s0", 3: b"s3"})
+    info = library.info(did)
+    assert (info.segments_done, info.segments_total, info.tokens, info.memory_bytes, info.status) == (4, 7, 35, 12, "reading")
+    assert library.memory_bytes(did, "f" * 64) == b"memory-bytes"
+    library.remove(did)
+    con = sqlite3.connect(tmp_path / "library.sqlite3")
+    for table in ("documents", "sections", "memory_snapshots", "segments"):
+        assert con.execute(f"select count(*) from {table}").fetchone()[0] == 0, table
+    with pytest.raises(LibraryError):
+        library.info(did)
+
+
+def test_damaged_memory_is_reported(library, tmp_path):
+    did = library.add_document(sample_doc(), "ab" * 32, 1234)
+    sid = library.create_reading(did, "f" * 64, "tiny", 5, [])
+    library.save_progress(sid, b"good", 0, 0, 0.0, {})
+    con = sqlite3.connect(tmp_path / "library.sqlite3")
+    con.execute("update memory_snapshots set memory = ?", (b"evil",))
+    con.commit()
+    with pytest.raises(LibraryError, match="damaged"):
+        library.memory_bytes(did, "f" * 64)
