@@ -270,7 +270,7 @@ def _block_paragraphs(block: list[_Line], body: float, words, compounds) -> list
         height = max(a.y1 - a.y0, 1.0)
         if not prose:
             current += "\n" + b.text
-        elif b.y0 - a.y1 > 0.8 * height:  # a wide gap: a new paragraph in the same block
+        elif b.y0 - a.y1 > 0.8 * height or abs(a.size - b.size) > 1:  # a wide gap or a heading: a new paragraph
             paragraphs.append(current)
             current = b.text
         elif heading:  # a heading set over several lines: "CHAPTER III. A Caucus-Race and" + "a Long Tale"
