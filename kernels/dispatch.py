@@ -51,6 +51,24 @@ def use_triton(x: torch.Tensor) -> bool:
     return x.is_cuda and triton_available()
 
 
+def head_dim_supported(head_dim: int) -> bool:
+    """The kernels take head dims that are powers of two from 32 (tl.dot needs D/2 >= 16) to 256."""
+    return 32 <= head_dim <= 256 and head_dim & (head_dim - 1) == 0
+
+
+def fused_applies(x: torch.Tensor, head_dim: int) -> bool:
+    """The engine's question: does a layer with this head dim, on tensors like x, run fused?
+    Where the kernels do not take the head dim, the engine keeps its own PyTorch path (forcing
+    INFINI_KERNELS=triton then is an error)."""
+    if not use_triton(x):
+        return False
+    if head_dim_supported(head_dim):
+        return True
+    if mode() == "triton":
+        raise ValueError(f"INFINI_KERNELS=triton, but the kernels do not take head dim {head_dim}")
+    return False
+
+
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 

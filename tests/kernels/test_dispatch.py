@@ -40,6 +40,19 @@ def test_modes(monkeypatch):
         kernels.mode()
 
 
+def test_fused_applies_only_to_head_dims_the_kernels_take(monkeypatch):
+    x = torch.zeros(1, device=DEVICE)
+    monkeypatch.setenv("INFINI_KERNELS", "auto")
+    assert not kernels.fused_applies(x, 8) and not kernels.fused_applies(x, 80)
+    assert kernels.fused_applies(x, 64) == (DEVICE == "cuda")
+    monkeypatch.setenv("INFINI_KERNELS", "triton")
+    assert kernels.fused_applies(x, 64) and kernels.fused_applies(x, 128)
+    with pytest.raises(ValueError, match="head dim 8"):
+        kernels.fused_applies(x, 8)
+    monkeypatch.setenv("INFINI_KERNELS", "reference")
+    assert not kernels.fused_applies(x, 64)
+
+
 def _inputs(seed, T=50, pos0=0, H=6, Hkv=2, D=64):
     gen = torch.Generator().manual_seed(seed)
     q = randn(gen, 1, H, T, D)
