@@ -171,6 +171,8 @@ def heading_marks(text: str) -> list[Mark]:
         if num[0] in "IVXLCDM" and num.isalpha() and num.isupper() and not _ROMAN.fullmatch(num):
             continue
         rest = m.group("rest").strip()
+        if rest and (rest[0].islower() or rest[-1] in ",;"):  # "Chapter 2 of the report, ...": a sentence
+            continue
         end = m.end()
         title = rest
         if not rest:
@@ -181,13 +183,18 @@ def heading_marks(text: str) -> list[Mark]:
         found.append(
             _Heading(m.start(), end, kw.lower(), _number_value(num), title or heading, _prev_line_blank(text, m.start()))
         )
-    # A table of contents: the next heading-like line follows within a line or two.
+    # A table of contents: the next heading-like line of the same or a larger division follows within
+    # a line or two. ("BOOK ONE" directly over "Chapter 1" is how books begin.)
     candidates = []
     for i, h in enumerate(found):
         if not h.blank_before:
             continue
         nxt = found[i + 1] if i + 1 < len(found) else None
-        if nxt is not None and _fewer_visible(text, h.end, nxt.start, 150):
+        if (
+            nxt is not None
+            and _RANK.get(nxt.keyword, 3) <= _RANK.get(h.keyword, 3)
+            and _fewer_visible(text, h.end, nxt.start, 150)
+        ):
             continue
         candidates.append(h)
     if not candidates:
@@ -278,10 +285,11 @@ def _first_line(text: str, start: int, end: int) -> str:
 
 
 # Project Gutenberg wraps every book in a header and a licence; neither is the book.
-_PG_START = re.compile(
-    r"\*{3}[ \t]*START OF (?:THE|THIS) PROJECT GUTENBERG[^*]{0,300}\*{3}|\*END\*THE SMALL PRINT[^\n]{0,200}", re.I
-)
-_PG_END = re.compile(r"\*{3}[ \t]*END OF (?:THE|THIS) PROJECT GUTENBERG[^*]{0,300}\*{3}", re.I)
+# Each starts with a literal "***" or "*END*" (no alternation, no repeat): the regex engine then
+# scans for it at C speed, twenty times faster over a 50 MB text.
+_PG_START = re.compile(r"\*\*\*(?i:[ \t]*START OF (?:THE|THIS) PROJECT GUTENBERG[^*]{0,300})\*\*\*")
+_PG_OLD_START = re.compile(r"\*END\*(?i:THE SMALL PRINT[^\n]{0,200})")
+_PG_END = re.compile(r"\*\*\*(?i:[ \t]*END OF (?:THE|THIS) PROJECT GUTENBERG[^*]{0,300})\*\*\*")
 _PG_END_LINE = re.compile(r"^[ \t]*End of (?:the |this )?Project Gutenberg", re.I | re.M)
 _PG_FIELD = re.compile(r"^[ \t]*(Title|Author|Language):[ \t]*(\S[^\n]*)$", re.M)
 _LANGUAGES = {
@@ -302,7 +310,7 @@ class Gutenberg:
 
 def gutenberg_bounds(text: str) -> Gutenberg | None:
     """Where a Project Gutenberg book's own text lies between its START and END markers; None if not one."""
-    start_m = _PG_START.search(text)
+    start_m = _PG_START.search(text) or _PG_OLD_START.search(text)
     end_m = _PG_END.search(text, start_m.end() if start_m else 0)
     if not start_m and not end_m:
         return None

@@ -252,7 +252,9 @@ def _xml_parser(recover: bool = False) -> etree.XMLParser:
     )
 
 
-_HTML_PARSER_ARGS = dict(no_network=True, remove_pis=True, remove_comments=True, default_doctype=False)
+# huge_tree lifts libxml2's 10 MB text-node and 256-level depth limits; the HTML parser expands no
+# declared entities, so it opens no "billion laughs" door, and the input is already size-limited.
+_HTML_PARSER_ARGS = dict(no_network=True, remove_pis=True, remove_comments=True, default_doctype=False, huge_tree=True)
 # A DOCTYPE's internal subset (entity declarations) means nothing to an HTML parser, which would
 # show "]>" as text.
 _DOCTYPE = re.compile(r"<!DOCTYPE[^\[>]{0,500}(?:\[[^\]]{0,100000}\])?\s*>", re.I)
@@ -266,7 +268,10 @@ def declared_charset(data: bytes) -> str | None:
 
 
 def parse_html(data: bytes | str):
-    """Lenient parse, as browsers read: undefined entities, unclosed tags and stray bytes are survived."""
+    """Lenient parse, as browsers read: undefined entities, unclosed tags and stray bytes are survived.
+
+    What stops even this parser (nesting thousands of levels deep) is raised as a ValueError.
+    """
     text = decode_text(data, declared_charset(data)) if isinstance(data, bytes) else data
     text = _DOCTYPE.sub("", text[:200000], count=1) + text[200000:]
     declaration = _XML_DECLARATION.match(text)
@@ -274,7 +279,12 @@ def parse_html(data: bytes | str):
         text = text[declaration.end() :]
     if not text.strip():
         raise ValueError("empty document")
-    return lxml_html.document_fromstring(text, parser=lxml_html.HTMLParser(**_HTML_PARSER_ARGS))
+    parser = lxml_html.HTMLParser(**_HTML_PARSER_ARGS)
+    root = lxml_html.document_fromstring(text, parser=parser)
+    fatal = [e.message for e in parser.error_log if e.level_name == "FATAL"]
+    if fatal:
+        raise ValueError(fatal[0].split(",")[0])
+    return root
 
 
 def parse_xhtml(data: bytes) -> tuple[object, str | None]:
