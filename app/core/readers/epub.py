@@ -13,7 +13,7 @@ from lxml import etree
 
 from app.core.document import Document, ReaderError
 from app.core.readers.chapters import Mark, gutenberg_bounds, promote_single_root, sections_from_marks
-from app.core.readers.html import Converted, convert, heading_chapters, parse_xhtml
+from app.core.readers.html import Converted, convert, declared_charset, heading_chapters, parse_xhtml
 
 # A zip bomb unpacks a few kilobytes into gigabytes. zipfile never returns more than a member's
 # declared size, so checking the declared sizes before anything is read bounds the memory used.
@@ -85,6 +85,17 @@ def _drm_encrypted(data: bytes) -> bool:
     return False
 
 
+def _decodes(data: bytes) -> bool:
+    """Whether a document's bytes are text in its declared encoding (UTF-8 when it declares none)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    try:
+        data.decode(declared_charset(data) or "utf-8")
+    except (UnicodeDecodeError, LookupError):
+        return False
+    return b"\0" not in data
+
+
 def _norm(href: str) -> str:
     return posixpath.normpath(unquote(href)).lstrip("/")
 
@@ -117,15 +128,16 @@ def read_epub(path: Path) -> Document:
             continue
         file_name = _norm(item.file_name)
         label = titles_by_file.get(file_name) or file_name
+        content = item.content  # the raw bytes: get_content() re-renders (and so repairs) HTML documents
         try:
-            tree, problem = parse_xhtml(item.get_content())
+            tree, problem = parse_xhtml(content)
             converted = convert(tree)
         except Exception as e:  # an empty or unparseable document: the others are still a book
             doc_warnings.append(f"Skipped “{label}”: it cannot be read ({e})")
             continue
         text = converted.text
         if problem:
-            if not text.strip() or text.count("\ufffd") > 0.05 * len(text):
+            if not text.strip() or not _decodes(content):  # not markup in any encoding: nothing to salvage
                 doc_warnings.append(f"Skipped “{label}”: it is not well-formed XHTML ({problem})")
                 continue
             doc_warnings.append(f"“{label}” is not well-formed XHTML ({problem}); it was read leniently, some text may be lost")
@@ -215,7 +227,7 @@ def _label(el) -> str:
 
 def _from_nav(item) -> list[tuple[int, str, str]]:
     try:
-        root, _ = parse_xhtml(item.get_content())
+        root, _ = parse_xhtml(item.content)
     except Exception:
         return []
     base = posixpath.dirname(item.file_name)
@@ -247,7 +259,7 @@ def _from_nav(item) -> list[tuple[int, str, str]]:
 def _from_ncx(item) -> list[tuple[int, str, str]]:
     try:
         root = etree.fromstring(
-            item.get_content(), etree.XMLParser(resolve_entities=False, load_dtd=False, no_network=True, recover=True)
+            item.content, etree.XMLParser(resolve_entities=False, load_dtd=False, no_network=True, recover=True)
         )
     except (etree.XMLSyntaxError, ValueError):
         return []
