@@ -1,42 +1,70 @@
-"""Entry point of the desktop application: `infini-reader`."""
+"""Entry point of the desktop application: `infini-reader [FILE...]`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import sys
+import traceback
 from pathlib import Path
 
-import platformdirs
+from app.core.paths import log_dir
+
+log = logging.getLogger("app.ui")
 
 
 def setup_logging() -> Path:
-    log_dir = Path(platformdirs.user_log_dir("infini-reader"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / "infini-reader.log"
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[logging.FileHandler(path, encoding="utf-8")],
-    )
+    path = log_dir() / "infini-reader.log"
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
     return path
+
+
+def _excepthook(window_ref):
+    """An unexpected error becomes a message in the window and a traceback in the log, not a crash."""
+
+    def hook(kind, value, tb):
+        log.error("unexpected error:\n%s", "".join(traceback.format_exception(kind, value, tb)))
+        window = window_ref()
+        if window is not None:
+            window.show_error("Something went wrong", f"Something went wrong: {value or kind.__name__}")
+
+    return hook
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infini-reader", description="Read whole books with a local model.")
-    parser.add_argument("--model", default="builtin", help="builtin, a GGUF file or a model folder")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("files", nargs="*", metavar="FILE", help="books to add to the library (EPUB, PDF, TXT, "
+                        "Markdown, HTML)")
+    parser.add_argument("--model", help="builtin, a GGUF file or a model folder (default: from the settings)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: from the settings")
+    parser.add_argument("--data-dir", help="the library's folder (default: from the settings, or $INFINI_DATA_DIR)")
     args, qt_args = parser.parse_known_args(argv)
-    setup_logging()
+    log_path = setup_logging()
+    log.info("starting; log in %s", log_path)
 
     from PySide6.QtWidgets import QApplication
 
-    from app.core.models import ModelChoice, load_engine
-
     from .main_window import MainWindow
+    from .settings import Settings
 
     app = QApplication([sys.argv[0], *qt_args])
     app.setApplicationName("Infini Reader")
-    window = MainWindow(lambda: load_engine(ModelChoice(args.model, args.device)))
+    app.setOrganizationName("infini-reader")
+    app.setDesktopFileName("infini-reader")
+    settings = Settings.load()
+    if args.model:
+        settings.model = args.model
+    if args.device:
+        settings.device = args.device
+    window = MainWindow(settings=settings, data_dir=args.data_dir, files=args.files)
+    import weakref
+
+    sys.excepthook = _excepthook(weakref.ref(window))
     window.show()
     return app.exec()
 

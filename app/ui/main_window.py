@@ -1,168 +1,532 @@
-"""The main window. For now: talk to the model; the library, documents and citations come next."""
+"""The main window: the library on the left, the open document's Chat and Summary in the middle,
+the reading pane on the right. It wires the panes to the services; the work runs in workers."""
 
 from __future__ import annotations
 
-import re
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QUrl
+from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
-    QHBoxLayout,
+    QFileDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
-    QPlainTextEdit,
-    QPushButton,
-    QTextBrowser,
-    QVBoxLayout,
-    QWidget,
+    QSplitter,
+    QTabWidget,
 )
 
 import engine
-from app.core.models import describe
+from app.core import paths
+from app.core.export import export_markdown
+from app.core.ingest import Progress
+from app.core.library import Library
+from app.core.models import ModelChoice, describe, load_engine
 
-from .worker import GeneratorWorker
+from .chat_pane import ChatPane
+from .library_model import Row
+from .library_pane import FORMATS, LibraryPane
+from .reading_pane import ReadingPane
+from .reading_queue import ReadingQueue
+from .settings import Settings, apply_theme
+from .settings_dialog import ModelDialog, SettingsDialog
+from .summary_pane import SummaryPane
+from .worker import Tasks
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = {".epub", ".pdf", ".txt", ".md", ".markdown", ".html", ".htm", ".xhtml"}
+OPEN_FILTER = "Books (*.epub *.pdf *.txt *.md *.markdown *.html *.htm *.xhtml);;All files (*)"
+Loader = Callable[[ModelChoice], engine.Engine]
+
+SHORTCUTS = [("Ctrl+O", "Open books"), ("Ctrl+N", "New question"), ("Esc", "Stop the answer or summary"),
+             ("Ctrl+F", "Search the library"), ("Ctrl+E", "Export chat and summaries to Markdown"),
+             ("Ctrl+1 / Ctrl+2", "Chat / Summary"), ("Ctrl+,", "Settings"), ("Delete", "Remove from the library")]
 
 
-def _md_escape(text: str) -> str:
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!<>|])", r"\\\1", text)
+def local_files(mime) -> list[str]:
+    return [u.toLocalFile() for u in mime.urls() if u.isLocalFile()] if mime.hasUrls() else []
 
 
-class QuestionBox(QPlainTextEdit):
-    """Enter sends, Shift+Enter starts a new line."""
+def expand(paths_: list[str]) -> list[str]:
+    """Files as they are (the reader says why one is not a book); folders: the books inside."""
+    out = []
+    for p in map(Path, paths_):
+        if p.is_dir():
+            out += sorted(str(f.resolve()) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+        else:
+            out.append(str(p.resolve()) if p.exists() else str(p))
+    return out
 
-    submitted = Signal()
 
-    def keyPressEvent(self, event):  # noqa: N802 (Qt's name)
-        if event.key() in (Qt.Key_Return, Qt.Key_Enter) and not event.modifiers() & Qt.ShiftModifier:
-            self.submitted.emit()
-            return
-        super().keyPressEvent(event)
+class _FileDrops(QObject):
+    """Files dropped on a text box go to the window (the library), not into the text."""
+
+    def __init__(self, window: MainWindow):
+        super().__init__(window)
+        self.window = window
+
+    def eventFilter(self, obj, event):  # noqa: N802
+        if event.type() in (QEvent.DragEnter, QEvent.DragMove) and local_files(event.mimeData()):
+            event.acceptProposedAction()
+            return True
+        if event.type() == QEvent.Drop and local_files(event.mimeData()):
+            self.window.dropEvent(event)
+            return True
+        return False
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, load: Callable[[], engine.Engine]):
+    def __init__(self, load: Loader | None = None, data_dir: str | Path | None = None,
+                 settings: Settings | None = None, settings_file: Path | None = None, files: list[str] = ()):
         super().__init__()
-        self.setWindowTitle("Infini Reader")
-        self.resize(900, 640)
+        self.settings_file = settings_file
+        self.settings = settings if settings is not None else Settings.load(settings_file)
+        self._load = load or load_engine
+        self._data_dir = data_dir  # given on the command line or by a test: wins over the settings
+        self.library: Library | None = None
         self.engine: engine.Engine | None = None
-        self.messages: list[dict] = []
-        self._worker: GeneratorWorker | None = None
-        self._answer = ""
+        self.last_error = ""
+        self._refresh_gen = 0
+        self._seen: set[int] = set()  # documents whose reading events have been seen
+        self._select_when_listed: int | None = None
+        self._after_idle: list[Callable[[], None]] = []
+        self._boxes: list[QMessageBox] = []
 
-        self.transcript = QTextBrowser()
-        self.transcript.setOpenExternalLinks(False)
-        self.question = QuestionBox()
-        self.question.setPlaceholderText("Ask the model…  (Enter sends, Shift+Enter for a new line)")
-        self.question.setFixedHeight(80)
-        self.send = QPushButton("Send")
-        self.stop = QPushButton("Stop")
-        self.stop.setEnabled(False)
-        self.send.setEnabled(False)
+        self.tasks = Tasks(self)
+        self.queue = ReadingQueue(self.tasks, self)
+        self.library_pane = LibraryPane()
+        self.chat = ChatPane(self.tasks)
+        self.summary = SummaryPane(self.tasks)
+        self.reading = ReadingPane(self.tasks)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.chat, "Chat")
+        self.tabs.addTab(self.summary, "Summary")
+        self.splitter = QSplitter()
+        self.splitter.addWidget(self.library_pane)
+        self.splitter.addWidget(self.tabs)
+        self.splitter.addWidget(self.reading)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setChildrenCollapsible(False)
+        self.setCentralWidget(self.splitter)
+        self.splitter.setContentsMargins(8, 8, 8, 0)
+        self.resize(1400, 820)
+        self.splitter.setSizes([430, 560, 410])
+        if self.settings.geometry:
+            self.restoreGeometry(QByteArray.fromHex(self.settings.geometry.encode()))
+        if self.settings.splitter:
+            self.splitter.restoreState(QByteArray.fromHex(self.settings.splitter.encode()))
+        self.setWindowTitle("Infini Reader")
 
-        buttons = QVBoxLayout()
-        buttons.addWidget(self.send)
-        buttons.addWidget(self.stop)
-        row = QHBoxLayout()
-        row.addWidget(self.question, 1)
-        row.addLayout(buttons)
-        box = QVBoxLayout()
-        box.addWidget(self.transcript, 1)
-        box.addLayout(row)
-        central = QWidget()
-        central.setLayout(box)
-        self.setCentralWidget(central)
         self.model_label = QLabel("Loading the model…")
+        self.model_label.setTextFormat(Qt.PlainText)
         self.statusBar().addPermanentWidget(self.model_label)
+        self._menus()
+        self._connect()
+        self.setAcceptDrops(True)
+        drops = _FileDrops(self)
+        for w in (self.chat.transcript, self.chat.question, self.summary.text, self.reading.text):
+            w.viewport().installEventFilter(drops)
+        apply_theme(self.settings.theme)
 
-        self.question.submitted.connect(self.ask)
-        self.send.clicked.connect(self.ask)
-        self.stop.clicked.connect(self.stop_answer)
-        QShortcut(QKeySequence("Ctrl+N"), self, self.question.setFocus)
-        QShortcut(QKeySequence("Escape"), self, self.stop_answer)
+        self.open_library()
+        self.load_model()
+        if files:
+            self.open_files(list(files))
 
-        self._loader = GeneratorWorker(lambda: iter([load()]))
-        self._loader.yielded.connect(self._model_ready)
-        self._loader.failed.connect(self._model_failed)
-        self._loader.start()
+    # ---- building ----
 
-    # ---- model ----
+    def _menus(self) -> None:
+        def act(menu, text, slot, shortcut=None, tip=None) -> QAction:
+            a = QAction(text, self)
+            if shortcut:
+                a.setShortcut(QKeySequence(shortcut))
+            if tip:
+                a.setStatusTip(tip)
+            a.triggered.connect(slot)
+            menu.addAction(a)
+            return a
+
+        f = self.menuBar().addMenu("&File")
+        self.open_action = act(f, "&Open…", self.choose_files, "Ctrl+O", f"Add books: {FORMATS}")
+        self.export_action = act(f, "&Export chat and summaries…", self.export_current, "Ctrl+E")
+        f.addSeparator()
+        act(f, "&Settings…", self.open_settings, "Ctrl+,")
+        f.addSeparator()
+        act(f, "&Quit", self.close, "Ctrl+Q")
+        lib = self.menuBar().addMenu("&Library")
+        act(lib, "&Search", self.focus_search, "Ctrl+F")
+        act(lib, "&Resume reading", lambda: self.resume(self.library_pane.selected()))
+        act(lib, "S&top reading", self.queue.stop)
+        act(lib, "Read with &another model…", lambda: self.read_with_other_model(self.library_pane.selected()))
+        lib.addSeparator()
+        self.remove_action = act(lib, "Re&move", lambda: self.remove(self.library_pane.selected()), "Delete")
+        self.remove_action.setShortcutContext(Qt.WidgetWithChildrenShortcut)
+        self.library_pane.table.addAction(self.remove_action)
+        doc = self.menuBar().addMenu("&Document")
+        act(doc, "&New question", self.new_question, "Ctrl+N")
+        self.stop_action = act(doc, "&Stop", self.stop_work, "Esc", "Stop the answer or the summary being written")
+        act(doc, "&Chat", lambda: self.tabs.setCurrentWidget(self.chat), "Ctrl+1")
+        act(doc, "S&ummary", lambda: self.tabs.setCurrentWidget(self.summary), "Ctrl+2")
+        h = self.menuBar().addMenu("&Help")
+        act(h, "&Keyboard shortcuts", self.show_shortcuts)
+        act(h, "Open the &log folder", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(paths.log_dir()))))
+        act(h, "&About Infini Reader", self.show_about)
+
+    def _connect(self) -> None:
+        lp = self.library_pane
+        lp.current_changed.connect(self._current_changed)
+        lp.add_clicked.connect(self.choose_files)
+        lp.remove_clicked.connect(self.remove)
+        lp.resume_clicked.connect(self.resume)
+        lp.reread_clicked.connect(self.read_with_other_model)
+        lp.stop_clicked.connect(self.queue.stop)
+        lp.resume_queue_clicked.connect(self.queue.resume)
+        self.queue.progress.connect(self._progress)
+        self.queue.failed.connect(self._reading_failed)
+        self.queue.idle.connect(self._idle)
+        self.chat.citation_clicked.connect(self.reading.show_citation)
+        self.chat.reread_requested.connect(lambda doc_id: self.resume([self.library_pane.model.row_of(doc_id)]))
+        self.summary.chapter_requested.connect(self.reading.show_chapter)
+        self.summary.export_requested.connect(self.export)
+        for pane in (self.chat, self.summary, self.reading):
+            pane.message.connect(self.say)
+
+    # ---- messages ----
+
+    def say(self, text: str) -> None:
+        self.statusBar().showMessage(text, 10000)
+
+    def show_error(self, title: str, text: str, details: str = "") -> None:
+        """A plain message in the window (never blocking the work going on); details go to the log."""
+        log.error("%s: %s%s", title, text, f"\n{details}" if details else "")
+        self.last_error = text
+        self.say(text)
+        box = QMessageBox(QMessageBox.Warning, title, text, QMessageBox.Ok, self)
+        box.setInformativeText(f"Details are in the log: {paths.log_dir() / 'infini-reader.log'}")
+        box.finished.connect(lambda _: self._boxes.remove(box) if box in self._boxes else None)
+        self._boxes.append(box)
+        box.open()
+
+    # ---- the library and the model ----
+
+    def data_dir(self) -> str | Path | None:
+        return self._data_dir or self.settings.library_dir or None
+
+    def open_library(self) -> None:
+        chosen = self.data_dir()
+
+        def make():
+            return Library(paths.default_db_url(paths.data_dir(chosen)))
+
+        self.say("Opening the library…")
+        self.tasks.call(make, self._library_ready,
+                        lambda m: self.show_error("The library could not be opened", f"The library could not be "
+                                                  f"opened: {m}. Choose another folder in Settings."))
+
+    def _library_ready(self, library: Library) -> None:
+        self.library = library
+        self.chat.bind(library, self.engine)
+        self.summary.bind(library, self.engine)
+        self.reading.bind(library)
+        self.queue.bind(library, self.engine)
+        self.say("")
+        self.refresh()
+
+    def load_model(self) -> None:
+        choice = ModelChoice(self.settings.model, self.settings.device)
+        self.engine = None
+        self.model_label.setText("Loading the model…")
+        for pane in (self.chat, self.summary):
+            pane.bind(self.library, None)
+        self.queue.bind(self.library, None)
+        load = self._load
+        self.tasks.call(lambda: load(choice), self._model_ready, self._model_failed)
 
     def _model_ready(self, e: engine.Engine) -> None:
         self.engine = e
         self.model_label.setText(describe(e))
-        self.send.setEnabled(True)
-        self.statusBar().showMessage("Ready", 3000)
+        self.model_label.setToolTip(f"The model in use, the device it runs on and its precision\n{e.source}")
+        self.chat.bind(self.library, e)
+        self.summary.bind(self.library, e)
+        self.queue.bind(self.library, e)
+        self.say("The model is ready")
+        self.refresh()
 
     def _model_failed(self, message: str) -> None:
         self.model_label.setText("No model")
-        QMessageBox.critical(self, "Infini Reader", f"The model could not be loaded:\n\n{message}")
+        self.show_error("The model could not be loaded", f"The model could not be loaded: {message}\n\n"
+                        "Choose another model in Settings (File → Settings).")
 
-    # ---- asking ----
-
-    def ask(self) -> None:
-        text = self.question.toPlainText().strip()
-        if not text or self.engine is None or self._worker is not None:
+    def refresh(self) -> None:
+        """The library's list, read in a worker; a newer request wins over an older one."""
+        if self.library is None:
             return
-        self.question.clear()
-        self.messages.append({"role": "user", "content": text})
-        self._answer = ""
-        e, messages = self.engine, list(self.messages)
-        self._worker = GeneratorWorker(lambda: e.generate(messages, e.new_memory(), max_new_tokens=400))
-        self._worker.yielded.connect(self._piece)
-        self._worker.finished.connect(self._done)
-        self._worker.failed.connect(self._failed)
-        self.send.setEnabled(False)
-        self.stop.setEnabled(True)
-        self._render()
-        self._worker.start()
+        self._refresh_gen += 1
+        gen, library = self._refresh_gen, self.library
+        fp = self.engine.fingerprint if self.engine is not None else None
 
-    def stop_answer(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        def listed(infos):
+            if gen != self._refresh_gen:
+                return
+            self.library_pane.model.set_documents(infos)
+            self.library_pane.model.set_pending(self.queue.waiting())
+            if self._select_when_listed is not None and self.library_pane.select(self._select_when_listed):
+                self._select_when_listed = None
+            self._current_changed(self.library_pane.current())
 
-    def _piece(self, piece: str) -> None:
-        self._answer += piece
-        self._render()
+        self.tasks.call(lambda: library.infos(fingerprint=fp), listed,
+                        lambda m: self.show_error("The library could not be read", f"The library could not be "
+                                                  f"read: {m}"))
 
-    def _done(self) -> None:
-        self.messages.append({"role": "assistant", "content": self._answer})
-        self._answer = ""
-        self._finish()
+    def _current_changed(self, row: Row | None) -> None:
+        self.chat.set_document(row)
+        self.summary.set_document(row)
+        self.setWindowTitle(f"{row.title} — Infini Reader" if row is not None else "Infini Reader")
 
-    def _failed(self, message: str) -> None:
-        self.messages.pop()
-        self._finish()
-        self.statusBar().showMessage(f"The answer failed: {message}")
-        QMessageBox.warning(self, "Infini Reader", f"The answer failed:\n\n{message}")
+    # ---- adding and reading books ----
 
-    def _finish(self) -> None:
-        self._worker.wait()
-        self._worker = None
-        self.send.setEnabled(True)
-        self.stop.setEnabled(False)
-        self._render()
+    def choose_files(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Add books", str(Path.home()), OPEN_FILTER)
+        if files:
+            self.open_files(files)
 
-    def _render(self) -> None:
-        # The model writes Markdown (lists, bold); the user's own words are shown as typed.
-        parts = []
-        for m in self.messages + ([{"role": "assistant", "content": self._answer + " ▍"}] if self._worker else []):
-            if m["role"] == "user":
-                body = "  \n".join(_md_escape(line) for line in m["content"].splitlines())
-                parts.append(f"**You**\n\n{body}")
+    def open_files(self, files: list[str]) -> None:
+        files = expand(files)
+        if not files:
+            self.say(f"Nothing to read there: drop {FORMATS} files")
+            return
+        if not self.library_pane.selected() and len(files) == 1:
+            self._select_when_listed = -1  # the document this file becomes
+        self.queue.add(files)
+        self.library_pane.model.set_pending(self.queue.waiting())
+        self.say(f"Added {len(files)} file{'s' if len(files) > 1 else ''} to read")
+
+    def _progress(self, ev: Progress) -> None:
+        model, bar = self.library_pane.model, self.library_pane.reading
+        model.update_progress(ev)
+        waiting = len(self.queue.waiting()) - (1 if ev.document_id is None and ev.phase == "parsing" else 0)
+        if ev.phase in ("parsing", "reading"):
+            bar.show_progress(ev, max(0, waiting))
+        new_doc = ev.document_id is not None and ev.document_id not in self._seen
+        if new_doc:
+            self._seen.add(ev.document_id)
+            if self._select_when_listed == -1:
+                self._select_when_listed = ev.document_id
+        if ev.phase in ("ready", "failed", "cancelled") or new_doc or ev.phase == "parsing":
+            self.refresh()
+        if ev.phase == "failed":
+            self.say(f"“{ev.title}” could not be read: {ev.message}")
+            log.warning("%s could not be read: %s", ev.title, ev.message)
+            if ev.document_id is None:  # not even in the library (e.g. the file is gone): say it aloud
+                self.show_error("A file could not be read", f"“{ev.title}” could not be read: {ev.message}")
+        elif ev.phase == "ready":
+            self.say(f"“{ev.title}” is " + ("already in the library" if ev.reused else "read and ready"))
+        elif ev.phase == "cancelled":
+            bar.show_stopped(ev.title, ev.fraction, len(self.queue.waiting()))
+        current = self.library_pane.current()
+        if current is not None and current.doc_id == ev.document_id:
+            self._current_changed(current)
+
+    def _reading_failed(self, path: str, message: str) -> None:
+        self.show_error("Reading failed", f"“{Path(path).name}” could not be read: {message}")
+        self.refresh()
+
+    def _idle(self) -> None:
+        bar = self.library_pane.reading
+        if self.queue.stopped is None:
+            bar.hide()
+        elif self.queue.waiting():
+            bar.show_stopped(self.queue.stopped[1].title, self.queue.stopped[1].fraction, len(self.queue.waiting()))
+        self.library_pane.model.set_pending(self.queue.waiting())
+        todo, self._after_idle = self._after_idle, []
+        for fn in todo:
+            fn()
+
+    def resume(self, rows: list[Row]) -> None:
+        """Read again (resume a stopped reading, retry a failed one, read with the model in use)."""
+        paths_ = [r.path for r in rows if r is not None and r.doc_id is not None]
+        if paths_:
+            if self.queue.stopped is not None and self.queue.stopped[0] in paths_:
+                self.queue.stopped = None
+            self.queue.add(paths_, front=True)
+            self.library_pane.model.set_pending(self.queue.waiting())
+
+    def read_with_other_model(self, rows: list[Row]) -> None:
+        rows = [r for r in rows if r is not None and r.doc_id is not None]
+        if not rows:
+            return
+        dialog = ModelDialog(self.settings.model, [r.title for r in rows], self)
+        if dialog.exec() != ModelDialog.Accepted:
+            return
+        spec = dialog.model.spec()
+        if spec != self.settings.model:
+            self.settings.model = spec
+            self.save_settings()
+            self.switch_model(lambda: self.resume(rows))
+        else:
+            self.resume(rows)
+
+    def switch_model(self, then: Callable[[], None] | None = None) -> None:
+        """Load the model in the settings; a reading in progress stops first (it is kept)."""
+        def go():
+            self.load_model()
+            if then is not None:
+                then()
+
+        if self.queue.running:
+            self.queue.stop()
+            self._after_idle.append(go)
+        else:
+            go()
+
+    def remove(self, rows: list[Row]) -> None:
+        rows = [r for r in rows if r is not None]
+        if not rows:
+            return
+        names = rows[0].title if len(rows) == 1 else f"{len(rows)} documents"
+        if QMessageBox.question(self, "Remove", f"Remove {names} from the library, with everything read, asked "
+                                "and summarised about it? The files themselves stay where they are.",
+                                QMessageBox.Yes | QMessageBox.No) != QMessageBox.Yes:
+            return
+        for r in rows:
+            if r.doc_id is None:
+                self.queue.discard(r.path)
+        self.library_pane.model.set_pending(self.queue.waiting())
+        ids = [r.doc_id for r in rows if r.doc_id is not None]
+        if not ids:
+            return
+        library = self.library
+
+        def gone(_):
+            for i in ids:
+                self.chat.chats.pop(i, None)
+                self.summary.stored.pop(i, None)
+                if self.reading.doc_id == i:
+                    self.reading.clear()
+            self.say(f"Removed {names}")
+            self.refresh()
+
+        def go():
+            self.tasks.call(lambda: [library.remove(i) for i in ids], gone,
+                            lambda m: self.show_error("Remove", f"{names} could not be removed: {m}"))
+
+        if self.queue.current_doc in ids:
+            self.queue.stop()
+            self._after_idle.append(go)
+        else:
+            go()
+
+    # ---- documents ----
+
+    def new_question(self) -> None:
+        self.tabs.setCurrentWidget(self.chat)
+        self.chat.focus_question()
+
+    def stop_work(self) -> None:
+        self.chat.stop()
+        self.summary.stop()
+
+    def focus_search(self) -> None:
+        self.library_pane.search.setFocus()
+        self.library_pane.search.selectAll()
+
+    def export_current(self) -> None:
+        row = self.library_pane.current()
+        if row is None or row.doc_id is None:
+            self.say("Choose a document in the library to export")
+            return
+        self.export(row.doc_id)
+
+    def export(self, doc_id: int) -> None:
+        row = self.library_pane.model.row_of(doc_id)
+        stem = "".join(ch if ch.isalnum() or ch in " -_" else "_" for ch in (row.title if row else "document"))
+        target, _ = QFileDialog.getSaveFileName(self, "Export to Markdown", str(Path.home() / f"{stem.strip()}.md"),
+                                                "Markdown (*.md)")
+        if not target:
+            return
+        library = self.library
+
+        def write():
+            Path(target).write_text(export_markdown(library, doc_id), encoding="utf-8")
+            return target
+
+        self.tasks.call(write, lambda t: self.say(f"Exported to {t}"),
+                        lambda m: self.show_error("Export", f"The export could not be written: {m}"))
+
+    # ---- settings ----
+
+    def open_settings(self) -> None:
+        import torch
+
+        in_use = describe(self.engine) if self.engine is not None else "no model loaded"
+        current_dir = str(paths.data_dir(self.data_dir()))
+        dialog = SettingsDialog(self.settings, in_use, torch.cuda.is_available(), current_dir, self)
+        if dialog.exec() != SettingsDialog.Accepted:
+            return
+        self.apply_settings(dialog.result_settings())
+
+    def apply_settings(self, new: Settings) -> None:
+        old, self.settings = self.settings, new
+        self.save_settings()
+        if new.theme != old.theme:
+            apply_theme(new.theme)
+            self.chat.render()
+        if new.library_dir != old.library_dir and self._data_dir is None:
+            if self.queue.running:
+                self.queue.stop()
+                self._after_idle.append(self.open_library)
             else:
-                parts.append(f"**Infini Reader**\n\n{m['content']}")
-        self.transcript.setMarkdown("\n\n".join(parts))
-        self.transcript.verticalScrollBar().setValue(self.transcript.verticalScrollBar().maximum())
+                self.open_library()
+        if (new.model, new.device) != (old.model, old.device):
+            self.switch_model()
 
-    @property
-    def busy(self) -> bool:
-        return self._worker is not None
+    def save_settings(self) -> None:
+        self.settings.geometry = bytes(self.saveGeometry().toHex()).decode()
+        self.settings.splitter = bytes(self.splitter.saveState().toHex()).decode()
+        try:
+            self.settings.save(self.settings_file)
+        except OSError as exc:
+            self.show_error("Settings", f"The settings could not be saved: {exc}")
+
+    # ---- help ----
+
+    def show_shortcuts(self) -> None:
+        rows = "".join(f"<tr><td><b>{k}</b>&nbsp;&nbsp;</td><td>{v}</td></tr>" for k, v in SHORTCUTS)
+        rows += "<tr><td><b>Enter / Shift+Enter</b>&nbsp;&nbsp;</td><td>Ask / a new line in the question</td></tr>"
+        QMessageBox.information(self, "Keyboard shortcuts", f"<table>{rows}</table>")
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, "Infini Reader", "<b>Infini Reader</b><p>Reads whole books with a local "
+                          "Infini-Transformer: a compressive memory per book, saved with it, for questions with "
+                          f"citations and summaries.</p><p>Library: {paths.data_dir(self.data_dir())}<br>"
+                          f"Log: {paths.log_dir()}</p>")
+
+    # ---- drops and closing ----
+
+    def dragEnterEvent(self, event):  # noqa: N802
+        if local_files(event.mimeData()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event):  # noqa: N802
+        if local_files(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event):  # noqa: N802
+        files = local_files(event.mimeData())
+        if files:
+            event.acceptProposedAction()
+            self.open_files(files)
 
     def closeEvent(self, event):  # noqa: N802
-        for w in (self._worker, self._loader):
-            if w is not None:
-                w.cancel()
-                w.wait(10000)
+        self.save_settings()
+        self.queue.stop()  # the reading so far is stored; it resumes next time
+        self.stop_work()
+        for box in self._boxes:
+            box.close()
+        self.tasks.shutdown()
         super().closeEvent(event)

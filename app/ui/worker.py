@@ -15,7 +15,8 @@ class GeneratorWorker(QObject):
     """Runs `make()` (which returns an iterator) in its own thread.
 
     yielded(item) for each item, finished() at the end (also after a cancel), failed(message) on an
-    exception. cancel() stops at the next yield.
+    exception. cancel() stops at the next yield; pass a threading.Event to the generator as well
+    when it should stop sooner.
     """
 
     yielded = Signal(object)
@@ -29,8 +30,6 @@ class GeneratorWorker(QObject):
         self.thread = QThread()
         self.moveToThread(self.thread)
         self.thread.started.connect(self._run)
-        self.finished.connect(self.thread.quit)
-        self.failed.connect(self.thread.quit)
 
     def start(self) -> None:
         self.thread.start()
@@ -51,5 +50,93 @@ class GeneratorWorker(QObject):
         except Exception as exc:  # shown to the user; the details go to the log
             log.error("background work failed:\n%s", traceback.format_exc())
             self.failed.emit(str(exc) or type(exc).__name__)
-            return
-        self.finished.emit()
+        else:
+            self.finished.emit()
+        finally:
+            # Quit from here, not through a queued signal: the GUI thread may be waiting for us.
+            self.thread.quit()
+
+
+class _Relay(QObject):
+    """Lives on the GUI thread, so the worker's signals reach the callbacks there (queued), whatever
+    kind of callable they are."""
+
+    def __init__(self, on_item, on_done, on_error, on_end):
+        super().__init__()
+        self.on_item, self.on_done, self.on_error, self.on_end = on_item, on_done, on_error, on_end
+
+    @Slot(object)
+    def item(self, x) -> None:
+        if self.on_item is not None:
+            self.on_item(x)
+
+    @Slot()
+    def done(self) -> None:
+        if self.on_done is not None:
+            self.on_done()
+
+    @Slot(str)
+    def error(self, message: str) -> None:
+        if self.on_error is not None:
+            self.on_error(message)
+
+    @Slot()
+    def end(self) -> None:
+        self.on_end()
+
+
+class Tasks(QObject):
+    """The window's background work: keeps each worker alive until its thread has ended.
+
+    `run(make, ...)` streams a generator; `call(fn, ...)` runs one function and hands its result
+    back. Callbacks always run on the GUI thread, in the order the worker produced them.
+    """
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._live: dict[GeneratorWorker, _Relay] = {}
+
+    def run(
+        self,
+        make: Callable[[], Iterator],
+        on_item: Callable[[object], None] | None = None,
+        on_done: Callable[[], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> GeneratorWorker:
+        w = GeneratorWorker(make)
+        relay = _Relay(on_item, on_done, on_error, lambda: self._forget(w))
+        w.yielded.connect(relay.item)
+        w.finished.connect(relay.done)
+        w.failed.connect(relay.error)
+        w.thread.finished.connect(relay.end)
+        self._live[w] = relay
+        w.start()
+        return w
+
+    def call(
+        self,
+        fn: Callable[[], object],
+        on_result: Callable[[object], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> GeneratorWorker:
+        return self.run(lambda: iter([fn()]), on_result, None, on_error)
+
+    def _forget(self, w: GeneratorWorker) -> None:
+        w.wait()
+        self._live.pop(w, None)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._live)
+
+    def shutdown(self, ms: int = 15000) -> None:
+        """Ask every worker to stop and wait for them (closing the window). Callbacks still queued
+        are dropped: the relays go with the workers."""
+        for w in list(self._live):
+            w.cancel()
+        for w, relay in list(self._live.items()):
+            if w.wait(ms):
+                relay.on_item = relay.on_done = relay.on_error = None
+                self._live.pop(w, None)
+            else:
+                log.warning("a background task did not stop within %d ms", ms)

@@ -1,60 +1,51 @@
-"""The window with real widgets (offscreen) and the real built-in model."""
+"""The window with real widgets (offscreen), a tiny random model and real files dropped on it."""
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QTextCursor
+from pathlib import Path
+
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QApplication
 
 from app.ui.main_window import MainWindow
 
+from .conftest import make_epub
 
-def test_question_streams_an_answer(qtbot, builtin_engine):
-    window = MainWindow(lambda: builtin_engine)
+WAIT = 30000
+
+
+def drop(widget, *files: Path) -> None:
+    """A real drop: the drag enters (Qt delivers a drop only where the drag was accepted), then
+    QDropEvent with the files' URLs."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(f)) for f in files])
+    pos = QPointF(widget.width() / 2, widget.height() / 2)
+    enter = QDragEnterEvent(pos, Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    QApplication.sendEvent(widget, enter)
+    assert enter.isAccepted()
+    event = QDropEvent(pos, Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    QApplication.sendEvent(widget, event)
+    assert event.isAccepted()
+
+
+def open_window(qtbot, tmp_path, engine_):
+    window = MainWindow(lambda choice: engine_, data_dir=tmp_path / "data")
     qtbot.addWidget(window)
     window.show()
-    qtbot.waitUntil(lambda: window.send.isEnabled(), timeout=60000)
-    assert "SmolLM2" in window.model_label.text() and "CPU" in window.model_label.text()
-
-    pieces = []
-    window.question.setPlainText("What is the capital of France?")
-    qtbot.keyClick(window.question, Qt.Key_Return)  # Enter sends
-    assert window.busy and window.stop.isEnabled()
-    window._worker.yielded.connect(pieces.append)
-    qtbot.waitUntil(lambda: not window.busy, timeout=60000)
-
-    assert window.messages[0] == {"role": "user", "content": "What is the capital of France?"}
-    answer = window.messages[1]["content"]
-    assert "Paris" in answer
-    assert len(pieces) > 1 and "".join(pieces) in answer  # it arrived in pieces
-    assert "Paris" in window.transcript.toPlainText()
-    assert window.question.toPlainText() == ""
+    qtbot.waitUntil(lambda: window.engine is not None and window.library is not None, timeout=WAIT)
+    return window
 
 
-def test_shift_enter_is_a_new_line_and_stop_ends_an_answer(qtbot, builtin_engine):
-    window = MainWindow(lambda: builtin_engine)
-    qtbot.addWidget(window)
-    qtbot.waitUntil(lambda: window.send.isEnabled(), timeout=60000)
-    window.question.setPlainText("Tell me a long story about a lighthouse keeper.")
-    window.question.moveCursor(QTextCursor.End)
-    qtbot.keyClick(window.question, Qt.Key_Return, Qt.ShiftModifier)
-    assert not window.busy and window.question.toPlainText().endswith("\n")
-    qtbot.keyClick(window.question, Qt.Key_Return)
-    assert window.busy
-    qtbot.waitUntil(lambda: len(window._answer) > 10, timeout=60000)
-    window.stop.click()
-    qtbot.waitUntil(lambda: not window.busy, timeout=30000)
-    assert 0 < len(window.messages[1]["content"].split()) < 300
-
-
-def test_a_model_that_fails_to_load_is_reported(qtbot, monkeypatch):
-    from PySide6.QtWidgets import QMessageBox
-
-    shown = []
-    monkeypatch.setattr(QMessageBox, "critical", lambda *a: shown.append(a[2]))
-
-    def broken():
-        raise ValueError("model.gguf: not a GGUF file")
-
-    window = MainWindow(broken)
-    qtbot.addWidget(window)
-    qtbot.waitUntil(lambda: bool(shown), timeout=10000)
-    assert "not a GGUF file" in shown[0]
-    assert window.model_label.text() == "No model" and not window.send.isEnabled()
+def test_drop_an_epub_read_it_and_ask(qtbot, tmp_path, tiny_reader):
+    book = make_epub(tmp_path / "keeper.epub")
+    window = open_window(qtbot, tmp_path, tiny_reader)
+    events = []
+    window.queue.progress.connect(events.append)
+    drop(window, book)
+    qtbot.waitUntil(lambda: bool(events) and events[-1].phase == "ready", timeout=WAIT)
+    assert [e.phase for e in events][:2] == ["parsing", "reading"]
+    assert events[-1].fraction == 1.0
+    qtbot.waitUntil(lambda: window.library_pane.current() is not None
+                    and window.library_pane.current().status == "ready", timeout=WAIT)
+    row = window.library_pane.current()
+    assert row.title == "The Lighthouse Keeper" and row.author == "Ann Author" and row.format == "epub"
+    assert window.chat.send.isEnabled()
