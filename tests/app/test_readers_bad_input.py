@@ -49,7 +49,9 @@ def test_files_without_text(tmp_path, name, data):
 
 
 def test_epub_without_text(tmp_path):
-    path = make_epub(tmp_path / "images.epub", [("Picture", "p.xhtml", "<div><img src='a.png' alt='A picture'/></div>")])
+    path = make_epub(
+        tmp_path / "images.epub", [("Picture", "p.xhtml", "<div><img src='a.png' alt='A picture'/></div>")]
+    )
     with pytest.raises(ReaderError, match="images.epub has no readable text"):
         read_document(path)
 
@@ -67,7 +69,10 @@ def test_unsupported_and_missing(tmp_path):
     (tmp_path / "data.xyz").write_bytes(b"whatever")
     with pytest.raises(ReaderError, match=r"cannot read \.xyz files; supported"):
         read_document(tmp_path / "data.xyz")
-    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x02\x00\x00\x00" + bytes(range(256)) * 4
+    png = (
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x02\x00\x00\x00"
+        + bytes(range(256)) * 4
+    )
     (tmp_path / "picture.txt").write_bytes(png)
     with pytest.raises(ReaderError, match="does not look like a text file"):
         read_document(tmp_path / "picture.txt")
@@ -107,7 +112,9 @@ def test_epub_with_a_broken_package(tmp_path):
     with zipfile.ZipFile(path) as zf:
         opf = next(n for n in zf.namelist() if n.endswith(".opf"))
     replace_member(path, opf, b"<package><<< this is not XML")
-    with pytest.raises(ReaderError, match=r"book.epub is not a valid EPUB: its package \(container or OPF\) cannot be read"):
+    with pytest.raises(
+        ReaderError, match=r"book.epub is not a valid EPUB: its package \(container or OPF\) cannot be read"
+    ):
         read_document(path)
     # No container at all.
     with zipfile.ZipFile(tmp_path / "bare.epub", "w") as zf:
@@ -119,7 +126,9 @@ def test_epub_with_a_broken_package(tmp_path):
 
 def test_broken_chapter_is_read_leniently_or_skipped_with_a_warning(tmp_path):
     path = three_chapters(tmp_path)
-    replace_member(path, "c2.xhtml", chapter_xhtml(f"<h1>Chapter 2</h1><p>Unclosed <b>bold {WORDS}</p><p>Last</i> words"))
+    replace_member(
+        path, "c2.xhtml", chapter_xhtml(f"<h1>Chapter 2</h1><p>Unclosed <b>bold {WORDS}</p><p>Last</i> words")
+    )
     doc = read_document(path)
     assert [s.title for s in doc.sections] == ["Chapter 1", "Chapter 2", "Chapter 3"]
     assert "Unclosed bold Plenty of ordinary words" in doc.text and "Last words" in doc.text
@@ -134,7 +143,9 @@ def test_broken_chapter_is_read_leniently_or_skipped_with_a_warning(tmp_path):
 
 def test_html_entities_without_a_dtd_are_no_problem(tmp_path):
     path = three_chapters(tmp_path)
-    replace_member(path, "c2.xhtml", chapter_xhtml(f"<h1>Chapter 2</h1><p>Caf&eacute;&nbsp;au&nbsp;lait &mdash; {WORDS}</p>"))
+    replace_member(
+        path, "c2.xhtml", chapter_xhtml(f"<h1>Chapter 2</h1><p>Caf&eacute;&nbsp;au&nbsp;lait &mdash; {WORDS}</p>")
+    )
     doc = read_document(path)
     assert "Café au lait — Plenty" in doc.text and doc.warnings == []
 
@@ -147,7 +158,11 @@ def test_external_entities_are_never_resolved(tmp_path):
         '<!ENTITY web SYSTEM "http://127.0.0.1:9/x">]>'
     )
     path = three_chapters(tmp_path)
-    replace_member(path, "c2.xhtml", chapter_xhtml(f"<h1>Chapter 2</h1><p>Before &xxe; middle &sec; &web; after. {WORDS}</p>", doctype))
+    replace_member(
+        path,
+        "c2.xhtml",
+        chapter_xhtml(f"<h1>Chapter 2</h1><p>Before &xxe; middle &sec; &web; after. {WORDS}</p>", doctype),
+    )
     # The package document too: a title made of an entity.
     with zipfile.ZipFile(path) as zf:
         opf_name = next(n for n in zf.namelist() if n.endswith(".opf"))
@@ -170,7 +185,9 @@ def test_billion_laughs_is_not_expanded(tmp_path):
         f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10 if i > 1 else "&lol;" * 10}">' for i in range(1, 10)
     )
     path = three_chapters(tmp_path)
-    replace_member(path, "c2.xhtml", chapter_xhtml(f"<h1>Chapter 2</h1><p>&lol9; {WORDS}</p>", f"<!DOCTYPE html [{entities}]>"))
+    replace_member(
+        path, "c2.xhtml", chapter_xhtml(f"<h1>Chapter 2</h1><p>&lol9; {WORDS}</p>", f"<!DOCTYPE html [{entities}]>")
+    )
     doc = read_document(path)
     assert len(doc.text) < 2000 and "lollol" not in doc.text
 
@@ -213,7 +230,9 @@ def test_drm_encrypted_epub_is_refused_but_font_obfuscation_is_not(tmp_path):
 
     path = three_chapters(tmp_path)
     with zipfile.ZipFile(path, "a") as zf:
-        zf.writestr("META-INF/encryption.xml", encryption("http://www.w3.org/2001/04/xmlenc#aes128-cbc", "EPUB/c1.xhtml"))
+        zf.writestr(
+            "META-INF/encryption.xml", encryption("http://www.w3.org/2001/04/xmlenc#aes128-cbc", "EPUB/c1.xhtml")
+        )
     with pytest.raises(ReaderError, match="protected by DRM"):
         read_document(path)
     path = three_chapters(tmp_path, "fonts.epub")
@@ -223,7 +242,9 @@ def test_drm_encrypted_epub_is_refused_but_font_obfuscation_is_not(tmp_path):
 
 
 def test_deeply_nested_html_fails_cleanly(tmp_path):
-    (tmp_path / "deep.html").write_text("<html><body>" + "<div>" * 100_000 + "deep" + "</div>" * 100_000 + "</body></html>")
+    (tmp_path / "deep.html").write_text(
+        "<html><body>" + "<div>" * 100_000 + "deep" + "</div>" * 100_000 + "</body></html>"
+    )
     with pytest.raises(ReaderError, match="cannot be read as HTML"):
         read_document(tmp_path / "deep.html")
 
@@ -252,6 +273,8 @@ def test_files_are_never_modified(tmp_path):
 
 def test_image_only_pdf_page_counts_and_pymupdf_pixmap(tmp_path):
     # One scanned page among text pages: read, with the page named in a warning.
-    doc = read_document(make_pdf(tmp_path / "mixed.pdf", [["# Chapter 1: Text", "", WORDS[:50]], None, None, ["More text here."]]))
+    doc = read_document(
+        make_pdf(tmp_path / "mixed.pdf", [["# Chapter 1: Text", "", WORDS[:50]], None, None, ["More text here."]])
+    )
     assert doc.pages == 4 and any("Pages 2–3 " in w and "no text layer" in w for w in doc.warnings)
     assert pymupdf.open(tmp_path / "mixed.pdf").page_count == 4

@@ -81,7 +81,9 @@ def test_alice_twelve_chapters_in_order():
     assert [s.title for s in doc.sections] == ALICE_CHAPTERS
     check_sections(doc)
     first, last = doc.sections[0], doc.sections[-1]
-    assert doc.text[first.start :].startswith("CHAPTER I.\nDown the Rabbit-Hole\n\nAlice was beginning to get very tired")
+    assert doc.text[first.start :].startswith(
+        "CHAPTER I.\nDown the Rabbit-Hole\n\nAlice was beginning to get very tired"
+    )
     assert doc.text[last.start :].startswith("CHAPTER XII.\nAlice’s Evidence\n\n“Here!” cried Alice")
     assert doc.text[last.start : last.end].endswith("the happy summer days.\n\nTHE END")
     assert doc.warnings == []
@@ -99,7 +101,12 @@ def test_childrens_literature_nav_with_a_single_root_and_author_groups():
     titles = [s.title for s in doc.sections]
     # The one top entry ("SECTION IV ...") holds the chapters; author names group stories without being chapters.
     assert len(titles) == 17
-    assert titles[:4] == ["BIBLIOGRAPHY", "INTRODUCTORY", "190 A FOUR-LEAVED CLOVER", "191 THE LORD HELPETH MAN AND BEAST"]
+    assert titles[:4] == [
+        "BIBLIOGRAPHY",
+        "INTRODUCTORY",
+        "190 A FOUR-LEAVED CLOVER",
+        "191 THE LORD HELPETH MAN AND BEAST",
+    ]
     assert titles[-1] == "204 THE KING OF THE GOLDEN RIVER OR THE BLACK BROTHERS"
     assert "I. The Rabbi and the Diadem" not in titles  # level 3: part of a story
     check_sections(doc)
@@ -125,7 +132,8 @@ def test_wasteland_poem_lines_and_notes():
     iv = doc.sections[3]
     # One verse line per line; footnote markers and line numbers dropped.
     assert doc.text[iv.start : iv.end] == (
-        "IV. DEATH BY WATER\n\nPhlebas the Phoenician, a fortnight dead,\nForgot the cry of gulls, and the deep sea swell\n"
+        "IV. DEATH BY WATER\n\nPhlebas the Phoenician, a fortnight dead,\n"
+        "Forgot the cry of gulls, and the deep sea swell\n"
         "And the profit and loss.\nA current under sea\nPicked his bones in whispers. As he rose and fell\n"
         "He passed the stages of his age and youth\nEntering the whirlpool.\nGentile or Jew\n"
         "O you who turn the wheel and look to windward,\nConsider Phlebas, who was once handsome and tall as you."
@@ -150,13 +158,27 @@ def test_generated_epub3_text_and_structure(tmp_path):
     path = make_epub(
         tmp_path / "book.epub",
         [
-            ("The First Chapter", "one.xhtml", "<h1>The First Chapter</h1><p>It began  on a\n Monday.</p>"
-             "<p>Line one<br/>line two</p><ul><li>apples</li><li>pears</li></ul><ol><li>first</li><li>second</li></ol>"
-             "<script>var hidden = 1;</script><style>p { color: red }</style>"
-             "<nav><a href='two.xhtml'>navigation</a></nav><p>The end &amp; more.</p>"),
-            ("The Second Chapter", "two.xhtml", "<h1>The Second Chapter</h1><div>Divided</div><div>lines</div>"
-             "<table><tr><td>cell a</td><td>cell b</td></tr></table><p>Closing <i>words</i> here, enough of them to be a chapter.</p>"),
-            ("The Third Chapter", "three.xhtml", "<h1>The Third Chapter</h1><p>" + "Words and more words. " * 10 + "</p>"),
+            (
+                "The First Chapter",
+                "one.xhtml",
+                "<h1>The First Chapter</h1><p>It began  on a\n Monday.</p>"
+                "<p>Line one<br/>line two</p><ul><li>apples</li><li>pears</li></ul>"
+                "<ol><li>first</li><li>second</li></ol>"
+                "<script>var hidden = 1;</script><style>p { color: red }</style>"
+                "<nav><a href='two.xhtml'>navigation</a></nav><p>The end &amp; more.</p>",
+            ),
+            (
+                "The Second Chapter",
+                "two.xhtml",
+                "<h1>The Second Chapter</h1><div>Divided</div><div>lines</div>"
+                "<table><tr><td>cell a</td><td>cell b</td></tr></table>"
+                "<p>Closing <i>words</i> here, enough of them to be a chapter.</p>",
+            ),
+            (
+                "The Third Chapter",
+                "three.xhtml",
+                "<h1>The Third Chapter</h1><p>" + "Words and more words. " * 10 + "</p>",
+            ),
         ],
     )
     doc = read_document(path)
@@ -165,7 +187,8 @@ def test_generated_epub3_text_and_structure(tmp_path):
     check_sections(doc)
     first = doc.sections[0]
     assert doc.text[first.start : first.end] == (
-        "The First Chapter\n\nIt began on a Monday.\n\nLine one\nline two\n\n- apples\n- pears\n\n1. first\n2. second\n\n"
+        "The First Chapter\n\nIt began on a Monday.\n\nLine one\nline two\n\n"
+        "- apples\n- pears\n\n1. first\n2. second\n\n"
         "The end & more."
     )
     second = doc.sections[1]
@@ -196,7 +219,10 @@ def test_nested_nav_chapters_are_the_top_level_and_fragments_land_inside_documen
     c1 = epub.EpubHtml(title="Part One", file_name="p1.xhtml")
     c2 = epub.EpubHtml(title="Part Two", file_name="p2.xhtml")
     toc = [
-        (epub.Section("Part One", href="p1.xhtml#p1"), [epub.Link("p1.xhtml#s1", "Section A", "a"), epub.Link("p1.xhtml#s2", "Section B", "b")]),
+        (
+            epub.Section("Part One", href="p1.xhtml#p1"),
+            [epub.Link("p1.xhtml#s1", "Section A", "a"), epub.Link("p1.xhtml#s2", "Section B", "b")],
+        ),
         epub.Link("p2.xhtml#p2", "Part Two", "p2"),
     ]
     book = epub.EpubBook()
@@ -215,8 +241,16 @@ def test_nested_nav_chapters_are_the_top_level_and_fragments_land_inside_documen
     assert doc.text[doc.sections[0].start : doc.sections[0].end].endswith("Beta text goes here.")
 
     # With a single top entry holding everything, its children are the chapters.
-    book.toc = [(epub.Section("The Book", href="p1.xhtml#p1"), [epub.Link("p1.xhtml#s1", "Section A", "a"),
-                 epub.Link("p1.xhtml#s2", "Section B", "b"), epub.Link("p2.xhtml#p2", "Part Two", "p2")])]
+    book.toc = [
+        (
+            epub.Section("The Book", href="p1.xhtml#p1"),
+            [
+                epub.Link("p1.xhtml#s1", "Section A", "a"),
+                epub.Link("p1.xhtml#s2", "Section B", "b"),
+                epub.Link("p2.xhtml#p2", "Part Two", "p2"),
+            ],
+        )
+    ]
     epub.write_epub(str(tmp_path / "single.epub"), book)
     doc = read_document(tmp_path / "single.epub")
     assert [s.title for s in doc.sections] == ["Section A", "Section B", "Part Two"]
@@ -224,7 +258,9 @@ def test_nested_nav_chapters_are_the_top_level_and_fragments_land_inside_documen
 
 
 def test_without_navigation_the_headings_are_the_chapters(tmp_path):
-    chapters = [(f"T{i}", f"c{i}.xhtml", f"<h1>Heading {i}</h1><p>{'Plenty of words in here. ' * 5}</p>") for i in range(3)]
+    chapters = [
+        (f"T{i}", f"c{i}.xhtml", f"<h1>Heading {i}</h1><p>{'Plenty of words in here. ' * 5}</p>") for i in range(3)
+    ]
     path = make_epub(tmp_path / "bare.epub", chapters)
     # Drop both tables of contents from the package.
     with zipfile.ZipFile(path) as zf:

@@ -117,9 +117,13 @@ def test_alice_chapters_pages_and_text():
     assert [(s.title, s.page_start, s.page_end) for s in doc.sections] == ALICE_CHAPTERS
     check_sections(doc)
     first = doc.sections[0]
-    assert doc.text[first.start :].startswith("CHAPTER I. Down the Rabbit-Hole\n\nAlice was beginning to get very tired")
+    assert doc.text[first.start :].startswith(
+        "CHAPTER I. Down the Rabbit-Hole\n\nAlice was beginning to get very tired"
+    )
     # A heading set over two lines comes back as one.
-    assert doc.text[doc.sections[2].start :].startswith("CHAPTER III. A Caucus-Race and a Long Tale\n\nThey were indeed")
+    assert doc.text[doc.sections[2].start :].startswith(
+        "CHAPTER III. A Caucus-Race and a Long Tale\n\nThey were indeed"
+    )
     assert doc.text[doc.sections[-1].start : doc.sections[-1].end].endswith("the happy summer days.\n\nTHE END")
     # A paragraph running over a page break is one paragraph, and its second half is on page 3.
     joined = doc.text.index("daisy-chain would be worth the trouble of getting up")

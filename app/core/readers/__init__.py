@@ -6,6 +6,7 @@ only ever opened for reading.
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from pathlib import Path
@@ -24,10 +25,22 @@ _OFFICE = {"word/document.xml": ".docx", "xl/workbook.xml": ".xlsx", "ppt/presen
 
 __all__ = ["SUPPORTED", "Document", "ReaderError", "read_document"]
 
+log = logging.getLogger(__name__)
+
 
 def read_document(path: str | os.PathLike) -> Document:
-    """Read a book: EPUB, PDF, plain text, Markdown or HTML."""
+    """Read a book: EPUB, PDF, plain text, Markdown or HTML. Every failure is a one-line ReaderError."""
     path = Path(path)
+    try:
+        return _read(path)
+    except ReaderError as e:
+        raise ReaderError(" ".join(str(e).split())) from None
+    except Exception as e:  # a file no rule foresaw must still give the user a message, not a crash
+        log.exception("reading %s failed", path)
+        raise ReaderError(f"{path.name} could not be read ({type(e).__name__}: {' '.join(str(e).split())})") from e
+
+
+def _read(path: Path) -> Document:
     name = path.name
     if not path.exists():
         raise ReaderError(f"{name} does not exist")

@@ -181,7 +181,9 @@ def heading_marks(text: str) -> list[Mark]:
                 title, end = own
         heading = " ".join(f"{kw} {num}".split())
         found.append(
-            _Heading(m.start(), end, kw.lower(), _number_value(num), title or heading, _prev_line_blank(text, m.start()))
+            _Heading(
+                m.start(), end, kw.lower(), _number_value(num), title or heading, _prev_line_blank(text, m.start())
+            )
         )
     # A table of contents: the next heading-like line of the same or a larger division follows within
     # a line or two. ("BOOK ONE" directly over "Chapter 1" is how books begin.)

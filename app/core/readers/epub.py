@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -28,6 +29,7 @@ _DOCUMENT_TYPES = {"application/xhtml+xml", "text/html", "application/html+xml"}
 _FONT_OBFUSCATION = {"http://www.idpf.org/2008/embedding", "http://ns.adobe.com/pdf/enc#RC"}
 _ENC = "{http://www.w3.org/2001/04/xmlenc#}"
 _NCX = "{http://www.daisy.org/z3986/2005/ncx/}"
+_COVER = re.compile(r"(?<![a-z])cover(?![a-z])", re.IGNORECASE)  # "cover.xhtml", "id-cover", not "discovery"
 
 
 def check_archive(path: Path) -> None:
@@ -51,7 +53,8 @@ def check_archive(path: Path) -> None:
                 )
             if info.file_size > RATIO_CHECK_FROM and info.file_size > MAX_RATIO * max(info.compress_size, 1):
                 raise ReaderError(
-                    f"{name} is refused: {info.filename} is compressed {info.file_size // max(info.compress_size, 1)}:1, "
+                    f"{name} is refused: {info.filename} is compressed "
+                    f"{info.file_size // max(info.compress_size, 1)}:1, "
                     "far beyond any book; it looks like a zip bomb"
                 )
         if total > MAX_TOTAL_BYTES:
@@ -63,9 +66,7 @@ def check_archive(path: Path) -> None:
         if "META-INF/container.xml" not in names:
             raise ReaderError(f"{name} is not a valid EPUB: it has no META-INF/container.xml")
         if "META-INF/encryption.xml" in names and _drm_encrypted(zf.read("META-INF/encryption.xml")):
-            raise ReaderError(
-                f"{name} is protected by DRM (its text is encrypted); use a DRM-free copy of the book"
-            )
+            raise ReaderError(f"{name} is protected by DRM (its text is encrypted); use a DRM-free copy of the book")
 
 
 def _drm_encrypted(data: bytes) -> bool:
@@ -108,7 +109,9 @@ def read_epub(path: Path) -> Document:
             warnings.simplefilter("ignore")
             book = epub.read_epub(str(path), {"ignore_ncx": True})
     except Exception as e:  # ebooklib raises whatever the broken part provokes: KeyError, AttributeError, ...
-        raise ReaderError(f"{name} is not a valid EPUB: its package (container or OPF) cannot be read ({e!r})") from None
+        raise ReaderError(
+            f"{name} is not a valid EPUB: its package (container or OPF) cannot be read ({e!r})"
+        ) from None
     doc_warnings: list[str] = []
     nav_entries = _nav_entries(book)
     titles_by_file = {}
@@ -140,12 +143,16 @@ def read_epub(path: Path) -> Document:
             if not text.strip() or not _decodes(content):  # not markup in any encoding: nothing to salvage
                 doc_warnings.append(f"Skipped “{label}”: it is not well-formed XHTML ({problem})")
                 continue
-            doc_warnings.append(f"“{label}” is not well-formed XHTML ({problem}); it was read leniently, some text may be lost")
+            doc_warnings.append(
+                f"“{label}” is not well-formed XHTML ({problem}); it was read leniently, some text may be lost"
+            )
         if not text.strip():
             continue
         words = len(text.split())
-        is_cover = isinstance(item, epub.EpubCoverHtml) or "cover" in (item.id or "").lower() or (
-            "cover" in file_name.lower() or item.file_name in cover_ids
+        is_cover = (
+            isinstance(item, epub.EpubCoverHtml)
+            or item.file_name in cover_ids
+            or any(_COVER.search(s) for s in (item.id or "", file_name))
         )
         if is_cover and words < 100:
             continue
@@ -232,7 +239,9 @@ def _from_nav(item) -> list[tuple[int, str, str]]:
         return []
     base = posixpath.dirname(item.file_name)
     navs = [el for el in root.iter() if _local(el.tag) == "nav"]
-    toc = [n for n in navs if "toc" in ((n.get("{http://www.idpf.org/2007/ops}type") or n.get("epub:type") or "").split())]
+    toc = [
+        n for n in navs if "toc" in ((n.get("{http://www.idpf.org/2007/ops}type") or n.get("epub:type") or "").split())
+    ]
     nav = toc[0] if toc else navs[0] if len(navs) == 1 else None
     if nav is None:
         return []
@@ -275,7 +284,9 @@ def _from_ncx(item) -> list[tuple[int, str, str]]:
             label = point.find(f"{_NCX}navLabel/{_NCX}text")
             content = point.find(f"{_NCX}content")
             if content is not None and content.get("src"):
-                entries.append((level, _label(label) if label is not None else "", posixpath.join(base, content.get("src"))))
+                entries.append(
+                    (level, _label(label) if label is not None else "", posixpath.join(base, content.get("src")))
+                )
             walk(point, level + 1)
 
     nav_map = root.find(f"{_NCX}navMap")

@@ -259,7 +259,9 @@ _HTML_PARSER_ARGS = dict(no_network=True, remove_pis=True, remove_comments=True,
 # show "]>" as text.
 _DOCTYPE = re.compile(r"<!DOCTYPE[^\[>]{0,500}(?:\[[^\]]{0,100000}\])?\s*>", re.I)
 _XML_DECLARATION = re.compile(r"\s*<\?xml[^>]{0,200}\?>")
-_CHARSET = re.compile(rb"""<\?xml[^>]{0,200}encoding=["']([\w.:-]{1,40})|<meta[^>]{0,300}charset=["']?([\w.:-]{1,40})""", re.I)
+_CHARSET = re.compile(
+    rb"""<\?xml[^>]{0,200}encoding=["']([\w.:-]{1,40})|<meta[^>]{0,300}charset=["']?([\w.:-]{1,40})""", re.I
+)
 
 
 def declared_charset(data: bytes) -> str | None:

@@ -7,6 +7,7 @@ and wide gaps end paragraphs; a paragraph that runs over a page break is joined 
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -27,7 +28,11 @@ from app.core.readers.chapters import (
 pymupdf.TOOLS.mupdf_display_errors(False)  # damaged files are reported as ReaderErrors, not on stderr
 
 # Ligatures expanded ("ﬁ" -> "fi"), images left out: text is all we read.
-_FLAGS = (pymupdf.TEXTFLAGS_DICT | pymupdf.TEXT_MEDIABOX_CLIP) & ~pymupdf.TEXT_PRESERVE_LIGATURES & ~pymupdf.TEXT_PRESERVE_IMAGES
+_FLAGS = (
+    (pymupdf.TEXTFLAGS_DICT | pymupdf.TEXT_MEDIABOX_CLIP)
+    & ~pymupdf.TEXT_PRESERVE_LIGATURES
+    & ~pymupdf.TEXT_PRESERVE_IMAGES
+)
 _SENTENCE_END = re.compile(r"[.!?…:][\"'”’)\]]*$")
 _WORD = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)*")
 _ROMAN_TOKEN = re.compile(r"\b[ivxlcdm]+\b")
@@ -60,7 +65,9 @@ def read_pdf(path: Path) -> Document:
         pages, imageonly, unreadable = _read_pages(doc)
         repaired = bool(getattr(doc, "is_repaired", False))
         if repaired:  # a damaged file mupdf rebuilt: its empty pages are pages it lost, not blank ones
-            unreadable = sorted(set(unreadable) | {i + 1 for i, blocks in enumerate(pages) if not blocks} - set(imageonly))
+            unreadable = sorted(
+                set(unreadable) | {i + 1 for i, blocks in enumerate(pages) if not blocks} - set(imageonly)
+            )
         metadata = doc.metadata or {}
         language = getattr(doc, "language", None)
         try:
@@ -84,7 +91,8 @@ def read_pdf(path: Path) -> Document:
     warnings = []
     if imageonly:
         warnings.append(
-            f"{_page_list(imageonly)} of {name} have no text layer (scanned images?) and were left out; OCR the PDF to read them"
+            f"{_page_list(imageonly)} of {name} have no text layer (scanned images?) and were left out; "
+            "OCR the PDF to read them"
         )
     if unreadable:
         warnings.append(f"{_page_list(unreadable)} of {name} could not be read (the file is damaged) and were left out")
@@ -217,7 +225,7 @@ def _drop_running_lines(pages) -> None:
     if text_pages < 2:
         return
     needed = 3 if text_pages >= 6 else 2
-    for blocks, edge in zip(pages, edges):
+    for blocks, edge in zip(pages, edges, strict=True):
         if edge is None:
             continue
         top, bottom = edge
@@ -266,7 +274,7 @@ def _block_paragraphs(block: list[_Line], body: float, words, compounds) -> list
     width = max(right - left, 1.0)
     paragraphs = []
     current = block[0].text
-    for a, b in zip(block, block[1:]):
+    for a, b in itertools.pairwise(block):
         height = max(a.y1 - a.y0, 1.0)
         if not prose:
             current += "\n" + b.text
@@ -274,7 +282,9 @@ def _block_paragraphs(block: list[_Line], body: float, words, compounds) -> list
             paragraphs.append(current)
             current = b.text
         elif heading:  # a heading set over several lines: "CHAPTER III. A Caucus-Race and" + "a Long Tale"
-            current = current + "\n" + b.text if _SENTENCE_END.search(a.text) else _join(current, b.text, words, compounds)
+            current = (
+                current + "\n" + b.text if _SENTENCE_END.search(a.text) else _join(current, b.text, words, compounds)
+            )
         elif a.x1 >= right - 0.15 * width:
             if b.x0 > left + 0.03 * width + 4 and _SENTENCE_END.search(a.text):  # an indented first line
                 paragraphs.append(current)

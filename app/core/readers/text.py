@@ -68,7 +68,9 @@ def _guess_utf16(data: bytes) -> str | None:
 def read_bytes(path: Path, limit: int = MAX_TEXT_BYTES) -> bytes:
     size = path.stat().st_size
     if size > limit:
-        raise ReaderError(f"{path.name} is too large to be a book ({size / 2**20:.0f} MB; the limit is {limit // 2**20} MB)")
+        raise ReaderError(
+            f"{path.name} is too large to be a book ({size / 2**20:.0f} MB; the limit is {limit // 2**20} MB)"
+        )
     with open(path, "rb") as f:
         return f.read(limit + 1)[:limit]
 
