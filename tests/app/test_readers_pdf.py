@@ -47,8 +47,8 @@ BOOK = [
         "",
         "# Chapter Two: The Middle",
         "",
-        "The middle chapter is about a well-known story that",
-        "everybody has heard of at least once in a long life.",
+        "The middle chapter tells a story that is very well-",
+        "known to everybody who has read at least one book.",
     ],
     [
         "It goes on over the page with more of the same kind,",
@@ -152,7 +152,7 @@ def test_outline_running_lines_hyphenation_and_a_scanned_page(tmp_path):
         "ends on the next page, which a reader has to put back together again, since the sentence continues onto the "
         "next page and ends here with a full stop at its end."
     )
-    assert two.startswith("Chapter Two: The Middle\n\nThe middle chapter is about a well-known story")
+    assert two.startswith("Chapter Two: The Middle\n\nThe middle chapter tells a story that is very well-known to")
     assert two.endswith("until the chapter comes to its natural and quiet end.")
     assert three.startswith("Chapter Three: The End\n\nThe last chapter ties up")
     # Running header and page-number footers are gone; the title page keeps its (larger) title.
