@@ -178,12 +178,12 @@ class InfiniAttention(nn.Module):
         M, z = mem if mem is not None else (None, None)
 
         if kernels.fused_applies(x, D):  # CUDA (or INFINI_KERNELS=triton): the fused Triton kernels
-            dM, dz = kernels.memory_update(k, v, M, z, self.cfg.memory_update)  # σ inside, pre-rotary k
+            dM, dz = kernels.write_memory(k, v, M, z, self.cfg.memory_update)  # σ inside, pre-rotary k
             k_r, pos0 = apply_rotary(k, cos, sin), 0
             if cache is not None:
                 pos0 = cache.pos
                 k_r, v = cache.append(k_r, v, self.cfg.segment_length)  # (B, Hkv, pos0 + T, D)
-            a = kernels.infini_attention(q, k_r, v, M, z, self.memory_gate, cos, sin, pos0)  # (B, H, T, D)
+            a = kernels.segment_attention(q, k_r, v, M, z, self.memory_gate, cos, sin, pos0)  # (B, H, T, D)
             return self.o_proj(a.transpose(1, 2).reshape(B, T, H * D)), (dM, dz)
 
         # Memory path: queries and keys *before* rotary, so no position enters M; float32.
