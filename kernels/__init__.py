@@ -10,6 +10,6 @@ The engine calls the functions below; they pick Triton or PyTorch (see `dispatch
 import the engine, and importing this package does not import triton.
 """
 
-from .dispatch import decode, fused_applies, infini_attention, memory_update, mode, use_triton
+from .dispatch import decode_token, fused_applies, mode, segment_attention, use_triton, write_memory
 
-__all__ = ["decode", "fused_applies", "infini_attention", "memory_update", "mode", "use_triton"]
+__all__ = ["decode_token", "fused_applies", "mode", "segment_attention", "use_triton", "write_memory"]

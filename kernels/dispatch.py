@@ -5,7 +5,10 @@
     INFINI_KERNELS=triton     always Triton, CPU tensors included (then TRITON_INTERPRET=1 must be
                               set before the first kernel call: Triton's interpreter, as the tests do)
 
-The variable is read at every call, so a test can switch it. Nothing here imports triton at module
+The variable is read at every call, so a test can switch it. The public names differ from the
+folders' (`segment_attention` runs `infini_attention/`, `write_memory` runs `memory_update/`,
+`decode_token` runs `decode/`): a function named like a subpackage would hide it as an attribute
+of `kernels`. Nothing here imports triton at module
 import time: `import engine` on a machine without a GPU never loads it.
 """
 
@@ -73,7 +76,7 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def infini_attention(
+def segment_attention(
     q: torch.Tensor,
     k_r: torch.Tensor,
     v: torch.Tensor,
@@ -107,7 +110,7 @@ def infini_attention(
     return infini_attention_fwd(q, k_r, v, M, z, beta, cos, sin, pos0)
 
 
-def memory_update(
+def write_memory(
     k: torch.Tensor, v: torch.Tensor, M: torch.Tensor | None, z: torch.Tensor | None, rule: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dM, dz) float32 that a segment (or chunk) adds to the memory; k (B, Hkv, T, D) *before*
@@ -123,7 +126,7 @@ def memory_update(
     return memory_update_fwd(k, v, M, z, rule)
 
 
-def decode(
+def decode_token(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,

@@ -25,8 +25,8 @@ import triton
 import triton.language as tl
 
 from ..utils import autotune_configs, dot_precision, length_bucket, mma
-from . import naive
-from .fused import LOG2E, infini_attention_fwd
+from . import fused, naive
+from .fused import LOG2E
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_N is the block of keys a dK/dV program owns,
 # BLOCK_M the block of queries a dQ program owns.
@@ -183,7 +183,7 @@ class InfiniAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k_r, v, M, z, beta, cos, sin, pos0):
-        out, a_dot, lse = infini_attention_fwd(q, k_r, v, M, z, beta, cos, sin, pos0, store_dot=True)
+        out, a_dot, lse = fused.infini_attention_fwd(q, k_r, v, M, z, beta, cos, sin, pos0, store_dot=True)
         ctx.save_for_backward(q, k_r, v, M, z, beta, cos, sin, a_dot, lse)
         ctx.pos0 = pos0
         return out

@@ -71,10 +71,10 @@ def test_forced_paths_agree(seed, monkeypatch):
     for m in ("triton", "reference"):
         monkeypatch.setenv("INFINI_KERNELS", m)
         results[m] = (
-            kernels.infini_attention(q, k, v, M, z, beta, cos, sin),
-            kernels.decode(q[:, :, -1:], k, v, M, z, beta, cos[-1:], sin[-1:], q.shape[2] - 1),
-            kernels.infini_attention(q[:, :, -1:], k, v, M, z, beta, cos[-1:], sin[-1:], q.shape[2] - 1),
-            *kernels.memory_update(k, v, M, z, "delta"),
+            kernels.segment_attention(q, k, v, M, z, beta, cos, sin),
+            kernels.decode_token(q[:, :, -1:], k, v, M, z, beta, cos[-1:], sin[-1:], q.shape[2] - 1),
+            kernels.segment_attention(q[:, :, -1:], k, v, M, z, beta, cos[-1:], sin[-1:], q.shape[2] - 1),
+            *kernels.write_memory(k, v, M, z, "delta"),
         )
     for got, ref in zip(results["triton"], results["reference"]):
         assert rel_err(got, ref) < BOUNDS[torch.float32], f"seed {seed}"
@@ -86,9 +86,9 @@ def test_reference_mode_calls_the_references(monkeypatch):
         monkeypatch.setattr(mod, name, lambda *a, _n=name, **kw: calls.append(_n))
     monkeypatch.setenv("INFINI_KERNELS", "reference")
     q, k, v, M, z, beta, cos, sin = _inputs(0, T=4)
-    kernels.infini_attention(q, k, v, M, z, beta, cos, sin)
-    kernels.memory_update(k, v, M, z, "linear")
-    kernels.decode(q[:, :, -1:], k, v, M, z, beta, cos[-1:], sin[-1:], 3)
+    kernels.segment_attention(q, k, v, M, z, beta, cos, sin)
+    kernels.write_memory(k, v, M, z, "linear")
+    kernels.decode_token(q[:, :, -1:], k, v, M, z, beta, cos[-1:], sin[-1:], 3)
     assert calls == ["infini_attention", "memory_update", "decode"]
 
 
@@ -96,7 +96,7 @@ def test_gradients_flow_through_the_dispatch(seed, monkeypatch):
     monkeypatch.setenv("INFINI_KERNELS", "triton")
     q, k, v, M, z, beta, cos, sin = _inputs(seed, T=40)
     leaves = [t.clone().requires_grad_() for t in (q, k, v, M, z, beta)]
-    a = kernels.infini_attention(*leaves, cos, sin)
-    dM, dz = kernels.memory_update(leaves[1], leaves[2], leaves[3], leaves[4], "delta")
+    a = kernels.segment_attention(*leaves, cos, sin)
+    dM, dz = kernels.write_memory(leaves[1], leaves[2], leaves[3], leaves[4], "delta")
     (a.square().sum() + dM.square().sum() * 1e-4 + dz.sum()).backward()
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in leaves)
