@@ -31,7 +31,7 @@ class QuestionBox(QPlainTextEdit):
 
     submitted = Signal()
 
-    def keyPressEvent(self, event):  # noqa: N802 (Qt's name)
+    def keyPressEvent(self, event):
         if event.key() in (Qt.Key_Return, Qt.Key_Enter) and not event.modifiers() & Qt.ShiftModifier:
             self.submitted.emit()
             return

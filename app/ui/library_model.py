@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from PySide6.QtCore import QAbstractTableModel, QSortFilterProxyModel, Qt
 from PySide6.QtWidgets import QApplication, QStyle, QStyledItemDelegate, QStyleOptionProgressBar
 
 from app.core.ingest import Progress
@@ -137,13 +137,13 @@ class LibraryModel(QAbstractTableModel):
 
     # ---- Qt ----
 
-    def rowCount(self, parent=QModelIndex()):  # noqa: N802
-        return 0 if parent.isValid() else len(self.rows)
+    def rowCount(self, parent=None):
+        return 0 if parent is not None and parent.isValid() else len(self.rows)
 
-    def columnCount(self, parent=QModelIndex()):  # noqa: N802
-        return 0 if parent.isValid() else len(COLUMNS)
+    def columnCount(self, parent=None):
+        return 0 if parent is not None and parent.isValid() else len(COLUMNS)
 
-    def headerData(self, section, orientation, role=Qt.DisplayRole):  # noqa: N802
+    def headerData(self, section, orientation, role=Qt.DisplayRole):
         if orientation == Qt.Horizontal and role == Qt.DisplayRole:
             return COLUMNS[section]
         return None
@@ -185,14 +185,16 @@ class LibraryFilter(QSortFilterProxyModel):
         self.text = ""
 
     def set_text(self, text: str) -> None:
+        self.beginFilterChange()
         self.text = text.strip().lower()
-        self.invalidateFilter()
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
 
     def set_statuses(self, statuses: set[str] | None) -> None:
+        self.beginFilterChange()
         self.statuses = statuses
-        self.invalidateFilter()
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
 
-    def filterAcceptsRow(self, source_row, source_parent):  # noqa: N802
+    def filterAcceptsRow(self, source_row, source_parent):
         r: Row = self.sourceModel().rows[source_row]
         if self.statuses is not None and r.status not in self.statuses:
             return False

@@ -8,7 +8,6 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFrame,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QMenu,
@@ -70,7 +69,8 @@ class ReadingBar(QFrame):
         self.show()
         self.stop.show()
         self.resume.hide()
-        self.title.setText(f"Reading “{ev.title}”" if ev.phase == "reading" else f"Opening “{ev.title}”…")
+        self.title.setText({"reading": f"Reading “{ev.title}”", "ready": f"Read “{ev.title}”"}.get(
+            ev.phase, f"Opening “{ev.title}”…"))
         self.bar.setValue(int(100 * ev.fraction))
         facts = []
         if ev.segments_total:
@@ -91,6 +91,20 @@ class ReadingBar(QFrame):
         self.bar.setValue(int(100 * fraction))
         self.rate.setText("What was read is kept; Resume continues from there"
                           + (f" · {waiting} more waiting" if waiting else ""))
+
+
+class LibraryTable(QTableView):
+    """Columns that share the width: the title most, the author next, the rest as much as they need."""
+
+    FIXED = ((2, 56), (3, 88), (4, 116))
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        free = max(120, self.viewport().width() - sum(w for _, w in self.FIXED))
+        self.setColumnWidth(0, free * 62 // 100)
+        self.setColumnWidth(1, free - free * 62 // 100)
+        for col, width in self.FIXED:
+            self.setColumnWidth(col, width)
 
 
 class LibraryPane(QWidget):
@@ -115,7 +129,7 @@ class LibraryPane(QWidget):
         self.status_filter.addItems(list(STATUS_FILTERS))
         self.status_filter.setToolTip("Show only the documents in this state")
 
-        self.table = QTableView()
+        self.table = LibraryTable()
         self.table.setModel(self.proxy)
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(0, Qt.AscendingOrder)
@@ -128,12 +142,10 @@ class LibraryPane(QWidget):
         self.table.verticalHeader().hide()
         self.table.setItemDelegateForColumn(4, StatusDelegate(self.table))
         self.table.setContextMenuPolicy(Qt.CustomContextMenu)
-        h = self.table.horizontalHeader()
-        h.setSectionResizeMode(0, QHeaderView.Stretch)
-        for col, width in ((1, 120), (2, 56), (3, 90), (4, 130)):
-            h.setSectionResizeMode(col, QHeaderView.Interactive)
-            self.table.setColumnWidth(col, width)
-        h.setStretchLastSection(False)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.table.setTextElideMode(Qt.ElideRight)
+        self.table.horizontalHeader().setMinimumSectionSize(40)
+        self.table.horizontalHeader().setHighlightSections(False)
 
         self.empty = QLabel(f"<p style='font-size:15px'><b>Drop books here</b></p><p>{FORMATS}</p>"
                             "<p>or use File → Open (Ctrl+O)</p>")

@@ -68,7 +68,7 @@ class _FileDrops(QObject):
         super().__init__(window)
         self.window = window
 
-    def eventFilter(self, obj, event):  # noqa: N802
+    def eventFilter(self, obj, event):
         if event.type() in (QEvent.DragEnter, QEvent.DragMove) and local_files(event.mimeData()):
             event.acceptProposedAction()
             return True
@@ -112,12 +112,11 @@ class MainWindow(QMainWindow):
         self.splitter.setChildrenCollapsible(False)
         self.setCentralWidget(self.splitter)
         self.splitter.setContentsMargins(8, 8, 8, 0)
-        self.resize(1400, 820)
-        self.splitter.setSizes([430, 560, 410])
+        self.resize(1400, 860)
+        self.reading.hide()  # until a passage or a chapter is opened
+        self._sized = False
         if self.settings.geometry:
             self.restoreGeometry(QByteArray.fromHex(self.settings.geometry.encode()))
-        if self.settings.splitter:
-            self.splitter.restoreState(QByteArray.fromHex(self.settings.splitter.encode()))
         self.setWindowTitle("Infini Reader")
 
         self.model_label = QLabel("Loading the model…")
@@ -188,6 +187,7 @@ class MainWindow(QMainWindow):
         self.queue.failed.connect(self._reading_failed)
         self.queue.idle.connect(self._idle)
         self.chat.citation_clicked.connect(self.reading.show_citation)
+        self.reading.opened.connect(self._show_reading)
         self.chat.reread_requested.connect(lambda doc_id: self.resume([self.library_pane.model.row_of(doc_id)]))
         self.summary.chapter_requested.connect(self.reading.show_chapter)
         self.summary.export_requested.connect(self.export)
@@ -281,6 +281,24 @@ class MainWindow(QMainWindow):
                         lambda m: self.show_error("The library could not be read", f"The library could not be "
                                                   f"read: {m}"))
 
+    def showEvent(self, event):
+        super().showEvent(event)
+        if not self._sized:  # the panes' widths: last time's, or the library at about 40 %
+            self._sized = True
+            if not (self.settings.splitter and self.splitter.restoreState(
+                    QByteArray.fromHex(self.settings.splitter.encode()))):
+                w = self.splitter.width()
+                self.splitter.setSizes([max(520, w * 2 // 5), w - max(520, w * 2 // 5), 0])
+
+    def _show_reading(self) -> None:
+        if self.reading.isVisible():
+            return
+        self.reading.show()
+        a, b, _ = self.splitter.sizes()
+        width = max(380, (a + b) * 3 // 10)
+        take_a = max(0, min(a - 400, width // 3))
+        self.splitter.setSizes([a - take_a, b - (width - take_a), width])
+
     def _current_changed(self, row: Row | None) -> None:
         self.chat.set_document(row)
         self.summary.set_document(row)
@@ -298,8 +316,8 @@ class MainWindow(QMainWindow):
         if not files:
             self.say(f"Nothing to read there: drop {FORMATS} files")
             return
-        if not self.library_pane.selected() and len(files) == 1:
-            self._select_when_listed = -1  # the document this file becomes
+        if not self.library_pane.selected() and self._select_when_listed is None:
+            self._select_when_listed = -1  # the document the first file becomes: open it
         self.queue.add(files)
         self.library_pane.model.set_pending(self.queue.waiting())
         self.say(f"Added {len(files)} file{'s' if len(files) > 1 else ''} to read")
@@ -308,7 +326,7 @@ class MainWindow(QMainWindow):
         model, bar = self.library_pane.model, self.library_pane.reading
         model.update_progress(ev)
         waiting = len(self.queue.waiting()) - (1 if ev.document_id is None and ev.phase == "parsing" else 0)
-        if ev.phase in ("parsing", "reading"):
+        if ev.phase in ("parsing", "reading") or (ev.phase == "ready" and not ev.reused):
             bar.show_progress(ev, max(0, waiting))
         new_doc = ev.document_id is not None and ev.document_id not in self._seen
         if new_doc:
@@ -506,23 +524,23 @@ class MainWindow(QMainWindow):
 
     # ---- drops and closing ----
 
-    def dragEnterEvent(self, event):  # noqa: N802
+    def dragEnterEvent(self, event):
         if local_files(event.mimeData()):
             event.acceptProposedAction()
         else:
             event.ignore()
 
-    def dragMoveEvent(self, event):  # noqa: N802
+    def dragMoveEvent(self, event):
         if local_files(event.mimeData()):
             event.acceptProposedAction()
 
-    def dropEvent(self, event):  # noqa: N802
+    def dropEvent(self, event):
         files = local_files(event.mimeData())
         if files:
             event.acceptProposedAction()
             self.open_files(files)
 
-    def closeEvent(self, event):  # noqa: N802
+    def closeEvent(self, event):
         self.save_settings()
         self.queue.stop()  # the reading so far is stored; it resumes next time
         self.stop_work()

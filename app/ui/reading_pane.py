@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QTextCharFormat, QTextCursor
-from PySide6.QtWidgets import QComboBox, QLabel, QTextBrowser, QTextEdit, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QTextBrowser,
+    QTextEdit,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.core.answers import Citation
 from app.core.document import Document
@@ -21,6 +30,7 @@ def _qt_pos(text: str, i: int) -> int:
 
 class ReadingPane(QWidget):
     message = Signal(str)
+    opened = Signal()  # something is to be shown: the window makes room for the pane
 
     def __init__(self, tasks: Tasks, parent=None):
         super().__init__(parent)
@@ -33,6 +43,14 @@ class ReadingPane(QWidget):
         self._want: tuple[int, Citation | None, int | None] | None = None
 
         heading = QLabel("<b>Reading</b>")
+        close = QToolButton()
+        close.setText("✕")
+        close.setAutoRaise(True)
+        close.setToolTip("Close the reading pane")
+        close.clicked.connect(self.hide)
+        top = QHBoxLayout()
+        top.addWidget(heading, 1)
+        top.addWidget(close)
         self.chapters = QComboBox()
         self.chapters.setToolTip("Read a chapter")
         self.where = QLabel()
@@ -43,7 +61,7 @@ class ReadingPane(QWidget):
         self.text.setPlaceholderText("Click a source under an answer to read the passage here, in its chapter.")
         box = QVBoxLayout(self)
         box.setContentsMargins(0, 0, 0, 0)
-        box.addWidget(heading)
+        box.addLayout(top)
         box.addWidget(self.chapters)
         box.addWidget(self.where)
         box.addWidget(self.text, 1)
@@ -70,6 +88,7 @@ class ReadingPane(QWidget):
         self._open(doc_id, None, section_idx)
 
     def _open(self, doc_id: int, c: Citation | None, section_idx: int | None) -> None:
+        self.opened.emit()
         if self.doc is not None and self.doc_id == doc_id:
             self._show(c, section_idx)
             return
@@ -110,8 +129,15 @@ class ReadingPane(QWidget):
         self.span = (a, b)
         self.text.setPlainText(doc.text[a:b])
         self.text.setExtraSelections([])
-        page = c.page if c is not None else (doc.sections[section_idx].page_start if section_idx is not None else None)
-        self.where.setText(" · ".join(x for x in (name, f"page {page}" if page else "") if x))
+        if c is not None:
+            where = [f"Source [{c.rank + 1}]", name if section_idx is None else "", f"page {c.page}" if c.page else ""]
+        else:
+            sec = doc.sections[section_idx] if section_idx is not None else None
+            pages = (f"pages {sec.page_start}–{sec.page_end}" if sec and sec.page_start and sec.page_end
+                     and sec.page_end != sec.page_start else f"page {sec.page_start}" if sec and sec.page_start else "")
+            where = [pages]
+        self.where.setText(" · ".join(x for x in where if x))
+        self.where.setVisible(bool(self.where.text()))
         if c is None:
             self.passage = None
             self.text.moveCursor(QTextCursor.Start)

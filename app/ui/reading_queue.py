@@ -110,30 +110,30 @@ class ReadingQueue(QObject):
                 return
         cancel = self._cancel = threading.Event()
         library, engine = self.library, self.engine
-        self._worker = self._tasks.run(
-            lambda: ingest.ingest_files(library, engine, self._paths(cancel), cancel=cancel),
-            on_item=self._event, on_done=self._ended, on_error=self._error,
-        )
+
+        def work():  # one file at a time, so that each event comes with its file
+            for path in self._paths(cancel):
+                for ev in ingest.ingest_files(library, engine, [path], cancel=cancel):
+                    yield path, ev
+
+        self._worker = self._tasks.run(work, on_item=self._event, on_done=self._ended, on_error=self._error)
 
     def _paths(self, cancel: threading.Event):
         """Runs in the worker: the next path, until the queue is empty or Stop was pressed."""
         while True:
             with self._lock:
                 if cancel.is_set() or not self._waiting:
-                    self._current = None
                     return
                 self._current, self._current_doc = self._waiting.popleft(), None
                 path = self._current
             yield path
 
-    def _event(self, ev: Progress) -> None:
+    def _event(self, item: tuple[str, Progress]) -> None:
+        path, ev = item
         if ev.document_id is not None and ev.phase in ("parsing", "reading"):
             self._current_doc = ev.document_id
         if ev.phase == "cancelled":
-            with self._lock:
-                path = self._current
-            if path is not None:
-                self.stopped = (path, ev)
+            self.stopped = (path, ev)
         self.progress.emit(ev)
 
     def _ended(self) -> None:

@@ -32,7 +32,7 @@ def passage_preview(c: Citation, chars: int = 320) -> str:
     return text if len(text) <= chars else text[:chars].rsplit(" ", 1)[0] + " …"
 
 
-_BODY = re.compile(r"<body[^>]*>(.*)</body>", re.S)
+_BODY = re.compile(r"<body[^>]*>(.*)</body>", re.DOTALL)
 
 
 def markdown_html(md: str) -> str:

@@ -47,7 +47,7 @@ class GeneratorWorker(QObject):
                 if self._cancelled:
                     break
                 self.yielded.emit(item)
-        except Exception as exc:  # shown to the user; the details go to the log
+        except Exception as exc:  # noqa: BLE001 (shown to the user; the details go to the log)
             log.error("background work failed:\n%s", traceback.format_exc())
             self.failed.emit(str(exc) or type(exc).__name__)
         else:

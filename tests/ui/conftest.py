@@ -2,11 +2,11 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-import engine  # noqa: E402
+import engine
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 
@@ -18,9 +18,10 @@ def builtin_engine():
 
 def tiny_engine(builtin: engine.Engine, seed: int = 0, name: str = "tiny") -> engine.Engine:
     """A small random model with the built-in tokenizer and chat format: reads a book in a second.
-    Segments of 512 tokens leave the summaries' prompts room in the local window."""
+    Segments of 1,024 tokens leave the summaries room in the local window (their prompts, and parts
+    long enough that summarising them shortens them)."""
     cfg = engine.InfiniConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                              head_dim=16, intermediate_size=128, segment_length=512, memory_update="delta")
+                              head_dim=16, intermediate_size=128, segment_length=1024, memory_update="delta")
     model = engine.build_model(cfg, seed=seed)
     return engine.Engine(model, builtin.tokenizer, name, builtin.tokenizer_json, builtin.chat)
 
