@@ -257,7 +257,8 @@ class Clock:
     def result(self) -> dict:
         p = sorted(self.pieces)
         return {
-            "seconds": sum(p), "piece_median_s": p[len(p) // 2], "piece_min_s": p[0], "pieces": len(p), "cpu_seconds": sum(self.cpu),
+            "seconds": sum(p), "piece_median_s": p[len(p) // 2], "piece_min_s": p[0], "pieces": len(p),
+            "cpu_seconds": sum(self.cpu),
             "cpu_pressure": (cpu_pressure()[1] - self.psi0) / 1e6 / (time.perf_counter() - self.wall0),
             "probe_tflops": sum(self.rates) / len(self.rates), "probe_max": max(self.rates),
         }
@@ -309,7 +310,7 @@ def _generate(e, mem, max_new_tokens: int) -> dict:
     """Time to the first text piece and decode tokens/s of `Engine.generate` on top of `mem`."""
     prompt_len = e.prompt_ids(QUESTION).numel()
     after = []
-    t0 = time.perf_counter()
+    psi0, t0 = cpu_pressure()[1], time.perf_counter()
     pieces = e.generate(QUESTION, mem, max_new_tokens=max_new_tokens, temperature=0, on_memory=after.append)
     first = None
     for _ in pieces:
@@ -317,7 +318,8 @@ def _generate(e, mem, max_new_tokens: int) -> dict:
     end = time.perf_counter()
     new = after[0].tokens - mem.tokens - prompt_len if after else 0  # tokens fed after the prompt
     return {"prompt_tokens": prompt_len, "ttft": (first or end) - t0, "new_tokens": new,
-            "decode_tps": new / (end - first) if first and new else float("nan")}
+            "decode_tps": new / (end - first) if first and new else float("nan"),
+            "gen_pressure": (cpu_pressure()[1] - psi0) / 1e6 / (end - t0)}
 
 
 def _child_hf(spec: dict):
@@ -488,7 +490,8 @@ def builtin_section(opts: Options, peak: float) -> list[Table]:
     """The built-in model: ingest at each length, then a question on top of the memory."""
     speed = memory = None
     gen = Table("Built-in model: answering on top of the memory (`Engine.generate`, greedy)",
-                ["book tokens", "prompt tokens", "time to first token (s)", "new tokens", "decode tokens/s"],
+                ["book tokens", "prompt tokens", "time to first token (s)", "new tokens", "decode tokens/s",
+                 "CPU pressure"],
                 notes=["Time to first token: from the call to the first text piece, the prompt (a chat "
                        "message) processed on top of the memory. Decode: new tokens over the time after the "
                        f"first piece (up to {opts.decode_tokens} new tokens; a stop token may end sooner)."])
@@ -501,7 +504,8 @@ def builtin_section(opts: Options, peak: float) -> list[Table]:
             memory = Table("Built-in model: ingest memory, same runs", MEMORY_COLUMNS, notes=MEMORY_NOTES)
         speed.rows.append(_speed_row(_tokens(n), n, ingest_flops(cfg, n), r, peak, min(n, cfg.segment_length)))
         memory.rows.append(_memory_row(_tokens(n), cfg, n, r))
-        gen.rows.append([_tokens(n), r["prompt_tokens"], r["ttft"], r["new_tokens"], r["decode_tps"]])
+        gen.rows.append([_tokens(n), r["prompt_tokens"], r["ttft"], r["new_tokens"], r["decode_tps"],
+                         _pct(r["gen_pressure"])])
     return [t for t in (speed, memory, gen) if t is not None]
 
 
@@ -512,7 +516,8 @@ def peers_section(opts: Options, peak: float) -> list[Table]:
     from .builtin import model_path
 
     cfg = opts.cfg or InfiniConfig()
-    speed = Table("Peers, side by side: reading a context, bf16", ["implementation"] + SPEED_COLUMNS + ["decode tokens/s"],
+    columns = ["implementation"] + SPEED_COLUMNS + ["decode tokens/s"]
+    speed = Table("Peers, side by side: reading a context, bf16", columns,
                   notes=SPEED_NOTES[:2] + [
                       "Ours: `Engine.ingest` of the built-in model (memory only, no LM head). transformers: "
                       "`AutoModelForCausalLM.from_pretrained(gguf dir, gguf_file=...)` in bf16, one forward over "
@@ -597,10 +602,13 @@ def profile(segments: int = 2, cfg: InfiniConfig | None = None, ops: int = 0) ->
                 leave()
         return wrapper
 
-    def hook(module, name):
-        module.register_forward_pre_hook(lambda *_: enter(name))
-        module.register_forward_hook(lambda *_: leave())
+    handles = []
 
+    def hook(module, name):
+        handles.append(module.register_forward_pre_hook(lambda *_: enter(name)))
+        handles.append(module.register_forward_hook(lambda *_: leave()))
+
+    e.ingest(ids[: cfg.segment_length], e.new_memory())  # warm-up, untimed
     for layer in e.model.model.layers:
         a = layer.self_attn
         hook(layer, "decoder layer: residual adds")
@@ -612,35 +620,37 @@ def profile(segments: int = 2, cfg: InfiniConfig | None = None, ops: int = 0) ->
             hook(p, "MLP matmuls (gate, up, down)")
         hook(layer.input_layernorm, "RMSNorm")
         hook(layer.post_attention_layernorm, "RMSNorm")
-    saved = {n: getattr(em, n) for n in ("local_attention", "memory_delta", "memory_retrieve", "apply_rotary")
-             if hasattr(em, n)}
     labels = {"local_attention": "local attention", "memory_delta": "memory update (fp32)",
               "memory_retrieve": "memory read (fp32)", "apply_rotary": "rotary"}
-    e.ingest(ids[: cfg.segment_length], e.new_memory())  # warm-up, untimed
+    saved = {n: getattr(em, n) for n in labels if hasattr(em, n)}
     for n, fn in saved.items():
         setattr(em, n, timed(labels[n], fn))
+    probe = Probe()
     try:
-        probe = Probe()
         rate0 = probe(0.5)
-        t0 = time.perf_counter()
+        psi0, t0 = cpu_pressure()[1], time.perf_counter()
         e.ingest(ids, e.new_memory())
         wall = time.perf_counter() - t0
+        pressure = (cpu_pressure()[1] - psi0) / 1e6 / wall
         rate = (rate0 + probe(0.5)) / 2
-        prof_table = None
-        if ops:
-            from torch.profiler import ProfilerActivity
-            from torch.profiler import profile as tprofile
-
-            with tprofile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-                e.ingest(ids, e.new_memory())
-            prof_table = prof.key_averages(group_by_input_shape=True).table(
-                sort_by="self_cpu_time_total", row_limit=ops, max_name_column_width=30, max_shapes_column_width=70)
     finally:
         for n, fn in saved.items():
             setattr(em, n, fn)
+        for h in handles:
+            h.remove()
+    prof_table = None
+    if ops:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as tprofile
+
+        with tprofile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            e.ingest(ids, e.new_memory())
+        prof_table = prof.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=ops, max_name_column_width=30, max_shapes_column_width=70)
 
     T, n_seg, L = cfg.segment_length, segments, cfg.num_hidden_layers
-    C, I, H, Hkv, D = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    C, I, H, D = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.head_dim
+    Hkv = cfg.num_key_value_heads
     flops = {  # useful FLOPs per part, for the rate column
         "q, k, v, o projections": n_seg * 2 * T * ((L - 1) * (2 * C * H * D + 2 * C * Hkv * D) + 2 * C * Hkv * D),
         "MLP matmuls (gate, up, down)": n_seg * (L - 1) * 2 * T * 3 * C * I,
@@ -655,15 +665,17 @@ def profile(segments: int = 2, cfg: InfiniConfig | None = None, ops: int = 0) ->
         t.rows.append([name, secs, _pct(secs / wall), f / secs / 1e12 if f else "—",
                        _pct(f / secs / 1e12 / rate) if f else "—"])
     rest = wall - sum(times.values())
-    t.rows.append(["rest: embedding, last layer's write_only glue, memory sums, Python", rest, _pct(rest / wall), "—", "—"])
+    t.rows.append(["rest: embedding, write_only glue, memory sums, Python", rest, _pct(rest / wall), "—", "—"])
     t.rows.append(["total (wall)", wall, "100%", ingest_flops(cfg, n_seg * T) / wall / 1e12,
                    _pct(ingest_flops(cfg, n_seg * T) / wall / 1e12 / rate)])
-    t.notes.append(f"bf16 rate alongside: {rate:.3g} TFLOP/s (2048² products just before and after). "
+    t.notes.append(f"bf16 rate alongside: {rate:.3g} TFLOP/s (2048² products just before and after); CPU "
+                   f"pressure during the run {_pct(pressure)} (other programs waiting for a core). "
                    f"{n_seg * T / wall:,.0f} tokens/s. Exclusive times: a part's time excludes the timed "
                    "parts inside it.")
     md = t.markdown()
     if prof_table:
-        md += "\n### torch.profiler, operators by self CPU time (same segments, run again)\n\n```\n" + prof_table + "```\n"
+        md += "\n### torch.profiler, operators by self CPU time (same segments, run again)\n\n"
+        md += "```\n" + prof_table + "```\n"
     return md
 
 
