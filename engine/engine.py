@@ -200,6 +200,7 @@ class Engine:
         stop: list[str] | None = None,
         seed: int | None = None,
         on_memory: Callable[[Memory], None] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> Iterator[str]:
         """Stream the answer to a prompt, on top of a memory, as text pieces.
 
@@ -220,7 +221,8 @@ class Engine:
             if on_memory is not None:
                 on_memory(self._to_memory(stream.final_memory(), base, stream.tokens))
 
-        tokens = generate_ids(self.model, ids, layers, max_new_tokens, temperature, top_p, stop_ids, gen, end)
+        tokens = generate_ids(self.model, ids, layers, max_new_tokens, temperature, top_p, stop_ids, gen, end,
+                              repetition_penalty)
         decode = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
         return detokenize(tokens, decode, list(stop or []))
 

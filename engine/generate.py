@@ -51,6 +51,18 @@ class Stream:
         return add_delta(self.mem, [(c.dM, c.dz) for c in self.caches])
 
 
+def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The repetition penalty of Keskar et al. (2019), as transformers applies it: logits of tokens
+    already in the answer are divided by `penalty` when positive, multiplied when negative. Small
+    models otherwise loop on a phrase."""
+    if penalty == 1.0 or seen.numel() == 0:
+        return logits
+    vals = logits[seen]
+    logits = logits.clone()
+    logits[seen] = torch.where(vals > 0, vals / penalty, vals * penalty)
+    return logits
+
+
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
     if temperature <= 0:
         return int(logits.argmax())
@@ -73,14 +85,18 @@ def generate_ids(
     stop_ids: frozenset[int] = frozenset(),
     generator: torch.Generator | None = None,
     on_end: Callable[[Stream], None] | None = None,
+    repetition_penalty: float = 1.0,
 ) -> Iterator[int]:
     """Yield new token ids after the prompt; a stop id ends generation and is not yielded."""
     stream = Stream(model, mem)
     logits = stream.feed(prompt)
+    answer: list[int] = []
     for _ in range(max_new_tokens):
-        tok = sample(logits, temperature, top_p, generator)
+        seen = torch.tensor(sorted(set(answer)), dtype=torch.long, device=logits.device)
+        tok = sample(penalize(logits, seen, repetition_penalty), temperature, top_p, generator)
         if tok in stop_ids:
             break
+        answer.append(tok)
         yield tok
         logits = stream.feed(prompt.new_tensor([tok]))
     if on_end is not None:
