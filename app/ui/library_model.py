@@ -91,8 +91,13 @@ class LibraryModel(QAbstractTableModel):
 
     # ---- feeding ----
 
-    def set_documents(self, infos: list[DocInfo]) -> None:
+    def set_documents(self, infos: list[DocInfo], reading: int | None = None) -> None:
+        """`reading`: the document being read now; any other one the library calls "reading" was
+        interrupted (the application was closed or killed) and is shown as stopped."""
         self._docs = [row_from_info(i) for i in infos]
+        for r in self._docs:
+            if r.status == "reading" and r.doc_id != reading and r.doc_id not in self._live:
+                r.status = "cancelled"
         self._rebuild()
 
     def set_pending(self, paths: list[str]) -> None:

@@ -52,7 +52,7 @@ class ReadingBar(QFrame):
         self.stop = QPushButton("Stop")
         self.stop.setToolTip("Stop reading; what was read is kept, and Resume continues from there")
         self.resume = QPushButton("Resume")
-        self.stop.clicked.connect(self.stop_clicked)
+        self.stop.clicked.connect(self._stopping)
         self.resume.clicked.connect(self.resume_clicked)
         top = QHBoxLayout()
         top.addWidget(self.title, 1)
@@ -64,6 +64,11 @@ class ReadingBar(QFrame):
         box.addWidget(self.bar)
         box.addWidget(self.rate)
         self.hide()
+
+    def _stopping(self) -> None:
+        self.stop.setEnabled(False)
+        self.stop.setText("Stopping…")  # the segment being read is finished and stored first
+        self.stop_clicked.emit()
 
     def show_progress(self, ev: Progress, waiting: int) -> None:
         self.show()
@@ -83,7 +88,12 @@ class ReadingBar(QFrame):
             facts.append(f"{waiting} more waiting")
         self.rate.setText(" · ".join(facts))
 
+    def reset(self) -> None:
+        self.stop.setEnabled(True)
+        self.stop.setText("Stop")
+
     def show_stopped(self, title: str, fraction: float, waiting: int) -> None:
+        self.reset()
         self.show()
         self.stop.hide()
         self.resume.show()

@@ -49,13 +49,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from .main_window import MainWindow
-    from .settings import Settings
+    from app.ui.main_window import MainWindow
+    from app.ui.settings import Settings
 
-    app = QApplication([sys.argv[0], *qt_args])
+    app = QApplication.instance() or QApplication([sys.argv[0], *qt_args])
     app.setApplicationName("Infini Reader")
     app.setOrganizationName("infini-reader")
     app.setDesktopFileName("infini-reader")
+    from app.ui.icon import app_icon
+
+    app.setWindowIcon(app_icon())
     settings = Settings.load()
     if args.model:
         settings.model = args.model

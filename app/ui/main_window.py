@@ -271,7 +271,7 @@ class MainWindow(QMainWindow):
         def listed(infos):
             if gen != self._refresh_gen:
                 return
-            self.library_pane.model.set_documents(infos)
+            self.library_pane.model.set_documents(infos, self.queue.current_doc)
             self.library_pane.model.set_pending(self.queue.waiting())
             if self._select_when_listed is not None and self.library_pane.select(self._select_when_listed):
                 self._select_when_listed = None
@@ -354,6 +354,7 @@ class MainWindow(QMainWindow):
 
     def _idle(self) -> None:
         bar = self.library_pane.reading
+        bar.reset()
         if self.queue.stopped is None:
             bar.hide()
         elif self.queue.waiting():

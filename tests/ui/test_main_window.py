@@ -426,3 +426,17 @@ def test_damaged_settings_do_not_stop_the_window(qtbot, tmp_path, tiny_reader, d
     settings_path().write_text("{ not json")
     window = open_window(qtbot, tmp_path, tiny_reader)
     assert window.settings.model == "builtin"
+
+
+def test_a_reading_cut_short_by_a_crash_shows_as_stopped(qtbot, tmp_path, tiny_reader):
+    book = make_epub(tmp_path / "keeper.epub")
+    first = open_window(qtbot, tmp_path, tiny_reader)
+    drop(first, book)
+    wait_ready(qtbot, first, "The Lighthouse Keeper")
+    doc_id = rows(first)["The Lighthouse Keeper"].doc_id
+    snap = first.library.snapshot_id(doc_id, tiny_reader.fingerprint)
+    first.close()
+    first.library.set_reading_status(snap, "reading")  # as a killed process leaves it
+    window = open_window(qtbot, tmp_path, tiny_reader)
+    qtbot.waitUntil(lambda: "The Lighthouse Keeper" in rows(window), timeout=WAIT)
+    assert rows(window)["The Lighthouse Keeper"].status == "cancelled"
