@@ -67,7 +67,7 @@ class Table:
 
     def markdown(self) -> str:
         out = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
-               "|" + "|".join("---:" for _ in self.columns) + "|"]
+               "|:---|" + "|".join("---:" for _ in self.columns[1:]) + "|"]
         out += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in self.rows]
         if self.notes:
             out += [""] + [f"- {n}" for n in self.notes]
@@ -148,8 +148,8 @@ class Probe:
 
 def matmul_peak(dtype=torch.bfloat16, quick: bool = False) -> float:
     """This machine's matmul peak: the best square product over a few sizes."""
-    sizes = (2048,) if quick else (2048, 4096, 8192)
-    return max(Probe(s, s, s, dtype)(0.5 if quick else 2.0) for s in sizes)
+    sizes = (2048 if dtype == torch.bfloat16 else 1024,) if quick else (2048, 4096, 8192)
+    return max(Probe(s, s, s, dtype)(0.3 if quick else 2.0) for s in sizes)
 
 
 def model_gemm_tflops(cfg: InfiniConfig, quick: bool = False) -> tuple[float, float]:
@@ -160,7 +160,7 @@ def model_gemm_tflops(cfg: InfiniConfig, quick: bool = False) -> tuple[float, fl
     shapes = [(T, C, HD), (T, C, KD), (T, C, KD), (T, HD, C), (T, C, I), (T, C, I), (T, I, C)]
     flops = secs = best = 0.0
     for m, k, n in shapes:
-        rate = Probe(m, k, n)(0.2 if quick else 0.5)
+        rate = Probe(m, k, n)(0.05 if quick else 0.5)
         flops += 2 * m * k * n
         secs += 2 * m * k * n / (rate * 1e12)
         best = max(best, rate)
@@ -273,7 +273,7 @@ def child(spec: dict) -> dict:
     run = job(spec)  # loads, returns a function that measures with the given probe
     out = {"load_seconds": time.perf_counter() - t}
     probe = Probe()
-    probe(0.5)  # wakes the threads and the matmul kernels
+    probe(0.2 if spec.get("quick") else 0.5)  # wakes the threads and the matmul kernels
     out.update(rss_loaded=_status("VmRSS"), threads=torch.get_num_threads())
     out.update(run(probe))
     out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
@@ -394,7 +394,7 @@ def measure(spec: dict, opts: Options) -> dict:
     """`child(spec)` in a fresh interpreter."""
     if opts.wait_quiet:
         wait_quiet(opts.wait_quiet, opts.log)
-    spec = dict(spec, threads=opts.threads)
+    spec = dict(spec, threads=opts.threads, quick=opts.quick)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-m", "engine.bench", "--child", json.dumps(spec)],
                           capture_output=True, text=True, env=env, cwd=REPO)
@@ -469,15 +469,15 @@ def peak_section(opts: Options) -> tuple[list[Table], float]:
         [f"bf16 at the layer's own GEMM shapes ({cfg.segment_length} rows), FLOP-weighted", shapes,
          _pct(shapes / peak)],
         ["fp32 square products", fp32, _pct(fp32 / peak)],
-    ], [f"bf16 peak for 'MFU vs best peak': {peak:.3g} TFLOP/s (the best bf16 rate above, or of a single "
-        "layer shape), measured at the start of the run."])
+    ], [f"bf16 peak for 'MFU (best segment, vs best peak)': {peak:.3g} TFLOP/s (the best bf16 rate above, or "
+        "of a single layer shape), measured at the start of the run."])
     return [t], peak
 
 
 def random_section(opts: Options, peak: float) -> list[Table]:
     cfg = opts.cfg or InfiniConfig()
-    speed = Table(f"Ingest speed, random model ({_shape(cfg)}), bf16", SPEED_COLUMNS, notes=SPEED_NOTES)
-    memory = Table("Ingest memory, same runs", MEMORY_COLUMNS, notes=MEMORY_NOTES)
+    speed = Table(f"Ingest speed, random model ({_shape(cfg)}), bf16", SPEED_COLUMNS)
+    memory = Table("Ingest memory, same runs", MEMORY_COLUMNS)
     for n in opts.lengths:
         opts.log(f"  random model, ingest of {n} tokens…")
         r = measure({"job": "ingest", "model": "random", "length": n, "config": cfg.to_hf_dict()}, opts)
@@ -500,8 +500,8 @@ def builtin_section(opts: Options, peak: float) -> list[Table]:
         r = measure({"job": "ingest", "model": "builtin", "length": n, "decode_tokens": opts.decode_tokens}, opts)
         cfg = InfiniConfig.from_hf_dict(r["config"])
         if speed is None:
-            speed = Table(f"Built-in model ({_shape(cfg)}): ingest speed, bf16", SPEED_COLUMNS, notes=SPEED_NOTES)
-            memory = Table("Built-in model: ingest memory, same runs", MEMORY_COLUMNS, notes=MEMORY_NOTES)
+            speed = Table(f"Built-in model ({_shape(cfg)}): ingest speed, bf16", SPEED_COLUMNS)
+            memory = Table("Built-in model: ingest memory, same runs", MEMORY_COLUMNS)
         speed.rows.append(_speed_row(_tokens(n), n, ingest_flops(cfg, n), r, peak, min(n, cfg.segment_length)))
         memory.rows.append(_memory_row(_tokens(n), cfg, n, r))
         gen.rows.append([_tokens(n), r["prompt_tokens"], r["ttft"], r["new_tokens"], r["decode_tps"],
@@ -518,7 +518,7 @@ def peers_section(opts: Options, peak: float) -> list[Table]:
     cfg = opts.cfg or InfiniConfig()
     columns = ["implementation"] + SPEED_COLUMNS + ["decode tokens/s"]
     speed = Table("Peers, side by side: reading a context, bf16", columns,
-                  notes=SPEED_NOTES[:2] + [
+                  notes=[
                       "Ours: `Engine.ingest` of the built-in model (memory only, no LM head). transformers: "
                       "`AutoModelForCausalLM.from_pretrained(gguf dir, gguf_file=...)` in bf16, one forward over "
                       "the whole context with `logits_to_keep=1` (its KV cache kept), FLOPs counted the same way "
@@ -526,7 +526,7 @@ def peers_section(opts: Options, peak: float) -> list[Table]:
                       "0.2.x: random weights at the same shape but its own design (full multi-head K/V, no "
                       "GQA; it computes every position's logits), fed 2048-token segments with "
                       "`return_new_memories=True`; its FLOPs include its larger K/V projections and LM head."])
-    memory = Table("Peers: memory, same runs", ["implementation"] + MEMORY_COLUMNS, notes=MEMORY_NOTES[:1])
+    memory = Table("Peers: memory, same runs", ["implementation"] + MEMORY_COLUMNS)
     for n in opts.peer_lengths:
         runs = []
         opts.log(f"  peers at {n} tokens: ours…")
@@ -697,7 +697,9 @@ def run(opts: Options, command: str | None = None) -> str:
     if command:
         head += ["```", command, "```", ""]
     head += [f"Machine: {machine()}.", ""]
-    return "\n".join(head) + "\n".join(t.markdown() for t in tables)
+    notes = ["### How these tables are measured", ""] + [f"- {n}" for n in SPEED_NOTES + MEMORY_NOTES]
+    body = "\n".join(t.markdown() for t in tables)
+    return "\n".join(head) + body + ("\n" + "\n".join(notes) + "\n" if len(tables) > 1 else "")
 
 
 def _ints(s: str) -> tuple[int, ...]:
