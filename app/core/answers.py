@@ -118,9 +118,12 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
         attr = _segment_attribution(library, engine, doc_id, question)
         if attr is not None:
             starts, scores = attr
-            seg_of = np.searchsorted(starts, [p.char_start for p in passages], side="right") - 1
             seg_rank = np.empty(len(scores), dtype=int)
             seg_rank[np.argsort(-scores)] = np.arange(len(scores))
+            # a passage may overlap several segments: it takes the best-ranked of them
+            first = np.searchsorted(starts, [p.char_start for p in passages], side="right") - 1
+            last = np.searchsorted(starts, [max(p.char_start, p.char_end - 1) for p in passages], side="right") - 1
+            seg_of = np.array([a + int(np.argmin(seg_rank[a : b + 1])) for a, b in zip(first, last)])
             w = 1.0 if st.mode == "memory" else st.memory_weight
             fused += w / (RRF_K + seg_rank[seg_of])
     best = [i for i in np.argsort(-fused, kind="stable") if fused[i] > 0][: st.passages]
@@ -241,7 +244,7 @@ def ask(library: Library, engine: eng.Engine, doc_id: int, question: str, reread
     messages = build_prompt(info, doc_text, question, cites if reread else [], history, st.window_tokens * 4)
     answer = []
     try:
-        for piece in engine.generate(messages, memory, max_new_tokens=max_new_tokens):
+        for piece in engine.generate(messages, memory, max_new_tokens=max_new_tokens, repetition_penalty=1.15):
             if cancel is not None and cancel.is_set():
                 break
             answer.append(piece)

@@ -49,9 +49,10 @@ def _split_long(text: str, a: int, b: int):
 
 
 def split_passages(doc: Document) -> list[PassageSpan]:
-    """Consecutive paragraphs grouped up to about TARGET_CHARS; never across a chapter start."""
+    """Consecutive paragraphs grouped up to about TARGET_CHARS; never across a chapter or a page
+    start, so that a citation's chapter and page are those of all its text."""
     text = doc.text
-    chapter_starts = {s.start for s in doc.sections}
+    chapter_starts = {s.start for s in doc.sections} | set(doc.page_starts or ())
     spans: list[tuple[int, int]] = []
     cur: list[int] | None = None
     for pa, pb in _paragraphs(text):

@@ -21,6 +21,7 @@ from .document import Document
 from .library import Library, LibraryError
 
 ANSWER_TOKENS = 220  # room left in the segment for the prompt's wording and the summary itself
+REPETITION_PENALTY = 1.15  # SmolLM2-135M loops on phrases without it
 
 
 @dataclass
@@ -68,9 +69,9 @@ def _parts(engine: eng.Engine, text: str, budget: int) -> list[str]:
     return parts
 
 
-def _generate(engine, memory, messages, cancel, stream: bool, section_idx) -> Iterator[SummaryEvent | str]:
+def _generate(engine, memory, messages, cancel, stream: bool, section_idx, max_new) -> Iterator[SummaryEvent | str]:
     out = []
-    for piece in engine.generate(messages, memory, max_new_tokens=ANSWER_TOKENS):
+    for piece in engine.generate(messages, memory, max_new_tokens=max_new, repetition_penalty=REPETITION_PENALTY):
         if cancel is not None and cancel.is_set():
             return
         out.append(piece)
@@ -79,15 +80,20 @@ def _generate(engine, memory, messages, cancel, stream: bool, section_idx) -> It
     yield "".join(out).strip()
 
 
-def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, section_idx) -> Iterator:
+def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, section_idx, max_new: int,
+                    depth: int = 0) -> Iterator:
     """Events for the final text's tokens; the last item is the summary string."""
-    budget = engine.config.segment_length - ANSWER_TOKENS - 150
+    # What fits in one segment beside the instructions and the answer (a floor for short-segment models,
+    # whose prompt then spills over into the memory).
+    budget = max(engine.config.segment_length - max_new - 150, 256)
     parts = _parts(engine, text, budget)
+    if depth >= 2:  # summaries of summaries still too long: keep what fits
+        parts = parts[:1]
     system = {"role": "system", "content": f"You summarise the book “{title}” for a reader."}
     if len(parts) == 1:
         msgs = [system, {"role": "user", "content": f"{what}:\n\n{parts[0]}\n\nSummarise {what.lower()} "
                                                     "in a few sentences: who does what, and what happens."}]
-        yield from _generate(engine, memory, msgs, cancel, True, section_idx)
+        yield from _generate(engine, memory, msgs, cancel, True, section_idx, max_new)
         return
     notes = []
     for i, part in enumerate(parts, 1):
@@ -95,7 +101,7 @@ def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, se
         msgs = [system, {"role": "user", "content": f"Part {i} of {what.lower()}:\n\n{part}\n\n"
                                                     "Summarise this part in three sentences."}]
         result = None
-        for ev in _generate(engine, memory, msgs, cancel, False, section_idx):
+        for ev in _generate(engine, memory, msgs, cancel, False, section_idx, max_new):
             result = ev
         if result is None:  # cancelled
             return
@@ -103,16 +109,17 @@ def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, se
     yield SummaryEvent("status", "merging the parts", section_idx)
     joined = "\n\n".join(f"Part {i}: {n}" for i, n in enumerate(notes, 1))
     if len(engine.tokenizer.encode(joined, add_special_tokens=False).ids) > budget:  # summarise the summaries
-        yield from _summarize_text(engine, memory, title, what, joined, cancel, section_idx)
+        yield from _summarize_text(engine, memory, title, what, joined, cancel, section_idx, max_new, depth + 1)
         return
     msgs = [system, {"role": "user", "content": f"Summaries of the consecutive parts of {what.lower()}:\n\n"
                                                 f"{joined}\n\nWrite one summary of {what.lower()} in a few "
                                                 "sentences, in the order things happen."}]
-    yield from _generate(engine, memory, msgs, cancel, True, section_idx)
+    yield from _generate(engine, memory, msgs, cancel, True, section_idx, max_new)
 
 
 def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: int | None = None,
-              redo: bool = False, cancel: threading.Event | None = None) -> Iterator[SummaryEvent]:
+              redo: bool = False, cancel: threading.Event | None = None,
+              max_new_tokens: int = ANSWER_TOKENS) -> Iterator[SummaryEvent]:
     """A chapter's summary (section_idx) or the whole book's (None), streamed, then stored."""
     try:
         stored = stored_summaries(library, doc_id, engine.fingerprint)
@@ -136,7 +143,7 @@ def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: in
             if i not in stored or redo:
                 yield SummaryEvent("status", f"summarising chapter {i + 1} of {len(doc.sections)}", None)
                 result = None
-                for ev in summarize(library, engine, doc_id, i, redo, cancel):
+                for ev in summarize(library, engine, doc_id, i, redo, cancel, max_new_tokens):
                     if ev.kind == "error":
                         yield SummaryEvent("error", ev.text, None)
                         return
@@ -151,7 +158,7 @@ def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: in
         what, text = "The whole text", doc.text
 
     summary = None
-    for ev in _summarize_text(engine, memory, doc.title, what, text, cancel, section_idx):
+    for ev in _summarize_text(engine, memory, doc.title, what, text, cancel, section_idx, max_new_tokens):
         if isinstance(ev, str):
             summary = ev
         else:

@@ -1,0 +1,148 @@
+"""Answers with citations, the stored chat, summaries: real library, real readers, small models."""
+
+import threading
+
+import pymupdf
+import pytest
+import torch
+
+import engine
+from app.core.answers import RetrievalSettings, ask, chat_history, find_passages
+from app.core.ingest import ingest_file
+from app.core.library import Library
+from app.core.summaries import stored_summaries, summarize
+
+WORDS = ("river stone window garden letter candle market winter harbour bridge lantern orchard meadow "
+         "carriage violin kettle ladder blanket chimney compass").split()
+
+
+def filler(i: int) -> str:
+    w = WORDS
+    return (f"The {w[i % 20]} near the {w[(i * 7) % 20]} was quiet, and the {w[(i * 3) % 20]} "
+            f"waited by the {w[(i * 11) % 20]} until evening came.")
+
+
+@pytest.fixture(scope="module")
+def keyword_reader(builtin_tokenizer_engine):
+    """A tiny model built so that its keys and queries are the token's own sparse pattern in
+    every layer: σ(q)·z_j then measures how many of the question's tokens segment j holds.
+    (Attention and MLP outputs are zero, so every layer sees the embeddings.)"""
+    b = builtin_tokenizer_engine
+    cfg = engine.InfiniConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                              head_dim=64, intermediate_size=64, segment_length=64, memory_update="linear")
+    model = engine.build_model(cfg, seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        emb = torch.full((cfg.vocab_size, 64), -3.0)
+        active = torch.rand(cfg.vocab_size, 64, generator=g).argsort(dim=1)[:, :4]
+        emb.scatter_(1, active, 3.0)
+        model.model.embed_tokens.weight.copy_(emb)
+        for layer in model.model.layers:
+            layer.input_layernorm.weight.fill_(1.0)
+            a = layer.self_attn
+            eye = torch.eye(64) * 3.0
+            a.q_proj.weight.copy_(torch.cat([eye, eye]))
+            a.k_proj.weight.copy_(eye)
+            a.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return engine.Engine(model, b.tokenizer, "keyword", b.tokenizer_json, b.chat)
+
+
+def make_pdf(path, fact_page: int, fact: str, pages: int = 12):
+    doc = pymupdf.open()
+    toc = []
+    for p in range(pages):
+        page = doc.new_page()
+        y = 72
+        if p % 4 == 0:
+            title = f"Chapter {p // 4 + 1}: Part {p // 4 + 1}"
+            page.insert_text((72, y), title, fontsize=16)
+            toc.append([1, title, p + 1])
+            y += 30
+        sentences = [filler(p * 10 + i) for i in range(9)]
+        if p == fact_page:
+            sentences.insert(4, fact)
+        for s in sentences:
+            page.insert_textbox(pymupdf.Rect(72, y, 520, y + 60), s, fontsize=11)
+            y += 60
+    doc.set_toc(toc)
+    doc.save(path)
+    return path
+
+
+def test_memory_attribution_finds_the_segment_that_holds_the_fact(keyword_reader, library, tmp_path):
+    fact = "Zebedee Quokka keeps seventeen marmalade zeppelins in the lighthouse cellar."
+    book = make_pdf(tmp_path / "book.pdf", fact_page=7, fact=fact)
+    *_, last = ingest_file(library, keyword_reader, book)
+    assert last.phase == "ready" and last.segments_total > 10
+    doc = library.document(last.document_id)
+    at = doc.text.index("Zebedee")
+    mem_cites = find_passages(library, keyword_reader, last.document_id,
+                              "How many marmalade zeppelins does Zebedee Quokka keep?", RetrievalSettings(mode="memory"))
+    assert mem_cites[0].segment_idx is not None
+    # the top passage lies in the segment that holds the fact
+    sid = library.snapshot_id(last.document_id, keyword_reader.fingerprint)
+    import sqlite3
+
+    spans = sqlite3.connect(library.url.removeprefix("sqlite:///")).execute(
+        "select idx, char_start, char_end from segments where snapshot_id = ? order by idx", (sid,)).fetchall()
+    fact_seg = next(i for i, a, b in spans if a <= at < b)
+    assert mem_cites[0].segment_idx == fact_seg
+
+
+def test_citations_carry_the_chapter_and_page_of_the_library(tiny_reader, library, tmp_path):
+    fact = "The harbourmaster Octavia Plimsoll painted the lighthouse crimson in the spring."
+    book = make_pdf(tmp_path / "harbour.pdf", fact_page=6, fact=fact)
+    *_, last = ingest_file(library, tiny_reader, book)
+    doc_id = last.document_id
+    events = list(ask(library, tiny_reader, doc_id, "What colour did Octavia Plimsoll paint the lighthouse?",
+                      max_new_tokens=12, settings=RetrievalSettings(mode="bm25")))
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "citations" and kinds[-1] == "done" and "token" in kinds
+    top = events[0].citations[0]
+    assert "Octavia Plimsoll" in top.passage
+    doc = library.document(doc_id)
+    assert top.page == 7 == doc.page_at(top.char_start)  # pages are 1-based: page index 6
+    assert top.section_idx == 1 and top.chapter == doc.sections[1].title and "Part 2" in top.chapter
+    assert events[-1].text == "".join(e.text for e in events if e.kind == "token").strip()
+    # a follow-up sees the first turn; both are stored with their citations, and survive a restart
+    list(ask(library, tiny_reader, doc_id, "And in which season?", max_new_tokens=5,
+             settings=RetrievalSettings(mode="bm25")))
+    again = Library(library.url)
+    hist = chat_history(again, doc_id)
+    assert [m.role for m in hist] == ["user", "assistant", "user", "assistant"]
+    assert hist[0].content.startswith("What colour") and hist[1].citations[0].page == 7
+    assert hist[1].citations[0].passage == top.passage
+
+
+def test_asking_with_another_models_memory_is_refused(tiny_reader, library, tmp_path):
+    book = make_pdf(tmp_path / "b.pdf", fact_page=1, fact="A fact.")
+    *_, last = ingest_file(library, tiny_reader, book)
+    other = engine.Engine(engine.build_model(tiny_reader.config, seed=5), tiny_reader.tokenizer, "other",
+                          tiny_reader.tokenizer_json, tiny_reader.chat)
+    (ev,) = list(ask(library, other, last.document_id, "Anything?"))
+    assert ev.kind == "error" and "different model" in ev.text and "read it again" in ev.text
+
+
+def test_summaries_stream_are_stored_and_come_back_at_once(tiny_reader, library, tmp_path):
+    book = make_pdf(tmp_path / "s.pdf", fact_page=1, fact="A fact.", pages=8)
+    *_, last = ingest_file(library, tiny_reader, book)
+    doc_id = last.document_id
+    events = list(summarize(library, tiny_reader, doc_id, 0, max_new_tokens=12))
+    assert "token" in [e.kind for e in events] and events[-1].kind == "done" and events[-1].section_idx == 0
+    whole = list(summarize(library, tiny_reader, doc_id, None, max_new_tokens=12))
+    assert whole[-1].kind == "done" and whole[-1].section_idx is None
+    stored = stored_summaries(Library(library.url), doc_id, tiny_reader.fingerprint)
+    assert set(stored) == {0, 1, None} and stored[0] == events[-1].text
+
+    class NoModel:  # a stored summary must not touch the model
+        fingerprint = tiny_reader.fingerprint
+
+        def generate(self, *a, **k):
+            raise AssertionError("the model was called")
+
+    assert [e.kind for e in summarize(library, NoModel(), doc_id, 0)] == ["done"]
+    cancel = threading.Event()
+    cancel.set()
+    assert [e.kind for e in summarize(library, tiny_reader, doc_id, 1, redo=True, cancel=cancel)
+            if e.kind == "done"] == []
