@@ -61,7 +61,10 @@ def inputs(s: Shape, batch: int, device: str, dtype: torch.dtype, grad: bool):
     inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
     e = torch.outer(torch.arange(T).float(), inv).repeat(1, 2)
     cos, sin = e.cos().to(device, dtype), e.sin().to(device, dtype)
-    return dict(q=r(B, H, T, D), k=r(B, Hkv, T, D), v=r(B, Hkv, T, D), M=M, z=z, beta=r(H, dt=torch.float32), cos=cos, sin=sin)
+    return {
+        "q": r(B, H, T, D), "k": r(B, Hkv, T, D), "v": r(B, Hkv, T, D), "M": M, "z": z,
+        "beta": r(H, dt=torch.float32), "cos": cos, "sin": sin,
+    }
 
 
 def sdpa_only(x, rule):
@@ -88,7 +91,8 @@ def triton_path(x, rule):
     q, k, v, M, z, beta, cos, sin = (x[n] for n in ("q", "k", "v", "M", "z", "beta", "cos", "sin"))
     k_r = naive.apply_rotary(k, cos, sin)
     if q.requires_grad:
-        return (InfiniAttentionFunction.apply(q, k_r, v, M, z, beta, cos, sin, 0), *MemoryUpdateFunction.apply(k, v, M, z, rule))
+        a = InfiniAttentionFunction.apply(q, k_r, v, M, z, beta, cos, sin, 0)
+        return (a, *MemoryUpdateFunction.apply(k, v, M, z, rule))
     return (infini_attention_fwd(q, k_r, v, M, z, beta, cos, sin), *memory_update_fwd(k, v, M, z, rule))
 
 
@@ -173,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"GPU: {torch.cuda.get_device_name()}\n")
     print(f"one layer, one segment of 2048 tokens, batch {args.batch}, bfloat16, memory rule {args.rule}\n")
-    print(f"| {'shape':<24} | {'pass':<7} | {'impl':<8} | {'ms':>9} | {'TFLOP/s':>8} | {'GB/s':>8} | {'× pytorch':>9} |")
+    head = ("shape", 24, "<"), ("pass", 7, "<"), ("impl", 8, "<"), ("ms", 9, ">"), ("TFLOP/s", 8, ">"), ("GB/s", 8, ">")
+    print("| " + " | ".join(f"{n:{a}{w}}" for n, w, a in head) + f" | {'× pytorch':>9} |")
     print(f"|{'-' * 26}|{'-' * 9}|{'-' * 10}|{'-' * 11}|{'-' * 10}|{'-' * 10}|{'-' * 11}|")
     for i in args.shapes.split(","):
         for r in run(SHAPES[int(i)], args.batch, args.rule, device, impls, args.reps):

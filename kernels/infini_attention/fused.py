@@ -241,7 +241,7 @@ def infini_attention_fwd(
         out = new_output(q)
     a_dot = q.new_empty(B, H, T, D) if store_dot else out
     lse = q.new_empty(B, H, T, dtype=torch.float32) if store_dot else out
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)
     _infini_attention_fwd[grid](
         q, k_r, v, cos, sin, M, z, beta, out, a_dot, lse,
         q.stride(0), q.stride(1), q.stride(2),

@@ -76,8 +76,10 @@ def _bwd_dkdv(
         for start_m in range(first, T, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             row_ok = offs_m < T
-            q = tl.load(QR + b * s_qb + h * s_qh + offs_m[:, None] * s_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            q_ptrs = QR + b * s_qb + h * s_qh + offs_m[:, None] * s_qt + offs_d[None, :]
+            do_ptrs = DO + b * s_db + h * s_dh + offs_m[:, None] * s_dt + offs_d[None, :]
+            q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
+            do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
             lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)
             delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
             # transposed scores: (BLOCK_N, BLOCK_M)
@@ -140,7 +142,8 @@ def _bwd_dq(
         ds = p * (dp - delta[:, None])
         dq = mma(ds.to(k.dtype), k, dq, PREC)
     dq *= sm_scale
-    tl.store(DQ + pid_bh.to(tl.int64) * T * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :], dq, mask=row_ok[:, None])
+    dq_ptrs = DQ + pid_bh.to(tl.int64) * T * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(dq_ptrs, dq, mask=row_ok[:, None])
 
 
 def rotary_backward(dq_r: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ def local_attention(q_r: torch.Tensor, k_r: torch.Tensor, v: torch.Tensor, pos0:
 
     q_r (B, H, T, D), k_r/v (B, Hkv, >= pos0+T, D), rotary already applied. Returns float32.
     """
-    B, H, T, D = q_r.shape
+    _, H, T, D = q_r.shape
     Hkv = k_r.shape[1]
     Tk = pos0 + T
     k = k_r[:, :, :Tk].float().repeat_interleave(H // Hkv, dim=1)  # (B, H, Tk, D)

@@ -55,7 +55,8 @@ def _memory_update(
     col_ok = offs_v < DV
 
     if DELTA:
-        Mb = tl.load(M + b * s_mb + hk * s_mh + offs_k[:, None] * s_mk + offs_v[None, :], mask=col_ok[None, :], other=0.0)
+        m_ptrs = M + b * s_mb + hk * s_mh + offs_k[:, None] * s_mk + offs_v[None, :]
+        Mb = tl.load(m_ptrs, mask=col_ok[None, :], other=0.0)  # (Dk, BLOCK_V)
         z = tl.load(Z + b * s_zb + hk * s_zh + offs_k)  # (Dk,)
     acc = tl.zeros([DK, BLOCK_V], dtype=tl.float32)
     acc_z = tl.zeros([DK], dtype=tl.float32)
@@ -64,10 +65,12 @@ def _memory_update(
     for start_t in range(t0, t1, BLOCK_T):
         offs_t = start_t + tl.arange(0, BLOCK_T)
         row_ok = offs_t < t1
-        k = tl.load(K + b * s_kb + hk * s_kh + offs_t[:, None] * s_kt + offs_k[None, :], mask=row_ok[:, None], other=0.0)
+        k_ptrs = K + b * s_kb + hk * s_kh + offs_t[:, None] * s_kt + offs_k[None, :]
+        k = tl.load(k_ptrs, mask=row_ok[:, None], other=0.0)  # (BLOCK_T, Dk)
         # σ(0) = 1, not 0: rows past the end must be zeroed explicitly
         sk = tl.where(row_ok[:, None], sigma(k.to(tl.float32)), 0.0)  # (BLOCK_T, Dk)
-        v = tl.load(V + b * s_vb + hk * s_vh + offs_t[:, None] * s_vt + offs_v[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        v_ptrs = V + b * s_vb + hk * s_vh + offs_t[:, None] * s_vt + offs_v[None, :]
+        v = tl.load(v_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         u = v.to(tl.float32)  # (BLOCK_T, BLOCK_V)
         if DELTA:
             den = tl.sum(sk * z[None, :], 1)  # (BLOCK_T,)
@@ -117,7 +120,7 @@ def memory_update_fwd(
     else:
         dM = k.new_empty(slices, B, Hkv, Dk, Dv, dtype=torch.float32)
         dz = k.new_empty(slices, B, Hkv, Dk, dtype=torch.float32)
-    grid = lambda meta: (B * Hkv, triton.cdiv(Dv, meta["BLOCK_V"]), slices)  # noqa: E731
+    grid = lambda meta: (B * Hkv, triton.cdiv(Dv, meta["BLOCK_V"]), slices)
     _memory_update[grid](
         k, v, M, z, dM, dz,
         k.stride(0), k.stride(1), k.stride(2),

@@ -7,7 +7,7 @@ from kernels.decode import naive
 from kernels.decode.fused import decode_fwd
 from kernels.infini_attention.fused import infini_attention_fwd
 
-from .conftest import BOUNDS, DEVICE, poisoned, randn, random_memory, rel_err, rotary
+from .conftest import BOUNDS, poisoned, randn, random_memory, rel_err, rotary
 
 f32, bf16 = torch.float32, torch.bfloat16
 

@@ -66,7 +66,7 @@ def test_saved_local_branch_and_lse(seed):
     """What the backward relies on: a_dot is the local branch alone and lse its log2-sum-exp2."""
     B, H, Hkv, T, D = 1, 6, 2, 70, 64
     q, k, v, M, z, beta, cos, sin = make_inputs(seed, B, H, Hkv, T, D, f32, True)
-    out, a_dot, lse = infini_attention_fwd(q, k, v, M, z, beta, cos, sin, store_dot=True)
+    _, a_dot, lse = infini_attention_fwd(q, k, v, M, z, beta, cos, sin, store_dot=True)
     q_r = naive.apply_rotary(q, cos, sin)
     assert rel_err(a_dot, naive.local_attention(q_r, k, v)) < BOUNDS[f32], f"seed {seed}"
     kk = k.repeat_interleave(H // Hkv, dim=1)

@@ -6,7 +6,7 @@ import torch
 from kernels.memory_update import naive
 from kernels.memory_update.fused import TOKENS_PER_PROGRAM, MemoryUpdateFunction, memory_update_fwd
 
-from .conftest import BOUNDS, DEVICE, GRAD_BOUNDS, poisoned, randn, random_memory, rel_err
+from .conftest import BOUNDS, GRAD_BOUNDS, poisoned, randn, random_memory, rel_err
 
 f32, bf16 = torch.float32, torch.bfloat16
 
