@@ -1,0 +1,196 @@
+"""The evaluation commands end to end on a handful of tiny items, with a tiny random model that has
+the built-in tokenizer: the tables and the JSON have their shape. (The numbers mean nothing here.)"""
+
+import json
+
+import numpy as np
+import pytest
+
+from app.cli import main as cli_main
+from app.evals import common, needle
+from app.evals.__main__ import main
+from engine.attribution import key_mass
+
+from .conftest import SHARED
+
+pytestmark = pytest.mark.skipif(not (SHARED / "data").is_dir(), reason="needs ../shared/data")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tiny_reader, tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-eval-model")
+    tiny_reader.export_hf(d)
+    return d
+
+
+def run_eval(capsys, *argv):
+    code = main([*argv, "--threads", "1"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    return out
+
+
+def table_rows(out: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in out.splitlines()
+        if line.startswith("|") and not line.startswith("| -")
+    ]
+
+
+def test_needle(capsys, tmp_path, tiny_model_dir):
+    out_json = tmp_path / "needle.json"
+    out = run_eval(
+        capsys,
+        "needle",
+        "--model",
+        str(tiny_model_dir),
+        "--lengths",
+        "600,1K",
+        "--n",
+        "2",
+        "--depths",
+        "0.25,0.75",
+        "--max-new-tokens",
+        "4",
+        "--base-tokens",
+        "200",
+        "--out",
+        str(out_json),
+    )
+    assert "**Needle: answers and citations**" in out and "**Needle: memory attribution variants" in out
+    data = json.loads(out_json.read_text())
+    assert [x["length"] for x in data["lengths"]] == [600, 1024]
+    assert len(data["items"]) == 2 * 2 * 2  # lengths × facts × (direct, paraphrase)
+    for it in data["items"]:
+        assert set(it["modes"]) == {"bm25", "memory", "fused"}
+        for m in it["modes"].values():
+            assert {"top1", "top3", "segment_top3", "citations", "answer", "correct"} <= set(m)
+        assert set(it["base"]) == {"answer", "correct", "fact_in_window"}
+        assert "÷ neutral question, all layers" in it["attribution_rank"]
+        segments = next(x["segments"] for x in data["lengths"] if x["length"] == it["length"])
+        assert all(0 <= r < segments for r in it["attribution_rank"].values())
+    rows = table_rows(out)
+    systems = [r[3] for r in rows if r[0] in ("direct", "paraphrase")]
+    assert systems.count("fused") == systems.count("bm25") == systems.count("memory") == 4
+    assert sum(s.startswith("base model, last 200 tokens") for s in systems) == 4
+    assert [t["title"] for t in data["tables"]][:1] == ["Needle: answers and citations"]
+
+
+def test_qa_through_the_cli(capsys, tmp_path, tiny_model_dir):
+    out_json = tmp_path / "qa.json"
+    code = cli_main(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "eval",
+            "qa",
+            "--n",
+            "3",
+            "--per-story",
+            "2",
+            "--max-chars",
+            "2500",
+            "--max-new-tokens",
+            "4",
+            "--base-tokens",
+            "200",
+            "--threads",
+            "1",
+            "--out",
+            str(out_json),
+        ]
+    )
+    out, _ = capsys.readouterr()
+    assert code == 0
+    data = json.loads(out_json.read_text())
+    assert len(data["items"]) == 3 and len(data["stories"]) == 2
+    for it in data["items"]:
+        assert set(it["answers"]) == set(it["rougeL"]) == {"fused", "bm25", "memory-only", "base"}
+        assert it["references"] and all(0.0 <= v <= 1.0 for v in it["rougeL"].values())
+    rows = table_rows(out)
+    assert rows[0] == ["system", "n", "ROUGE-L"] and len(rows) == 5
+
+
+def test_summary(capsys, tmp_path, tiny_model_dir):
+    out_json = tmp_path / "summary.json"
+    out = run_eval(
+        capsys,
+        "summary",
+        "--model",
+        str(tiny_model_dir),
+        "--n",
+        "2",
+        "--segment-length",
+        "1024",
+        "--max-chars",
+        "1500",
+        "--base-tokens",
+        "200",
+        "--out",
+        str(out_json),
+    )
+    data = json.loads(out_json.read_text())
+    assert len(data["items"]) == 2
+    for it in data["items"]:
+        assert set(it["summaries"]) == {"pipeline", "lead", "base"}
+        assert set(it["rouge"]["lead"]) == {"rouge1", "rouge2", "rougeL"}
+    rows = table_rows(out)
+    assert rows[0] == ["system", "n", "ROUGE-1", "ROUGE-2", "ROUGE-L", "words"] and len(rows) == 4
+
+
+# ---- the parts ----
+
+
+def test_planted_facts_sit_at_their_depths(builtin_tokenizer_engine):
+    e = builtin_tokenizer_engine
+    text = " ".join(f"Sentence number {i} is here." for i in range(400))
+    facts = needle.FACTS[:3]
+    planted = needle.plant(e, text, facts, [0.1, 0.5, 0.9])
+    where = [planted.find(f.text) / len(planted) for f in facts]
+    assert all(w > 0 for w in where) and where == sorted(where)
+    assert np.allclose(where, [0.1, 0.5, 0.9], atol=0.03)
+    assert len(planted) == len(text) + sum(len(f.text) + 1 for f in facts)  # inserted, nothing lost
+
+
+def test_key_word_match():
+    assert common.has_key("It is Cardamom, I think.", "cardamom")
+    assert common.has_key("tins of peppermints", "peppermint")
+    assert not common.has_key("the willowy girl", "willow")
+
+
+def test_shared_prefix_answers_equal_plain_generation(tiny_reader):
+    base = common.base_engine(tiny_reader, window=512)
+    text = "The lighthouse keeper counted the ships. " * 20
+    prompts = [[{"role": "user", "content": f"{text}\n\nQuestion: {q}"}] for q in ("Who?", "How many ships?")]
+    got = common.answers_sharing_prefix(base, prompts, max_new_tokens=6)
+    want = ["".join(base.generate(p, None, max_new_tokens=6)).strip() for p in prompts]
+    assert got == want
+    for layer in base.model.model.layers:  # the memory is shut
+        assert float(layer.self_attn.memory_gate.detach().max()) == -100.0
+
+
+def test_key_sums_per_head_average_to_the_stored_summaries(tiny_reader):
+    ids = np.arange(200) % 5000 + 100
+    stored = []
+    with common.key_sums_per_head(tiny_reader) as per_head:
+        tiny_reader.ingest(ids, tiny_reader.new_memory(), on_segment=lambda i, s: stored.append(s.numpy()))
+    assert len(per_head) == len(stored) == 4  # 200 tokens in segments of 64
+    for whole, avg in zip(per_head, stored):
+        assert whole.shape == (2, 2, 16)  # (layers, kv heads, D)
+        assert np.allclose(whole.mean(axis=1), avg, rtol=1e-5)
+    assert "segment" not in vars(tiny_reader.model)  # the spy is gone
+
+
+def test_key_mass_maps_query_heads_to_their_kv_heads():
+    rng = np.random.default_rng(0)
+    q = rng.random((2, 4, 3))  # (layers, H=4, D)
+    z = rng.random((5, 2, 2, 3))  # (segments, layers, Hkv=2, D)
+    tokens = np.array([1, 2, 3, 4, 5])
+    mass = key_mass(q, z, tokens)
+    assert mass.shape == (5, 2, 4)
+    assert np.isclose(mass[3, 1, 2], q[1, 2] @ z[3, 1, 1] / 4)  # query head 2 reads kv head 1
+    flat = key_mass(q.mean(1), z.mean(2), tokens)
+    assert flat.shape == (5, 2) and np.isclose(flat[0, 0], q[0].mean(0) @ z[0, 0].mean(0))
