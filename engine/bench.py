@@ -1,9 +1,11 @@
 """Speed and memory of the engine, printed as markdown tables.
 
     python -m engine.bench                                   # random SmolLM2-135M-shaped model, 8K/32K/128K
-    python -m engine.bench --sections random,builtin,peers --out docs/bench.md
-    python -m engine.bench --quick                           # a smoke run of a few seconds
-    python -m engine.bench --profile 2                       # where the time of 2 segments goes
+    python -m engine.bench --sections random,builtin,peers   # + the built-in model, and peers at 8K
+    python -m engine.bench --quick --out /tmp/bench.md       # a smoke run of a few seconds
+    python -m engine.bench --profile 3 --profile-ops 40      # where the time of 3 segments goes
+
+Results and how to read them: docs/performance.md.
 
 Sections: `random` (a random model of the default `InfiniConfig` shape: the SmolLM2-135M one),
 `builtin` (the built-in model: ingest, time to first token, decode) and `peers` (Hugging Face
@@ -456,7 +458,7 @@ def _shape(cfg: InfiniConfig) -> str:
 
 
 def peak_section(opts: Options) -> tuple[list[Table], float]:
-    """The matmul rates of this machine, and the bf16 peak that 'MFU vs best peak' divides by: the
+    """The matmul rates of this machine, and the bf16 peak that the pessimistic MFU divides by: the
     best bf16 rate seen, square products or the layer's own shapes (whichever runs faster here)."""
     cfg = opts.cfg or InfiniConfig()
     opts.log("measuring matmul rates…")
