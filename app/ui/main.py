@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.excepthook = _excepthook(weakref.ref(window))
     window.show()
-    return app.exec()
+    code = app.exec()
+    window.queue.stop()
+    window.tasks.cancel_all()
+    window.tasks.wait_all()  # a thread must not outlive the application (the reading stores its place)
+    return code
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ class MainWindow(QMainWindow):
         self._select_when_listed: int | None = None
         self._after_idle: list[Callable[[], None]] = []
         self._boxes: list[QMessageBox] = []
+        self._closing = self._close_when_idle = False
 
         self.tasks = Tasks(self)
         self.queue = ReadingQueue(self.tasks, self)
@@ -128,6 +129,7 @@ class MainWindow(QMainWindow):
         drops = _FileDrops(self)
         for w in (self.chat.transcript, self.chat.question, self.summary.text, self.reading.text):
             w.viewport().installEventFilter(drops)
+        self.library_pane.search.installEventFilter(drops)
         apply_theme(self.settings.theme)
 
         self.open_library()
@@ -542,10 +544,21 @@ class MainWindow(QMainWindow):
             self.open_files(files)
 
     def closeEvent(self, event):
-        self.save_settings()
-        self.queue.stop()  # the reading so far is stored; it resumes next time
-        self.stop_work()
-        for box in self._boxes:
-            box.close()
-        self.tasks.shutdown()
+        if not self._closing:
+            self._closing = True
+            self.save_settings()
+            self.queue.stop()  # the reading so far is stored; Resume continues it next time
+            self.stop_work()
+            self.tasks.cancel_all()
+            for box in list(self._boxes):
+                box.close()
+        if self.tasks.busy:
+            # The segment being read (a second or two) is finished and stored before the end:
+            # out of sight, without freezing the window.
+            event.ignore()
+            self.hide()
+            if not self._close_when_idle:
+                self._close_when_idle = True
+                self.tasks.idle.connect(self.close)
+            return
         super().closeEvent(event)

@@ -89,8 +89,11 @@ class Tasks(QObject):
     """The window's background work: keeps each worker alive until its thread has ended.
 
     `run(make, ...)` streams a generator; `call(fn, ...)` runs one function and hands its result
-    back. Callbacks always run on the GUI thread, in the order the worker produced them.
+    back. Callbacks always run on the GUI thread, in the order the worker produced them. `idle` is
+    emitted when the last worker has ended.
     """
+
+    idle = Signal()
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -124,19 +127,19 @@ class Tasks(QObject):
     def _forget(self, w: GeneratorWorker) -> None:
         w.wait()
         self._live.pop(w, None)
+        if not self._live:
+            self.idle.emit()
+
+    def cancel_all(self) -> None:
+        for w in list(self._live):
+            w.cancel()
 
     @property
     def busy(self) -> bool:
         return bool(self._live)
 
-    def shutdown(self, ms: int = 15000) -> None:
-        """Ask every worker to stop and wait for them (closing the window). Callbacks still queued
-        are dropped: the relays go with the workers."""
+    def wait_all(self, ms: int = 120000) -> None:
+        """Block until every worker has ended (at exit, after asking them to stop)."""
         for w in list(self._live):
-            w.cancel()
-        for w, relay in list(self._live.items()):
-            if w.wait(ms):
-                relay.on_item = relay.on_done = relay.on_error = None
-                self._live.pop(w, None)
-            else:
-                log.warning("a background task did not stop within %d ms", ms)
+            if not w.wait(ms):
+                log.warning("a background task did not end within %d ms", ms)

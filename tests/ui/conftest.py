@@ -39,6 +39,19 @@ def user_dirs(tmp_path, monkeypatch):
     monkeypatch.delenv("INFINI_DATA_DIR", raising=False)
 
 
+def add_window(qtbot, window):
+    """Register a window with qtbot; before it is closed and deleted, its work ends (a thread must
+    not outlive its window)."""
+
+    def finish(w):
+        w.queue.stop()
+        w.stop_work()
+        qtbot.waitUntil(lambda: not w.tasks.busy, timeout=60000)
+
+    qtbot.addWidget(window, before_close_func=finish)
+    return window
+
+
 @pytest.fixture(autouse=True)
 def no_modal_dialogs(monkeypatch):
     """A modal dialog would wait for a click that never comes: answer the questions, record the rest."""

@@ -9,6 +9,8 @@ from PySide6.QtWidgets import QApplication
 
 from app.ui import main as entry
 
+from .conftest import add_window
+
 
 def test_help_names_the_files_and_options(capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -21,9 +23,20 @@ def test_help_names_the_files_and_options(capsys):
 def test_files_model_and_library_from_the_command_line(qtbot, tmp_path, monkeypatch):
     made = {}
 
+    class Idle:
+        def stop(self):
+            made["stopped"] = True
+
+        def cancel_all(self):
+            pass
+
+        def wait_all(self):
+            made["waited"] = True
+
     class Window:
         def __init__(self, **kw):
             made.update(kw)
+            self.queue = self.tasks = Idle()
 
         def show(self):
             made["shown"] = True
@@ -42,7 +55,7 @@ def test_files_model_and_library_from_the_command_line(qtbot, tmp_path, monkeypa
         for h in set(logging.getLogger().handlers) - set(handlers):
             logging.getLogger().removeHandler(h)
             h.close()
-    assert code == 0 and made["shown"]
+    assert code == 0 and made["shown"] and made["stopped"] and made["waited"]
     assert made["files"] == ["a.epub", "b.pdf"] and made["data_dir"] == str(tmp_path / "lib")
     assert (made["settings"].model, made["settings"].device) == ("/m/x.gguf", "cpu")
     assert (tmp_path / "logs" / "infini-reader.log").exists()  # INFINI_LOG_DIR (conftest)
@@ -52,7 +65,7 @@ def test_an_unexpected_error_is_shown_and_logged(qtbot, tmp_path, tiny_reader, c
     from app.ui.main_window import MainWindow
 
     window = MainWindow(lambda choice: tiny_reader, data_dir=tmp_path / "data")
-    qtbot.addWidget(window)
+    add_window(qtbot, window)
     hook = entry._excepthook(weakref.ref(window))
     try:
         raise ValueError("a page with no text")

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QApplication
 from app.core import ingest
 from app.ui.main_window import MainWindow
 
-from .conftest import make_epub
+from .conftest import add_window, make_epub
 
 WAIT = 30000
 
@@ -32,7 +32,7 @@ def drop(widget, *files: Path) -> None:
 
 def open_window(qtbot, tmp_path, engine_, **kw) -> MainWindow:
     window = MainWindow(lambda choice: engine_, data_dir=tmp_path / "data", **kw)
-    qtbot.addWidget(window)
+    add_window(qtbot, window)
     window.show()
     qtbot.waitUntil(lambda: window.engine is not None and window.library is not None, timeout=WAIT)
     return window
@@ -207,7 +207,9 @@ def test_a_broken_file_shows_its_reason_while_another_is_read(qtbot, tmp_path, t
     broken.write_bytes(b"PK\x03\x04 this is not really a zip archive" * 20)
     good = make_epub(tmp_path / "good.epub", title="A Good Book")
     window = open_window(qtbot, tmp_path, tiny_reader)
-    drop(window, broken, good)
+    drop(window, broken)
+    drop(window.chat.question.viewport(), good)  # on the question box: a book to read, not text to type
+    assert window.chat.question.toPlainText() == ""
     wait_ready(qtbot, window, "A Good Book")
     failed = rows(window)["broken.epub"]
     assert failed.status == "failed" and failed.error
@@ -381,7 +383,7 @@ def test_settings_are_kept_and_applied(qtbot, tmp_path, tiny_reader):
         return tiny_reader
 
     window = MainWindow(load, data_dir=tmp_path / "data")
-    qtbot.addWidget(window)
+    add_window(qtbot, window)
     qtbot.waitUntil(lambda: window.engine is not None, timeout=WAIT)
     assert asked == [("builtin", "auto")] and window.model_label.text().startswith("tiny · CPU")
 
@@ -408,7 +410,7 @@ def test_a_model_that_fails_to_load_is_reported(qtbot, tmp_path):
         raise ValueError("model.gguf: not a GGUF file")
 
     window = MainWindow(broken, data_dir=tmp_path / "data")
-    qtbot.addWidget(window)
+    add_window(qtbot, window)
     window.show()
     qtbot.waitUntil(lambda: "not a GGUF file" in window.last_error, timeout=WAIT)
     assert window.model_label.text() == "No model" and not window.chat.send.isEnabled()
