@@ -30,6 +30,8 @@ def main() -> int:
     p.add_argument("--book", default=str(FIXTURES / "omni-alice-in-wonderland.epub"))
     p.add_argument("--second", default=str(FIXTURES / "alice.pdf"), help="a book shown stopped mid-reading")
     p.add_argument("--chapter", type=int, default=1, help="the chapter to summarise (1-based)")
+    p.add_argument("--data-dir", help="the library to use (default: a new temporary one); a run that was "
+                   "stopped goes on where it was")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,7 +47,8 @@ def main() -> int:
 
     app = QApplication([sys.argv[0]])
     app.setApplicationName("Infini Reader")
-    window = MainWindow(lambda choice: load_engine(ModelChoice("builtin", "cpu")), data_dir=tmp / "data")
+    data = Path(args.data_dir) if args.data_dir else tmp / "data"
+    window = MainWindow(lambda choice: load_engine(ModelChoice("builtin", "cpu")), data_dir=data)
     window.resize(1440, 900)
     window.show()
 
@@ -64,7 +67,7 @@ def main() -> int:
             time.sleep(0.05)
         path = out / name
         window.grab().save(str(path))
-        print("saved", path)
+        print("saved", path, flush=True)
 
     def row(title_start: str):
         return next((r for r in window.library_pane.model.rows if r.title.startswith(title_start)), None)
@@ -75,14 +78,14 @@ def main() -> int:
     t0 = time.monotonic()
     window.open_files([args.book, str(broken)])
     spin(lambda: not window.queue.running and row("Alice") is not None and row("Alice").status == "ready",
-         1800, "the book to be read")
-    print(f"read the book in {time.monotonic() - t0:.0f} s")
+         7200, "the book to be read")
+    print(f"read the book in {time.monotonic() - t0:.0f} s", flush=True)
 
     # A second book, stopped part way, so that the library shows every kind of state.
-    if Path(args.second).exists():
+    if Path(args.second).exists() and not any(r.status == "cancelled" for r in window.library_pane.model.rows):
         window.open_files([args.second])
         spin(lambda: window.queue.running and (r := window.library_pane.model.row_of(window.queue.current_doc or -1))
-             is not None and r.percent >= 20, 600, "the second book")
+             is not None and r.percent > 0, 900, "the second book")
         window.queue.stop()
         spin(lambda: not window.queue.running, 120, "the reading to stop")
         window.refresh()
@@ -92,11 +95,20 @@ def main() -> int:
     spin(lambda: window.chat.send.isEnabled(), 60, "the chat")
     shot("library.png")
 
+    from app.core.answers import clear_chat
+
+    clear_chat(window.library, row("Alice").doc_id)  # a run that goes on starts its chat afresh
+    window.chat.chats.clear()
+    window.chat.set_document(None)
+    window.library_pane.select(row("Alice").doc_id)
+    window._current_changed(window.library_pane.current())
+    spin(lambda: window.chat.send.isEnabled(), 60, "the chat")
     window.chat.question.setPlainText(QUESTION)
     window.chat.ask()
     spin(lambda: not window.chat.busy, 600, "the answer")
     answer = window.chat.turns[-1]
-    print("answer:", answer.content[:200].replace("\n", " "), "| sources:", [c.where() for c in answer.citations])
+    print("answer:", answer.content[:300].replace("\n", " "), "| sources:", [c.where() for c in answer.citations],
+          flush=True)
     window.chat.transcript.anchorClicked.emit(QUrl(f"cite:{len(window.chat.turns) - 1}/0"))
     spin(lambda: window.reading.passage is not None, 60, "the passage")
     window.chat.question.setPlainText("And what did Alice do then?")
@@ -106,7 +118,7 @@ def main() -> int:
     spin(lambda: window.summary.parts.count() > args.chapter, 60, "the chapters")
     window.summary.parts.setCurrentRow(args.chapter)
     window.summary.summarize()
-    spin(lambda: not window.summary.busy, 900, "the summary")
+    spin(lambda: not window.summary.busy, 1800, "the summary")
     window.summary.parts.setCurrentRow(args.chapter)
     shot("summary.png")
 

@@ -442,3 +442,35 @@ def test_a_reading_cut_short_by_a_crash_shows_as_stopped(qtbot, tmp_path, tiny_r
     window = open_window(qtbot, tmp_path, tiny_reader)
     qtbot.waitUntil(lambda: "The Lighthouse Keeper" in rows(window), timeout=WAIT)
     assert rows(window)["The Lighthouse Keeper"].status == "cancelled"
+
+
+def test_read_a_book_again_with_another_model(qtbot, tmp_path, tiny_reader, builtin_engine, monkeypatch):
+    from PySide6.QtWidgets import QDialog
+
+    from app.ui.main_window import ModelDialog
+
+    from .conftest import tiny_engine
+
+    other = tiny_engine(builtin_engine, seed=2, name="tiny-other")
+    models = {"builtin": tiny_reader, str(tmp_path / "other.gguf"): other}
+    window = MainWindow(lambda choice: models[choice.spec], data_dir=tmp_path / "data")
+    add_window(qtbot, window)
+    qtbot.waitUntil(lambda: window.engine is tiny_reader and window.library is not None, timeout=WAIT)
+    drop(window, make_epub(tmp_path / "keeper.epub"))
+    wait_ready(qtbot, window, "The Lighthouse Keeper")
+
+    def choose(dialog):
+        dialog.model.other.setChecked(True)
+        dialog.model.path.setText(str(tmp_path / "other.gguf"))
+        return QDialog.Accepted
+
+    monkeypatch.setattr(ModelDialog, "exec", choose)
+    window.library_pane.select(rows(window)["The Lighthouse Keeper"].doc_id)
+    qtbot.mouseClick(window.library_pane.reread, Qt.LeftButton)
+    qtbot.waitUntil(lambda: window.engine is other, timeout=WAIT)
+    assert window.model_label.text().startswith("tiny-other")
+    wait_ready(qtbot, window, "The Lighthouse Keeper")
+    doc_id = rows(window)["The Lighthouse Keeper"].doc_id
+    assert window.library.snapshot_id(doc_id, other.fingerprint) is not None  # read by the new model
+    assert window.library.snapshot_id(doc_id, tiny_reader.fingerprint) is not None  # the first reading is kept
+    assert window.settings.model == str(tmp_path / "other.gguf")
