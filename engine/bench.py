@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import subprocess
 import sys
@@ -273,12 +272,11 @@ def child(spec: dict) -> dict:
     t = time.perf_counter()
     job = {"ingest": _child_ingest, "hf": _child_hf, "lucidrains": _child_lucidrains}[spec["job"]]
     run = job(spec)  # loads, returns a function that measures with the given probe
-    out = {"load_seconds": time.perf_counter() - t}
+    out = {"load_seconds": time.perf_counter() - t, "peak_load": _status("VmHWM")}
     probe = Probe()
     probe(0.2 if spec.get("quick") else 0.5)  # wakes the threads and the matmul kernels
     out.update(rss_loaded=_status("VmRSS"), threads=torch.get_num_threads())
     out.update(run(probe))
-    out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return out
 
 
@@ -410,8 +408,8 @@ def measure(spec: dict, opts: Options) -> dict:
 SPEED_COLUMNS = ["tokens", "tokens/s", "tokens/s (median segment)", "tokens/s (best segment)", "seconds",
                  "GFLOP/token", "TFLOP/s", "bf16 rate alongside (TFLOP/s)", "MFU", "MFU (best segment, vs best peak)",
                  "cores busy", "CPU pressure"]
-MEMORY_COLUMNS = ["tokens", "RSS loaded (MiB)", "peak RSS during run (MiB)", "growth (MiB)", "ru_maxrss (MiB)",
-                  "snapshot (KiB)", "full KV cache bf16 (MiB)", "KV cache / snapshot"]
+MEMORY_COLUMNS = ["tokens", "RSS loaded (MiB)", "peak while loading (MiB)", "peak RSS during run (MiB)",
+                  "growth (MiB)", "snapshot (KiB)", "full KV cache bf16 (MiB)", "KV cache / snapshot"]
 
 
 def _speed_row(label: str, n: int, flops: int, r: dict, peak: float, per_piece: int) -> list:
@@ -425,8 +423,9 @@ def _speed_row(label: str, n: int, flops: int, r: dict, peak: float, per_piece: 
 def _memory_row(label: str, cfg: InfiniConfig, n: int, r: dict) -> list:
     kv = kv_cache_bytes(cfg, n)
     snap = r.get("snapshot_bytes")
-    return [label, r["rss_loaded"] / MiB, r["peak_run"] / MiB, (r["peak_run"] - r["rss_loaded"]) / MiB,
-            r["peak_rss"] / MiB, snap / 1024 if snap else "—", kv / MiB, kv / snap if snap else "—"]
+    return [label, r["rss_loaded"] / MiB, r["peak_load"] / MiB, r["peak_run"] / MiB,
+            (r["peak_run"] - r["rss_loaded"]) / MiB, snap / 1024 if snap else "—", kv / MiB,
+            kv / snap if snap else "—"]
 
 
 SPEED_NOTES = [
@@ -444,9 +443,10 @@ SPEED_NOTES = [
     "Elementwise work (norms, rotary, σ, SiLU, gates, casts) is not counted.",
 ]
 MEMORY_NOTES = [
-    "'RSS loaded': VmRSS with the weights loaded. 'peak RSS during run': VmHWM, reset after loading "
-    "(/proc/self/clear_refs), at the end of the run; 'growth' the difference. 'ru_maxrss': the whole "
-    "process's peak, loading included (the float32 weights exist while the model is built).",
+    "'RSS loaded': VmRSS with the weights loaded. 'peak while loading': VmHWM once they are loaded (the "
+    "model is built in float32, then cast). 'peak RSS during run': VmHWM reset after loading and the "
+    "warm-up (/proc/self/clear_refs) and read at the end of the run: this length's own peak; 'growth': "
+    "that minus 'RSS loaded'. (`ru_maxrss` is not used: the reset moves it too.)",
     "Snapshot: `len(memory.to_bytes())` (float32 M and z of every layer, plus header). Full KV cache: "
     "layers × 2 × kv_heads × head_dim × tokens × 2 bytes (bf16).",
 ]
