@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -40,6 +42,24 @@ def _cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+
+
+def tune_allocator() -> None:
+    """Keep freed working buffers in the process on Linux/glibc.
+
+    Each segment allocates and frees tensors of several MB (attention scores, MLP activations).
+    With glibc's defaults they are returned to the OS and faulted in again, millions of page faults
+    per book; measured side by side (docs/performance.md) keeping them gave about +40% ingest speed.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum: blocks below it come from the heap
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):  # another C library: nothing to tune
+        pass
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -258,6 +278,7 @@ def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", **
     A GGUF file is converted once into a float32 Hugging Face folder in the user cache; later loads
     read that folder. `overrides` set config fields such as segment_length or memory_update.
     """
+    tune_allocator()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     path = builtin_path() if str(source) == "builtin" else Path(source)

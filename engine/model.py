@@ -10,6 +10,7 @@ G = H / Hkv, D head dim. Memory tensors are float32 whatever the weights' dtype.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -113,6 +114,12 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos0: int
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
 
+@functools.lru_cache(maxsize=16)
+def _upper_mask(n: int, device: torch.device) -> torch.Tensor:
+    """(n, n) True above the diagonal: the keys a query block may not see in its own block."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+
+
 def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos0: int = 0, block: int = 256) -> torch.Tensor:
     """Causal attention as two batched matrix products per block of queries, all query heads of a
     key/value head stacked into one product, the softmax a single pass. Keys beyond a block's end are
@@ -128,8 +135,7 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos0: i
         n, end = e - s0, pos0 + e
         qb = qs[:, :, :, s0:e].reshape(B, Hkv, G * n, D)  # (B, Hkv, G*n, D)
         scores = (qb @ kT[..., :end]).view(B, Hkv, G, n, end)
-        causal = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
-        scores[..., pos0 + s0 : end].masked_fill_(causal, float("-inf"))
+        scores[..., pos0 + s0 : end].masked_fill_(_upper_mask(n, q.device), float("-inf"))
         p = torch.softmax(scores, dim=-1).view(B, Hkv, G * n, end)
         out[:, :, :, s0:e] = (p @ v[:, :, :end]).view(B, Hkv, G, n, D)
     return out.view(B, H, T, D)
