@@ -280,10 +280,20 @@ def child(spec: dict) -> dict:
     return out
 
 
+def _as_load_model_does() -> None:
+    """The process-wide settings `engine.load_model` makes (a random model is built without it)."""
+    from . import engine as engine_module
+
+    tune = getattr(engine_module, "tune_allocator", None)
+    if tune is not None:
+        tune()
+
+
 def _child_ingest(spec: dict):
     import engine
 
     if spec["model"] == "random":
+        _as_load_model_does()
         cfg = InfiniConfig.from_hf_dict(spec["config"])
         e = engine.Engine(engine.build_model(cfg, dtype=torch.bfloat16, seed=0))
     else:
@@ -580,6 +590,7 @@ def profile(segments: int = 2, cfg: InfiniConfig | None = None, ops: int = 0) ->
     import engine.model as em
 
     cfg = cfg or InfiniConfig()
+    _as_load_model_does()
     e = engine.Engine(engine.build_model(cfg, dtype=torch.bfloat16, seed=0))
     ids = torch.randint(0, cfg.vocab_size, (segments * cfg.segment_length,))
     times: dict[str, float] = {}
