@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
-QUESTION = "What did Alice find written on the little bottle?"
+QUESTION = "What did the drink in the little bottle taste like?"
 
 
 def main() -> int:
@@ -87,7 +87,7 @@ def main() -> int:
         spin(lambda: window.queue.running and (r := window.library_pane.model.row_of(window.queue.current_doc or -1))
              is not None and r.percent > 0, 900, "the second book")
         window.queue.stop()
-        spin(lambda: not window.queue.running, 120, "the reading to stop")
+        spin(lambda: not window.queue.running, 1800, "the reading to stop")
         window.refresh()
         spin(lambda: any(r.status == "cancelled" for r in window.library_pane.model.rows), 30, "the list")
 

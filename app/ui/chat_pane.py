@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 from app.core import answers
 
 from .library_model import Row
-from .transcript import Turn, parse_link, passage_preview, render
+from .transcript import Turn, empty_state, parse_link, passage_preview, render
 from .worker import Tasks
 
 
@@ -137,7 +137,8 @@ class ChatPane(QWidget):
 
     def set_document(self, row: Row | None) -> None:
         """Show a document's chat (loaded once from the library), or nothing."""
-        changed = (row.doc_id if row else None) != (self.row.doc_id if self.row else None)
+        key = lambda r: (r.doc_id, r.status) if r is not None else None  # noqa: E731
+        changed = key(row) != key(self.row)
         self.row = row if row is not None and row.doc_id is not None else None
         if self.row is None:
             self.title.setText("No document open")
@@ -281,7 +282,10 @@ class ChatPane(QWidget):
     def render(self) -> None:
         bar = self.transcript.verticalScrollBar()
         at_end = bar.value() >= bar.maximum() - 4
-        self.transcript.setHtml(render(self.turns, self.palette(), self._cache))
+        if not self.turns and self.row is not None and self.row.status == "ready":
+            self.transcript.setHtml(empty_state(self.row.title, self.palette()))
+        else:
+            self.transcript.setHtml(render(self.turns, self.palette(), self._cache))
         if at_end or self.busy:
             bar.setValue(bar.maximum())
 

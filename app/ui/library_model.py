@@ -34,6 +34,10 @@ class Row:
     error: str = ""
     tokens_per_s: float = 0.0
     eta_s: float | None = None
+    chapters: int = 0
+    seconds: float = 0.0  # reading time so far
+    memory_bytes: int = 0
+    warnings: tuple[str, ...] = ()
 
     @property
     def size(self) -> str:
@@ -62,7 +66,8 @@ def row_from_info(info: DocInfo) -> Row:
         status = "other-model"
     percent = 100 * info.segments_done // info.segments_total if info.segments_total else 0
     return Row(info.id, info.title, info.author or "", info.format, info.path, info.pages, info.tokens, status,
-               percent, info.error or "")
+               percent, info.error or "", chapters=len(info.chapters), seconds=info.seconds,
+               memory_bytes=info.memory_bytes, warnings=tuple(info.warnings))
 
 
 def pending_row(path: str) -> Row:
@@ -70,15 +75,17 @@ def pending_row(path: str) -> Row:
     return Row(None, p.name, "", p.suffix.lstrip(".").lower(), str(p))
 
 
-def format_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
+def format_duration(seconds: float) -> str:
     seconds = int(seconds)
     if seconds < 60:
-        return f"{seconds} s left"
+        return f"{seconds} s"
     if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s left"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min left"
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def format_eta(seconds: float | None) -> str:
+    return "" if seconds is None else f"{format_duration(seconds)} left"
 
 
 class LibraryModel(QAbstractTableModel):

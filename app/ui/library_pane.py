@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from PySide6.QtCore import QItemSelectionModel, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -28,10 +30,32 @@ from .library_model import (
     LibraryModel,
     Row,
     StatusDelegate,
+    format_duration,
     format_eta,
 )
 
 FORMATS = "EPUB, PDF, TXT, Markdown or HTML"
+
+
+def details_html(r: Row) -> str:
+    """What the line under the list says about the selected document."""
+    path = html.escape(r.path)
+    if r.status == "failed":
+        return f"<span style='color:#c0392b'><b>Could not be read:</b> {html.escape(r.error or 'unknown reason')}</span>" \
+               f"<br><span style='color:gray'>{path}</span>"
+    facts = [f"{r.chapters} chapters" if r.chapters else "no chapters found"]
+    if r.pages:
+        facts.append(f"{r.pages:,} pages")
+    if r.tokens:
+        facts.append(f"{r.tokens:,} tokens")
+    if r.status == "ready" and r.seconds:
+        facts.append(f"read in {format_duration(r.seconds)}")
+    if r.memory_bytes:
+        facts.append(f"memory {r.memory_bytes / 2**20:.1f} MiB")
+    out = " · ".join(facts) + f"<br><span style='color:gray'>{path}</span>"
+    for w in r.warnings[:2]:
+        out += f"<br><span style='color:#b9770e'>⚠ {html.escape(w)}</span>"
+    return out
 
 
 class ReadingBar(QFrame):
@@ -106,7 +130,7 @@ class ReadingBar(QFrame):
 class LibraryTable(QTableView):
     """Columns that share the width: the title most, the author next, the rest as much as they need."""
 
-    FIXED = ((2, 56), (3, 88), (4, 116))
+    FIXED = ((2, 54), (3, 104), (4, 116))
 
     def resizeEvent(self, event):
         super().resizeEvent(event)
@@ -167,11 +191,19 @@ class LibraryPane(QWidget):
         self.stack.addWidget(self.empty)
         self.stack.addWidget(self.table)
 
+        self.details = QLabel()
+        self.details.setWordWrap(True)
+        self.details.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.details.hide()
         self.reading = ReadingBar()
         self.add = QPushButton("Add books…")
         self.remove = QPushButton("Remove")
-        self.resume = QPushButton("Resume reading")
-        self.reread = QPushButton("Read with another model…")
+        self.resume = QPushButton("Resume")
+        self.resume.setToolTip("Go on reading the selected documents where they stopped (or try a failed one again)")
+        self.reread = QPushButton("Re-read…")
+        self.reread.setToolTip("Read the selected documents again with another model")
+        self.add.setToolTip("Add EPUB, PDF, TXT, Markdown or HTML files (Ctrl+O); or drop them on the window")
+        self.remove.setToolTip("Remove the selected documents from the library (Delete)")
 
         filters = QHBoxLayout()
         filters.addWidget(self.search, 1)
@@ -180,15 +212,16 @@ class LibraryPane(QWidget):
         for b in (self.add, self.remove, self.resume):
             buttons.addWidget(b)
         buttons.addStretch(1)
+        buttons.addWidget(self.reread)
         box = QVBoxLayout(self)
         box.setContentsMargins(0, 0, 0, 0)
         heading = QLabel("<b>Library</b>")
         box.addWidget(heading)
         box.addLayout(filters)
         box.addWidget(self.stack, 1)
+        box.addWidget(self.details)
         box.addWidget(self.reading)
         box.addLayout(buttons)
-        box.addWidget(self.reread, 0, Qt.AlignLeft)
 
         self.search.textChanged.connect(self.proxy.set_text)
         self.status_filter.currentTextChanged.connect(lambda t: self.proxy.set_statuses(STATUS_FILTERS[t]))
@@ -244,6 +277,10 @@ class LibraryPane(QWidget):
 
     def _update_buttons(self) -> None:
         rows = self.selected()
+        one = rows[0] if len(rows) == 1 and rows[0].doc_id is not None else None
+        self.details.setVisible(one is not None)
+        if one is not None:
+            self.details.setText(details_html(one))
         self.remove.setEnabled(bool(rows))
         self.resume.setEnabled(any(r.status in ("cancelled", "failed", "other-model") and r.doc_id is not None
                                    for r in rows))

@@ -293,13 +293,15 @@ class MainWindow(QMainWindow):
                 self.splitter.setSizes([max(520, w * 2 // 5), w - max(520, w * 2 // 5), 0])
 
     def _show_reading(self) -> None:
+        """Make room for the reading pane, mostly from the chat, keeping the library usable."""
         if self.reading.isVisible():
             return
         self.reading.show()
         a, b, _ = self.splitter.sizes()
-        width = max(380, (a + b) * 3 // 10)
-        take_a = max(0, min(a - 400, width // 3))
-        self.splitter.setSizes([a - take_a, b - (width - take_a), width])
+        width = 420
+        from_chat = min(width, max(0, b - 480))
+        from_library = min(width - from_chat, max(0, a - 400))
+        self.splitter.setSizes([a - from_library, b - from_chat, from_chat + from_library])
 
     def _current_changed(self, row: Row | None) -> None:
         self.chat.set_document(row)

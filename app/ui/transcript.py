@@ -79,6 +79,15 @@ def render(turns: list[Turn], palette: QPalette, cache: dict[str, str]) -> str:
     return "".join(out)
 
 
+def empty_state(title: str, palette: QPalette) -> str:
+    """What an empty chat shows: what to do, and what comes back."""
+    muted = palette.color(QPalette.PlaceholderText).name()
+    return (f"<div style='margin-top:80px' align='center'><p style='font-size:15px'>Ask a question about "
+            f"<b>{html.escape(title)}</b></p><p style='color:{muted}'>The answer comes from the book, with the "
+            "passages it was drawn from.<br>Click a source to read it in its chapter.</p>"
+            f"<p style='color:{muted}'>Enter sends · Shift+Enter starts a new line · Esc stops</p></div>")
+
+
 def parse_link(url: str) -> tuple[str, int, int]:
     """("cite", turn, k) or ("copy", turn, 0); ("", -1, -1) for anything else."""
     m = re.fullmatch(r"(cite|copy):(\d+)(?:/(\d+))?", url)
