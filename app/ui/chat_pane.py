@@ -26,6 +26,10 @@ from .transcript import Turn, empty_state, parse_link, passage_preview, render
 from .worker import Tasks
 
 
+def _key(row: Row | None):
+    return (row.doc_id, row.status) if row is not None else None
+
+
 class QuestionBox(QPlainTextEdit):
     """Enter sends, Shift+Enter starts a new line."""
 
@@ -137,8 +141,7 @@ class ChatPane(QWidget):
 
     def set_document(self, row: Row | None) -> None:
         """Show a document's chat (loaded once from the library), or nothing."""
-        key = lambda r: (r.doc_id, r.status) if r is not None else None  # noqa: E731
-        changed = key(row) != key(self.row)
+        changed = _key(row) != _key(self.row)
         self.row = row if row is not None and row.doc_id is not None else None
         if self.row is None:
             self.title.setText("No document open")
