@@ -229,13 +229,14 @@ def ask_once(
     mode: str = "fused",
     reread: bool = True,
     max_new_tokens: int = 64,
+    **settings,
 ) -> tuple[str, list[Citation]]:
-    """The answer and its citations, asked afresh (no earlier exchange in the prompt)."""
+    """The answer and its citations, asked afresh (no earlier exchange in the prompt). `settings`:
+    RetrievalSettings fields besides the mode (their defaults otherwise)."""
     clear_chat(lib, doc_id)
     answer, cites = "", []
-    for ev in ask(
-        lib, e, doc_id, question, reread=reread, max_new_tokens=max_new_tokens, settings=RetrievalSettings(mode=mode)
-    ):
+    st = RetrievalSettings(mode=mode, **settings)
+    for ev in ask(lib, e, doc_id, question, reread=reread, max_new_tokens=max_new_tokens, settings=st):
         if ev.kind == "error":
             raise RuntimeError(ev.text)
         if ev.kind == "citations":

@@ -291,6 +291,13 @@ def add_arguments(p) -> None:
         default="fused,bm25,memory",
         help="retrieval modes whose answers are generated (all modes' citations are scored)",
     )
+    p.add_argument(
+        "--fused-weights",
+        default="",
+        help="further memory weights of the fused mode whose citations are scored, e.g. 0.1,0.25",
+    )
+    p.add_argument("--passages", type=int, help="passages cited and re-read (default: RetrievalSettings')")
+    p.add_argument("--window-tokens", type=int, help="re-read text around each passage (default: RetrievalSettings')")
     p.add_argument("--no-base", action="store_true", help="skip the base model on the last pages")
     p.add_argument("--base-tokens", type=int, default=BASE_TOKENS, help="text the base model reads (tokens)")
     p.add_argument("--max-new-tokens", type=int, default=40)
@@ -305,7 +312,13 @@ def run(args) -> dict:
     base = None if args.no_base else base_engine(e)
     lengths = [parse_tokens(x) for x in args.lengths.split(",")]
     depths = [float(x) for x in args.depths.split(",")]
-    answer_modes = [m for m in args.answer_modes.split(",") if m]
+    answer_modes = [m for m in args.answer_modes.split(",") if m in MODES]
+    overrides = {k: v for k, v in (("passages", args.passages), ("window_tokens", args.window_tokens)) if v}
+    retrievals = [(m, RetrievalSettings(mode=m, **overrides)) for m in MODES] + [
+        (f"fused w={w}", RetrievalSettings(mode="fused", memory_weight=float(w), **overrides))
+        for w in args.fused_weights.split(",")
+        if w
+    ]
     books = list(read_jsonl(args.books))
     pool = FACTS if args.facts == "generated" else babi_facts(args.babi, 10 * args.n, args.seed)
     nf = np.mean([query_features(e, q) for q in NEUTRAL_QUESTIONS], axis=0)
@@ -313,7 +326,7 @@ def run(args) -> dict:
     result = {
         "command": "needle",
         "settings": {k: v for k, v in vars(args).items() if k != "func"},
-        "retrieval_defaults": asdict(RetrievalSettings()),
+        "retrieval": asdict(RetrievalSettings(**overrides)),
         "lengths": [],
         "items": [],
     }
@@ -354,8 +367,8 @@ def run(args) -> dict:
                         "fact_segment": sorted(segs),
                         "modes": {},
                     }
-                    for mode in MODES:
-                        cites = find_passages(lib, e, doc_id, q, RetrievalSettings(mode=mode))
+                    for mode, st in retrievals:
+                        cites = find_passages(lib, e, doc_id, q, st)
                         cited_segs = [_segments_of(starts, c.char_start, c.char_end) for c in cites]
                         item["modes"][mode] = {
                             "top1": bool(cites) and _holds(cites[0], a, b),
@@ -372,7 +385,9 @@ def run(args) -> dict:
             with cached_generation(e) as cache:
                 for item in items:
                     for mode in answer_modes:
-                        answer, _ = ask_once(lib, e, doc_id, item["question"], mode, True, args.max_new_tokens)
+                        answer, _ = ask_once(
+                            lib, e, doc_id, item["question"], mode, True, args.max_new_tokens, **overrides
+                        )
                         item["modes"][mode].update(answer=answer, correct=has_key(answer, item["key"]))
             info.update(answer_s=time.perf_counter() - t0, generations=cache.misses, cached=cache.hits)
             if base is not None:
@@ -435,7 +450,8 @@ def tables(result: dict, answer_modes: list[str], args) -> list[Table]:
             its = [it for it in items if it["length"] == N and it["kind"] == kind]
             if not its:
                 continue
-            for mode in ("fused", "bm25", "memory"):
+            extra = [m for m in its[0]["modes"] if m not in MODES]  # retrieval only: other fusion weights
+            for mode in ["fused", "bm25", "memory", *extra]:
                 ms = [it["modes"][mode] for it in its]
                 acc = pct(np.mean([m["correct"] for m in ms])) if mode in answer_modes else "–"
                 rows.append(

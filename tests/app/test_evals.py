@@ -40,32 +40,17 @@ def table_rows(out: str) -> list[list[str]]:
 
 def test_needle(capsys, tmp_path, tiny_model_dir):
     out_json = tmp_path / "needle.json"
-    out = run_eval(
-        capsys,
-        "needle",
-        "--model",
-        str(tiny_model_dir),
-        "--lengths",
-        "600,1K",
-        "--n",
-        "2",
-        "--depths",
-        "0.25,0.75",
-        "--max-new-tokens",
-        "4",
-        "--base-tokens",
-        "200",
-        "--out",
-        str(out_json),
-    )
+    argv = "needle --lengths 600,1K --n 2 --depths 0.25,0.75 --fused-weights 0.1 --max-new-tokens 4 --base-tokens 200"
+    out = run_eval(capsys, *argv.split(), "--model", str(tiny_model_dir), "--out", str(out_json))
     assert "**Needle: answers and citations**" in out and "**Needle: memory attribution variants" in out
     data = json.loads(out_json.read_text())
     assert [x["length"] for x in data["lengths"]] == [600, 1024]
     assert len(data["items"]) == 2 * 2 * 2  # lengths × facts × (direct, paraphrase)
     for it in data["items"]:
-        assert set(it["modes"]) == {"bm25", "memory", "fused"}
-        for m in it["modes"].values():
-            assert {"top1", "top3", "segment_top3", "citations", "answer", "correct"} <= set(m)
+        assert set(it["modes"]) == {"bm25", "memory", "fused", "fused w=0.1"}
+        for name, m in it["modes"].items():
+            assert {"top1", "top3", "segment_top3", "citations"} <= set(m)
+            assert ("answer" in m) == (name != "fused w=0.1")  # other weights: citations only
         assert set(it["base"]) == {"answer", "correct", "fact_in_window"}
         assert "÷ neutral question, all layers" in it["attribution_rank"]
         segments = next(x["segments"] for x in data["lengths"] if x["length"] == it["length"])
@@ -73,36 +58,15 @@ def test_needle(capsys, tmp_path, tiny_model_dir):
     rows = table_rows(out)
     systems = [r[3] for r in rows if r[0] in ("direct", "paraphrase")]
     assert systems.count("fused") == systems.count("bm25") == systems.count("memory") == 4
+    assert systems.count("fused w=0.1") == 4
     assert sum(s.startswith("base model, last 200 tokens") for s in systems) == 4
     assert [t["title"] for t in data["tables"]][:1] == ["Needle: answers and citations"]
 
 
 def test_qa_through_the_cli(capsys, tmp_path, tiny_model_dir):
     out_json = tmp_path / "qa.json"
-    code = cli_main(
-        [
-            "--model",
-            str(tiny_model_dir),
-            "--device",
-            "cpu",
-            "eval",
-            "qa",
-            "--n",
-            "3",
-            "--per-story",
-            "2",
-            "--max-chars",
-            "2500",
-            "--max-new-tokens",
-            "4",
-            "--base-tokens",
-            "200",
-            "--threads",
-            "1",
-            "--out",
-            str(out_json),
-        ]
-    )
+    argv = "eval qa --n 3 --per-story 2 --max-chars 2500 --max-new-tokens 4 --base-tokens 200 --threads 1"
+    code = cli_main(["--model", str(tiny_model_dir), "--device", "cpu", *argv.split(), "--out", str(out_json)])
     out, _ = capsys.readouterr()
     assert code == 0
     data = json.loads(out_json.read_text())
@@ -116,22 +80,8 @@ def test_qa_through_the_cli(capsys, tmp_path, tiny_model_dir):
 
 def test_summary(capsys, tmp_path, tiny_model_dir):
     out_json = tmp_path / "summary.json"
-    out = run_eval(
-        capsys,
-        "summary",
-        "--model",
-        str(tiny_model_dir),
-        "--n",
-        "2",
-        "--segment-length",
-        "1024",
-        "--max-chars",
-        "1500",
-        "--base-tokens",
-        "200",
-        "--out",
-        str(out_json),
-    )
+    argv = "summary --n 2 --segment-length 1024 --max-chars 1500 --base-tokens 200"
+    out = run_eval(capsys, *argv.split(), "--model", str(tiny_model_dir), "--out", str(out_json))
     data = json.loads(out_json.read_text())
     assert len(data["items"]) == 2
     for it in data["items"]:
