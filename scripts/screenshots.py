@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 QUESTION = "What did the drink in the little bottle taste like?"
+SHOWN = "cherry-tart"  # the source opened in the reading pane: the one with the answer, when cited
 
 
 def main() -> int:
@@ -109,7 +110,8 @@ def main() -> int:
     answer = window.chat.turns[-1]
     print("answer:", answer.content[:300].replace("\n", " "), "| sources:", [c.where() for c in answer.citations],
           flush=True)
-    window.chat.transcript.anchorClicked.emit(QUrl(f"cite:{len(window.chat.turns) - 1}/0"))
+    k = next((k for k, c in enumerate(answer.citations) if SHOWN in c.passage), 0)
+    window.chat.transcript.anchorClicked.emit(QUrl(f"cite:{len(window.chat.turns) - 1}/{k}"))
     spin(lambda: window.reading.passage is not None, 60, "the passage")
     window.chat.question.setPlainText("And what did Alice do then?")
     shot("chat.png")

@@ -245,7 +245,12 @@ class MainWindow(QMainWindow):
             pane.bind(self.library, None)
         self.queue.bind(self.library, None)
         load = self._load
-        self.tasks.call(lambda: load(choice), self._model_ready, self._model_failed)
+        def make():
+            e = load(choice)
+            e.fingerprint  # hashes the weights once: here, not on the GUI thread  # noqa: B018
+            return e
+
+        self.tasks.call(make, self._model_ready, self._model_failed)
 
     def _model_ready(self, e: engine.Engine) -> None:
         self.engine = e
