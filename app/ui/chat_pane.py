@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtGui import QCursor, QGuiApplication
 from PySide6.QtWidgets import (
     QFrame,
@@ -291,6 +291,11 @@ class ChatPane(QWidget):
             self.transcript.setHtml(render(self.turns, self.palette(), self._cache))
         if at_end or self.busy:
             bar.setValue(bar.maximum())
+
+    def changeEvent(self, event):
+        super().changeEvent(event)
+        if event.type() == QEvent.PaletteChange:  # the theme changed: the transcript's colours follow
+            self.render()
 
     def _link(self, url) -> None:
         kind, i, k = parse_link(url.toString())

@@ -501,7 +501,6 @@ class MainWindow(QMainWindow):
         self.save_settings()
         if new.theme != old.theme:
             apply_theme(new.theme)
-            self.chat.render()
         if new.library_dir != old.library_dir and self._data_dir is None:
             if self.queue.running:
                 self.queue.stop()

@@ -50,7 +50,9 @@ class SummaryPane(QWidget):
         self._status = ""
 
         self.parts = QListWidget()
-        self.parts.setMinimumWidth(160)
+        self.parts.setMinimumWidth(190)
+        self.parts.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.parts.setTextElideMode(Qt.ElideRight)
         self.title = QLabel()
         self.title.setTextFormat(Qt.PlainText)
         self.title.setWordWrap(True)
@@ -80,8 +82,9 @@ class SummaryPane(QWidget):
         split = QSplitter()
         split.addWidget(self.parts)
         split.addWidget(right)
+        split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
-        split.setSizes([200, 500])
+        split.setSizes([220, 500])
         box = QVBoxLayout(self)
         box.addWidget(split)
 
@@ -136,6 +139,7 @@ class SummaryPane(QWidget):
             names = ["The whole book"] + [f"{i + 1}. {t}" for i, t in enumerate(self.chapters.get(doc_id, []))]
             for n, name in enumerate(names):
                 item = QListWidgetItem(name)
+                item.setToolTip(name)
                 item.setData(Qt.UserRole, WHOLE if n == 0 else n - 1)
                 self.parts.addItem(item)
             self._mark()
