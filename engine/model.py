@@ -116,8 +116,12 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos0: int
 
 @functools.lru_cache(maxsize=16)
 def _upper_mask(n: int, device: torch.device) -> torch.Tensor:
-    """(n, n) True above the diagonal: the keys a query block may not see in its own block."""
-    return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+    """(n, n) True above the diagonal: the keys a query block may not see in its own block.
+
+    Made outside inference mode even when first asked for inside it, so that the cached tensor also
+    serves training (an inference tensor cannot take part in autograd)."""
+    with torch.inference_mode(False):
+        return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
 
 
 def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos0: int = 0, block: int = 256) -> torch.Tensor:

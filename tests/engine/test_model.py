@@ -224,3 +224,14 @@ def test_blocked_attention_equals_sdpa(T, pos0, block):
     g_got = torch.autograd.grad((got * w).sum(), (q, k, v))
     for a, b in zip(g_got, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_blocked_attention_trains_after_running_in_inference_mode():
+    from engine.model import blocked_attention
+
+    q, k, v = (torch.randn(1, 2, 300, 8) for _ in range(3))
+    with torch.inference_mode():
+        blocked_attention(q, k, v, 0, block=128)
+    q.requires_grad_(True)
+    blocked_attention(q, k, v, 0, block=128).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
