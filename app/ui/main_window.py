@@ -203,7 +203,7 @@ class MainWindow(QMainWindow):
 
     def show_error(self, title: str, text: str, details: str = "") -> None:
         """A plain message in the window (never blocking the work going on); details go to the log."""
-        log.error("%s: %s%s", title, text, f"\n{details}" if details else "")
+        log.error("%s%s", text, f"\n{details}" if details else "")
         self.last_error = text
         self.say(text)
         box = QMessageBox(QMessageBox.Warning, title, text, QMessageBox.Ok, self)

@@ -50,7 +50,7 @@ class SummaryPane(QWidget):
         self._status = ""
 
         self.parts = QListWidget()
-        self.parts.setMinimumWidth(190)
+        self.parts.setMinimumWidth(150)
         self.parts.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.parts.setTextElideMode(Qt.ElideRight)
         self.title = QLabel()
@@ -63,8 +63,9 @@ class SummaryPane(QWidget):
         self.text.setOpenLinks(False)
         self.make = QPushButton("Summarize")
         self.stop_button = QPushButton("Stop")
-        self.read = QPushButton("Read the chapter")
-        self.export = QPushButton("Export to Markdown…")
+        self.read = QPushButton("Read chapter")
+        self.read.setToolTip("Open the chapter in the reading pane")
+        self.export = QPushButton("Export…")
         self.export.setToolTip("Summaries and chats of this document, as one Markdown file (Ctrl+E)")
 
         right = QWidget()
