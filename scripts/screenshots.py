@@ -119,8 +119,10 @@ def main() -> int:
     window.tabs.setCurrentWidget(window.summary)
     spin(lambda: window.summary.parts.count() > args.chapter, 60, "the chapters")
     window.summary.parts.setCurrentRow(args.chapter)
-    window.summary.summarize()
-    spin(lambda: not window.summary.busy, 1800, "the summary")
+    spin(lambda: window.summary.make.isEnabled(), 60, "the stored summaries")
+    if not window.summary.summary_text(args.chapter - 1):  # a library used before may have it
+        window.summary.summarize()
+        spin(lambda: not window.summary.busy, 1800, "the summary")
     window.summary.parts.setCurrentRow(args.chapter)
     shot("summary.png")
 
