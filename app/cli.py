@@ -244,6 +244,8 @@ def cmd_model_path(ctx: Context, args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from app.core.answers import RetrievalSettings as RetrievalDefaults
+
     p = argparse.ArgumentParser(prog="infini", description="Read whole books with a local Infini-Transformer.")
     p.add_argument("--data-dir", help="the library's folder (default: the user data folder; or $INFINI_DATA_DIR)")
     p.add_argument("--db", help="an SQLAlchemy database URL instead of the SQLite file in the data folder")
@@ -267,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("doc", metavar="DOC")
     c.add_argument("question", metavar="QUESTION")
     c.add_argument("--json", action="store_true")
-    c.add_argument("--retrieval", default="fused", choices=["fused", "bm25", "memory"],
-                   help="how passages are found (default: fused)")
+    c.add_argument("--retrieval", default=RetrievalDefaults.mode, choices=["fused", "bm25", "memory"],
+                   help=f"how passages are found (default: {RetrievalDefaults.mode}, the best measured; docs/quality.md)")
     c.add_argument("--memory-only", action="store_true", help="answer from the memory alone, re-reading nothing")
     c.set_defaults(func=cmd_ask)
     c = cmds.add_parser("summarize", help="summarise a chapter or the whole document")
