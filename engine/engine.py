@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .adapter import BUILTIN_ADAPTER, apply_adapter
 from .builtin import builtin_path
 from .chat import read_chat_format
 from .checkpoint import (
@@ -272,11 +273,14 @@ def build_model(cfg: InfiniConfig, device="cpu", dtype=torch.float32, seed: int 
     return InfiniTransformer(cfg).to(device=device, dtype=dtype)
 
 
-def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", **overrides) -> Engine:
+def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", adapter: str | Path | None = "auto",
+               **overrides) -> Engine:
     """Load a model: "builtin", a GGUF file, or a Hugging Face style folder.
 
     A GGUF file is converted once into a float32 Hugging Face folder in the user cache; later loads
-    read that folder. `overrides` set config fields such as segment_length or memory_update.
+    read that folder. `adapter`: "auto" applies the project's trained adapter to the built-in model
+    (resources/, when present) and nothing to other models; a path applies that adapter file; None
+    gives the plain converted model. `overrides` set config fields such as segment_length.
     """
     tune_allocator()
     dev = resolve_device(device)
@@ -296,8 +300,11 @@ def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", **
     model = InfiniTransformer.for_loading(cfg)
     load_state_dict_into(model, tensors, str(source))
     del tensors
-    if str(source) == "builtin":
-        pass  # TODO(adapter): apply the project's trained adapter from resources/ to `model` here.
+    if adapter == "auto":
+        adapter = BUILTIN_ADAPTER if str(source) == "builtin" and BUILTIN_ADAPTER.is_file() else None
+    if adapter is not None:
+        apply_adapter(model, adapter)
+        source = f"{source}+{Path(adapter).stem}" if str(source) != "builtin" else source
     tokenizer, tok_json = read_tokenizer(folder)
     chat = read_chat_format(folder, tokenizer, cfg.eos_token_id)
     return Engine(model.to(device=dev, dtype=dt), tokenizer, str(source), tok_json, chat=chat)

@@ -1,4 +1,4 @@
-"""`python -m app.evals needle|qa|summary [options]` (also `infini eval ...`): prints markdown tables,
+"""`python -m app.evals needle|qa|summary|passkey|ppl|chat [options]` (also `infini eval ...`): prints markdown tables,
 writes the results as JSON with `--out FILE.json`."""
 
 from __future__ import annotations
@@ -8,18 +8,23 @@ import sys
 
 
 def build_parser(model: str = "builtin", device: str = "cpu") -> argparse.ArgumentParser:
-    from . import needle, qa, summary
+    from . import chat, needle, passkey, ppl, qa, summary
 
-    p = argparse.ArgumentParser(prog="infini eval", description="Measure the reader: needle, qa, summary.")
+    p = argparse.ArgumentParser(prog="infini eval", description="Measure the reader and its model: needle, qa, summary, passkey, ppl, chat.")
     cmds = p.add_subparsers(dest="eval", required=True, metavar="EVAL")
     for name, mod, text in (
         ("needle", needle, "planted facts in long books"),
         ("qa", qa, "FairytaleQA questions, ROUGE-L"),
         ("summary", summary, "SQuALITY plot summaries, ROUGE-1/2/L"),
+        ("passkey", passkey, "the paper's passkey grid, 32K to 1M tokens"),
+        ("ppl", ppl, "perplexity per segment on held-out books, memory on and shut"),
+        ("chat", chat, "short-context instructions, base model against the adapted one"),
     ):
         c = cmds.add_parser(name, help=text, description=(mod.__doc__ or "").strip().split("\n\n")[0])
         c.add_argument("--model", default=model, help="builtin (default), a GGUF file or a model folder")
         c.add_argument("--device", default=device, choices=["auto", "cpu", "cuda"])
+        c.add_argument("--adapter", default="auto",
+                       help="auto (the shipped adapter on the built-in model), none, or an adapter file")
         c.add_argument("--threads", type=int, help="torch threads (default: PyTorch's choice)")
         c.add_argument("--out", metavar="FILE.json", help="write the results here")
         mod.add_arguments(c)

@@ -55,8 +55,10 @@ def read_jsonl(path: Path) -> Iterator[dict]:
 # ---- the model ----
 
 
-def load_engine(spec: str, device: str = "cpu", **overrides) -> eng.Engine:
-    return eng.load_model(spec, device=device, **overrides)
+def load_engine(spec: str, device: str = "cpu", adapter: str | None = "auto", **overrides) -> eng.Engine:
+    """The model to measure; `adapter` "auto" (the shipped one for the built-in model), "none", or a file."""
+    adapter = None if adapter in (None, "none") else adapter
+    return eng.load_model(spec, device=device, adapter=adapter, **overrides)
 
 
 def base_engine(e: eng.Engine, window: int = BASE_WINDOW) -> eng.Engine:

@@ -308,7 +308,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> dict:
     t_start = time.perf_counter()
-    e = load_engine(args.model, args.device)
+    e = load_engine(args.model, args.device, adapter=args.adapter)
     base = None if args.no_base else base_engine(e)
     lengths = [parse_tokens(x) for x in args.lengths.split(",")]
     depths = [float(x) for x in args.depths.split(",")]

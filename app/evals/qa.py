@@ -79,7 +79,7 @@ def base_prompt(title: str, text: str, question: str) -> list[dict]:
 
 def run(args) -> dict:
     t_start = time.perf_counter()
-    e = load_engine(args.model, args.device)
+    e = load_engine(args.model, args.device, adapter=args.adapter)
     systems = [s for s in args.systems.split(",") if s]
     base = base_engine(e) if "base" in systems else None
     stories = list(read_jsonl(args.data))

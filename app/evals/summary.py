@@ -96,7 +96,7 @@ def summary_prompt(title: str, text: str) -> list[dict]:
 def run(args) -> dict:
     t_start = time.perf_counter()
     overrides = {"segment_length": args.segment_length} if args.segment_length else {}
-    e = load_engine(args.model, args.device, **overrides)
+    e = load_engine(args.model, args.device, adapter=args.adapter, **overrides)
     systems = [s for s in args.systems.split(",") if s]
     base = base_engine(e) if "base" in systems else None
     result = {

@@ -1,0 +1,103 @@
+"""Passkey retrieval, the grid of the paper's Table 3: a five-digit key hidden in filler text
+(the paper's sentences, or book text with `--filler book`) at the start, middle or end of a
+haystack of 32K to 1M tokens; the whole haystack is read into the memory, then "What is the pass
+key? The pass key is" is asked in a fresh segment. Correct when the key's five digits come out.
+
+The haystack before the key's segment is the same filler for every key, so it is read once per
+length and the memory at that segment boundary is reused (exact: the model is deterministic and
+the same tokens give the same memory); each key then costs only the rest of the haystack.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+
+import torch
+
+from engine.memory import Memory
+from engine.train.data import passkey_ids
+
+from .common import DATA, Table, load_engine, parse_tokens, pct, read_jsonl, token_label, write_json
+
+DEPTHS = {"start": (0.0, 1 / 3), "middle": (1 / 3, 2 / 3), "end": (2 / 3, 1.0)}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--lengths", default="32K,128K,256K,512K,1M", help="haystack tokens (default: the paper's grid)")
+    p.add_argument("--depths", default="start,middle,end", help="thirds of the haystack where the key goes")
+    p.add_argument("--keys", type=int, default=10, help="keys per length and depth (default 10)")
+    p.add_argument("--filler", choices=["paper", "book"], default="paper")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _book_filler(e, tokens: int) -> list[int]:
+    text = []
+    for b in read_jsonl(DATA / "gutenberg" / "valid.jsonl.xz"):
+        text.append(b["text"])
+        if sum(map(len, text)) > tokens * 5:
+            break
+    return e.tokenizer.encode("\n\n".join(text), add_special_tokens=False).ids[:tokens]
+
+
+@torch.inference_mode()
+def answer(e, memory: Memory, question: list[int]) -> str:
+    return "".join(e.generate(question, memory, max_new_tokens=8)).strip()
+
+
+def run(args) -> dict:
+    e = load_engine(args.model, args.device, adapter=args.adapter)
+    rng = random.Random(args.seed)
+    L = e.config.segment_length
+    lengths = [parse_tokens(x) for x in args.lengths.split(",")]
+    depths = [d.strip() for d in args.depths.split(",")]
+    t_start = time.perf_counter()
+    items, rows = [], []
+    for N in lengths:
+        filler = _book_filler(e, N) if args.filler == "book" else None
+        plan = []  # (depth name, key, haystack with the key, question, first token index that differs)
+        for depth in depths:
+            lo, hi = DEPTHS[depth]
+            for _ in range(args.keys):
+                key = str(rng.randint(10_000, 99_999))
+                hay, question = passkey_ids(e.tokenizer, key, N, rng.uniform(lo, hi), filler)
+                plan.append((depth, key, hay, question))
+        # the shared prefix: the haystack as far as every key's own segment, read once
+        plain, _ = passkey_ids(e.tokenizer, "00000", N, 1.0, filler)  # the key at the very end
+        starts = {}
+        for depth, key, hay, q in plan:
+            differ = next(i for i, (a, b) in enumerate(zip(hay, plain)) if a != b)
+            starts[key + depth] = differ // L * L
+        snapshots, mem, pos = {}, e.new_memory(), 0
+        for b in sorted(set(starts.values())):
+            if b > pos:
+                mem = e.ingest(plain[pos:b], mem)
+                pos = b
+            snapshots[b] = mem
+        for depth, key, hay, q in plan:
+            t0 = time.perf_counter()
+            b = starts[key + depth]
+            memory = e.ingest(hay[b:], snapshots[b])
+            out = answer(e, memory, q)
+            first = re.search(r"\d+", out)
+            ok = first is not None and first.group() == key
+            items.append({"length": N, "depth": depth, "key": key, "answer": out, "correct": ok,
+                          "tokens": len(hay), "seconds": round(time.perf_counter() - t0, 1)})
+            print(f"{token_label(N):>5} {depth:6} {key} → {out!r:16} {'ok' if ok else '--'}", flush=True)
+        del snapshots
+    headers = ["length"] + depths + ["all"]
+    for N in lengths:
+        row = [token_label(N)]
+        for d in depths + [None]:
+            sel = [i for i in items if i["length"] == N and (d is None or i["depth"] == d)]
+            row.append(f"{pct(sum(i['correct'] for i in sel) / len(sel))} ({sum(i['correct'] for i in sel)}/{len(sel)})"
+                       if sel else "–")
+        rows.append(row)
+    secs = time.perf_counter() - t_start
+    table = Table(f"Passkey retrieval, {args.filler} filler, {args.keys} keys per cell ({e.source}; "
+                  f"segments of {L} tokens)", headers, rows)
+    result = {"eval": "passkey", "model": e.source, "fingerprint": e.fingerprint, "args": vars(args) | {"func": None},
+              "items": items, "tables": [table], "seconds": secs}
+    write_json(args.out, result)
+    return result

@@ -1,0 +1,78 @@
+"""Perplexity on held-out books (`valid.jsonl.xz`) per segment index, with the memory on and with it
+shut (every gate closed: the same weights reading each segment alone), so the memory's gain shows
+as the book goes on. Each book is read from `--skip` of its length on (past the front matter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from engine.model import add_delta
+
+from .common import DATA, Table, base_engine, load_engine, read_jsonl, write_json
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--books", type=int, default=5, help="held-out books (default 5)")
+    p.add_argument("--segments", type=int, default=12, help="segments read per book (default 12)")
+    p.add_argument("--skip", type=float, default=0.1, help="start this far into each book (default 0.1)")
+    p.add_argument("--data", default=str(DATA / "gutenberg" / "valid.jsonl.xz"))
+
+
+@torch.inference_mode()
+def segment_nll(e, ids: torch.Tensor, memory: bool) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, tokens) per segment; the memory carried on or not at all."""
+    L = e.config.segment_length
+    model, layers, out = e.model, None, []
+    for s in range(0, ids.numel(), L):
+        chunk = ids[s : s + L + 1]
+        h, deltas = model.segment(chunk[None, :-1], layers if memory else None)
+        logits = model.lm_head(h[0]).float()
+        out.append((float(F.cross_entropy(logits, chunk[1:], reduction="sum")), chunk.numel() - 1))
+        if memory:
+            layers = add_delta(layers, deltas)
+    return out
+
+
+def run(args) -> dict:
+    e = load_engine(args.model, args.device, adapter=args.adapter)
+    shut = base_engine(e, window=e.config.segment_length)
+    L = e.config.segment_length
+    t0 = time.perf_counter()
+    need = args.segments * L + 1
+    on = [[0.0, 0] for _ in range(args.segments)]
+    off = [[0.0, 0] for _ in range(args.segments)]
+    books = []
+    for b in read_jsonl(args.data):
+        if len(books) >= args.books:
+            break
+        text = b["text"][int(len(b["text"]) * args.skip) :]
+        ids = e.tokenizer.encode(text[: need * 8], add_special_tokens=False).ids
+        if len(ids) < need:
+            continue
+        ids = torch.tensor(ids[:need], device=e.device)
+        for acc, eng_, mem in ((on, e, True), (off, shut, False)):
+            for i, (nll, n) in enumerate(segment_nll(eng_, ids, mem)):
+                acc[i][0] += nll
+                acc[i][1] += n
+        books.append(b["title"])
+        print(f"{b['title'][:50]}: done", flush=True)
+    rows, per = [], []
+    for i in range(args.segments):
+        p_on, p_off = math.exp(on[i][0] / on[i][1]), math.exp(off[i][0] / off[i][1])
+        per.append({"segment": i + 1, "ppl_memory": p_on, "ppl_shut": p_off})
+        rows.append([i + 1, f"{p_on:.2f}", f"{p_off:.2f}", f"{100 * (p_off - p_on) / p_off:+.1f}%"])
+    late = slice(3, args.segments)
+    tot = lambda acc: math.exp(sum(a for a, _ in acc[late]) / max(1, sum(n for _, n in acc[late])))  # noqa: E731
+    rows.append([f"4–{args.segments}", f"{tot(on):.2f}", f"{tot(off):.2f}", f"{100 * (tot(off) - tot(on)) / tot(off):+.1f}%"])
+    table = Table(f"Perplexity per segment of {L} tokens, {len(books)} held-out books ({e.source})",
+                  ["segment", "memory on", "memory shut", "gain"], rows)
+    result = {"eval": "ppl", "model": e.source, "fingerprint": e.fingerprint, "books": books, "per_segment": per,
+              "args": vars(args) | {"func": None}, "tables": [table], "seconds": time.perf_counter() - t0}
+    write_json(args.out, result)
+    return result

@@ -1,0 +1,137 @@
+"""The trained adapter: memory gates (β) and low-rank updates (LoRA) of the attention projections.
+
+Training wraps the chosen projections in `LoRALinear` (the base weight frozen, W + s·B·A) and
+learns β and the low-rank factors. The adapter file holds only those: safetensors with one JSON
+metadata key. Loading merges B·A into the base weights once (W ← W + s·B·A, float32), so the model
+that reads books is a plain Infini-Transformer again, with no cost per token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .checkpoint import ModelLoadError
+from .model import InfiniTransformer
+
+ADAPTER_FORMAT = "infini-adapter"
+ADAPTER_VERSION = 1
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+BUILTIN_ADAPTER = RESOURCES / "smollm2-135m-infini-adapter.safetensors"
+
+
+class AdapterError(ModelLoadError):
+    """An adapter file that cannot be applied to this model."""
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + s · (x Aᵀ) Bᵀ with the base frozen; B starts at zero, so training starts from
+    the base model exactly. The low-rank path runs in float32 whatever the base dtype."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base = base
+        self.rank, self.alpha = rank, alpha
+        self.scale = alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        base.weight.requires_grad_(False)
+        if base.bias is not None:
+            base.bias.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = F.linear(F.linear(x.float(), self.lora_A), self.lora_B) * self.scale
+        return self.base(x) + low.to(x.dtype)
+
+    def delta(self) -> torch.Tensor:
+        return (self.lora_B.float() @ self.lora_A.float()) * self.scale
+
+
+def add_lora(model: InfiniTransformer, rank: int, alpha: float, targets=PROJECTIONS) -> list[str]:
+    """Wrap the attention projections named in `targets` of every layer; freeze everything but the
+    low-rank factors and the memory gates. Returns the wrapped modules' names."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = []
+    for i, layer in enumerate(model.model.layers):
+        attn = layer.self_attn
+        attn.memory_gate.requires_grad_(True)
+        for t in targets if rank > 0 else ():
+            if t not in PROJECTIONS:
+                raise ValueError(f"unknown projection {t!r}; choose from {', '.join(PROJECTIONS)}")
+            setattr(attn, t, LoRALinear(getattr(attn, t), rank, alpha))
+            names.append(f"model.layers.{i}.self_attn.{t}")
+    return names
+
+
+def trainable_state(model: InfiniTransformer) -> dict[str, torch.Tensor]:
+    """What the adapter file holds: every gate and every low-rank factor, float32, by name."""
+    return {n: p.detach().float().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapter(model: InfiniTransformer, path: str | Path, info: dict | None = None) -> None:
+    lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    meta = {
+        "format": ADAPTER_FORMAT,
+        "version": ADAPTER_VERSION,
+        "rank": lora[0].rank if lora else 0,
+        "alpha": lora[0].alpha if lora else 0,
+        "layers": model.config.num_hidden_layers,
+        "hidden_size": model.config.hidden_size,
+        **(info or {}),
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(trainable_state(model), str(path), metadata={ADAPTER_FORMAT: json.dumps(meta, sort_keys=True)})
+
+
+def read_adapter(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get(ADAPTER_FORMAT)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise AdapterError(f"{path}: not a readable adapter file ({exc})") from None
+    if raw is None:
+        raise AdapterError(f"{path}: not an Infini Reader adapter (no {ADAPTER_FORMAT!r} metadata)")
+    meta = json.loads(raw)
+    if meta.get("version") != ADAPTER_VERSION:
+        raise AdapterError(f"{path}: adapter format version {meta.get('version')} is not supported")
+    return meta, tensors
+
+
+def apply_adapter(model: InfiniTransformer, path: str | Path) -> dict:
+    """Merge an adapter into a plain model's weights (gates set, W += s·B·A). Returns its metadata."""
+    meta, tensors = read_adapter(path)
+    cfg = model.config
+    if meta.get("layers") != cfg.num_hidden_layers or meta.get("hidden_size") != cfg.hidden_size:
+        raise AdapterError(
+            f"{path}: the adapter was trained for another model ({meta.get('layers')} layers, hidden "
+            f"{meta.get('hidden_size')}; this one has {cfg.num_hidden_layers}, {cfg.hidden_size})"
+        )
+    params = dict(model.named_parameters())
+    scale = meta["alpha"] / meta["rank"] if meta.get("rank") else 0.0
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if name.endswith(".lora_A"):
+                base = name.removesuffix(".lora_A")
+                W = params.get(base + ".weight")
+                B = tensors.get(base + ".lora_B")
+                if W is None or B is None or W.shape != (B.shape[0], t.shape[1]):
+                    raise AdapterError(f"{path}: {base} does not fit this model")
+                W.copy_((W.float() + (B.float() @ t.float()) * scale).to(W.dtype))
+            elif name.endswith(".lora_B"):
+                continue
+            elif name in params and params[name].shape == t.shape:
+                params[name].copy_(t.to(params[name].dtype))
+            else:
+                raise AdapterError(f"{path}: {name} does not fit this model")
+    return meta

@@ -1,0 +1,65 @@
+"""`python -m engine.train [--config FILE.json] [--option value ...]`: train the memory gates and
+LoRA factors of the built-in model (or another) and write the run's folder:
+
+    checkpoint/          resumable state (safetensors + JSON); the run resumes from it by itself
+    adapter.safetensors  what `engine.load_model(..., adapter=PATH)` applies; copy it to resources/
+    log.csv, loss.png    loss per task and example, gates, tokens, time
+    config.json          the options of the run
+
+On a machine with a GPU the same command runs there (`--device cuda`, bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from .trainer import TrainConfig, Trainer, threads_from_env
+
+
+def parse(argv: list[str] | None) -> TrainConfig:
+    p = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--config", help="a JSON file of options; flags given here override it")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        d = getattr(defaults, f.name)
+        if isinstance(d, dict):
+            p.add_argument(flag, type=json.loads, help=f"JSON (default {json.dumps(d)})")
+        elif isinstance(d, tuple):
+            p.add_argument(flag, help=f"comma-separated (default {','.join(map(str, d))})")
+        else:
+            p.add_argument(flag, type=type(d), help=f"(default {d})")
+    p.add_argument("--fresh", action="store_true", help="do not resume from the folder's checkpoint")
+    args = p.parse_args(argv)
+    cfg = TrainConfig.from_json(Path(args.config).read_text()) if args.config else TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name)
+        if v is None:
+            continue
+        if isinstance(getattr(defaults, f.name), tuple):
+            kind = type(getattr(defaults, f.name)[0])
+            v = tuple(kind(x) for x in v.split(","))
+        setattr(cfg, f.name, v)
+    cfg.fresh = args.fresh
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(argv)
+    threads_from_env()
+    trainer = Trainer(cfg)
+    n = sum(p.numel() for p in trainer.params)
+    print(f"training {n:,} parameters on {trainer.engine.device} ({trainer.engine.dtype}), segments of "
+          f"{trainer.engine.config.segment_length} tokens, into {cfg.out}", flush=True)
+    trainer.run(resume=not getattr(cfg, "fresh", False))
+    print(f"adapter: {Path(cfg.out) / 'adapter.safetensors'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Training examples, each a function of (seed, index) alone, so that a resumed run sees exactly the
+examples it would have seen.
+
+Every example is one sequence: some whole segments of text that reach the model only through its
+memory, then a last segment that ends with what is scored. Tasks:
+
+- `lm`: consecutive text of one book, every token scored (long-document language modelling);
+- `passkey`: the paper's format (filler sentences, "The pass key is NNNNN. Remember it. NNNNN is
+  the pass key.", more filler, "What is the pass key? The pass key is"), the key at a random depth
+  of the segments before the last; half of the examples use book text as the filler; only the
+  key's digits are scored;
+- `needle`: a bAbI single-supporting fact (qa1, train split) placed in book text; the question is
+  asked in the chat format in the last segment; the answer is scored;
+- `qa`: FairytaleQA (train split) questions in the application's own answer format, either with
+  the excerpt that holds the answer in the local window (as `infini ask` re-reads) or with the
+  story only in the memory (paper-pure mode); the answer is scored. This is also the short
+  instruction data that keeps the chat ability.
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+                 "I will quiz you about the important information there.")
+PASSKEY_QUESTION = "What is the pass key? The pass key is"
+TASKS = ("lm", "passkey", "needle", "qa")
+QA_SYSTEM = "You answer questions about the book “{title}”. Answer from the excerpts, briefly and plainly."
+QA_SYSTEM_MEMORY = "You answer questions about the book “{title}”, which you have read. Answer briefly and plainly."
+
+
+@dataclass
+class Example:
+    task: str
+    ids: list[int]  # model input, a multiple of the segment length plus the last segment
+    targets: list[int]  # the next token where scored, -100 elsewhere
+    memory_segments: int  # whole segments before the last
+
+    @property
+    def scored(self) -> int:
+        return sum(t != -100 for t in self.targets)
+
+
+def read_jsonl(path: Path, limit: int | None = None):
+    with lzma.open(path, "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if limit is not None and i >= limit:
+                return
+            if line.strip():
+                yield json.loads(line)
+
+
+def passkey_ids(tok, key: str, total: int, depth: float, filler_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """The paper's passkey haystack of about `total` tokens with the key at `depth` (0 = start,
+    1 = end): (haystack ids, question ids). With `filler_ids` (book text) instead of the repeated
+    sentences."""
+    enc = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    intro, needle, question = enc(PASSKEY_INTRO), enc(f" The pass key is {key}. Remember it. {key} is the pass key."), \
+        enc(" " + PASSKEY_QUESTION)
+    room = max(0, total - len(intro) - len(needle))
+    if filler_ids is None:
+        unit = enc(" " + FILLER)
+        filler = (unit * (room // len(unit) + 1))[:room]
+    else:
+        filler = (filler_ids * (room // max(1, len(filler_ids)) + 1))[:room]
+    at = int(round(depth * room))
+    if filler_ids is None:  # keep the repeated sentences whole
+        unit_len = len(enc(" " + FILLER))
+        at = at // unit_len * unit_len
+    return intro + filler[:at] + needle + filler[at:], question
+
+
+class TrainingData:
+    """A mixture of the tasks above, read from `data_dir` (the project's ../shared/data)."""
+
+    def __init__(self, tokenizer, chat, segment_length: int, data_dir: Path, mix: dict[str, float],
+                 memory_segments: tuple[int, int] = (1, 3), seed: int = 0, books: int = 40):
+        self.tok, self.chat, self.L = tokenizer, chat, segment_length
+        self.seed, self.min_seg, self.max_seg = seed, *memory_segments
+        self.tasks = [t for t in TASKS if mix.get(t, 0) > 0]
+        if not self.tasks:
+            raise ValueError(f"no task in the mixture; choose among {', '.join(TASKS)}")
+        self.weights = [mix[t] for t in self.tasks]
+        data_dir = Path(data_dir)
+        # Book text for language modelling and as filler: a stretch from the middle of each book.
+        self.books = []
+        for b in read_jsonl(data_dir / "gutenberg" / "train-000.jsonl.xz", books):
+            t = b["text"]
+            mid = len(t) // 2
+            self.books.append(t[max(0, mid - 150_000) : mid + 150_000])
+        self.babi = self._babi(data_dir / "babi" / "en-10k-train.txt.xz") if "needle" in self.tasks else []
+        self.stories = list(read_jsonl(data_dir / "fairytaleqa" / "train.jsonl.xz")) if "qa" in self.tasks else []
+        stop = chat.stop_token_ids[0] if chat is not None and chat.stop_token_ids else None
+        self.end = [stop] if stop is not None else []
+
+    # ---- pieces ----
+
+    def enc(self, s: str) -> list[int]:
+        return self.tok.encode(s, add_special_tokens=False).ids
+
+    def book_tokens(self, rng: random.Random, n: int) -> list[int]:
+        text = self.books[rng.randrange(len(self.books))]
+        chars = int(n * 6) + 1000
+        start = rng.randrange(max(1, len(text) - chars))
+        start = text.find(" ", start) + 1
+        ids = self.enc(text[start : start + chars])
+        while len(ids) < n:  # a short book: repeat it
+            ids = ids + ids
+        return ids[:n]
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        return self.enc(self.chat.render(messages, add_generation_prompt=True))
+
+    @staticmethod
+    def _babi(path: Path) -> list[tuple[str, str, str]]:
+        """(fact, question, answer) of qa1 (single supporting fact)."""
+        out, lines, task = [], {}, ""
+        with lzma.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("###"):
+                    task = line
+                    continue
+                if "qa1_" not in task or not line.strip():
+                    continue
+                num, _, rest = line.strip().partition(" ")
+                if num == "1":
+                    lines = {}
+                if "\t" in rest:
+                    q, answer, support = rest.split("\t")
+                    out.append((lines[support.split()[0]], q.strip(), answer.strip()))
+                else:
+                    lines[num] = rest
+        return out
+
+    def _assemble(self, task: str, haystack: list[int], prompt: list[int], answer: list[int]) -> Example:
+        """haystack (whole segments) + prompt + answer: inputs and targets, only `answer` scored
+        (every token when `answer` is empty and the task is lm)."""
+        seq = haystack + prompt + answer
+        score_from = len(haystack) + len(prompt) if answer else 1
+        ids = seq[:-1]
+        targets = [t if i + 1 >= score_from else -100 for i, t in enumerate(seq[1:])]
+        return Example(task, ids, targets, len(haystack) // self.L)
+
+    # ---- tasks ----
+
+    def example(self, index: int) -> Example:
+        rng = random.Random(self.seed * 1_000_003 + index)
+        task = rng.choices(self.tasks, self.weights)[0]
+        n = rng.randint(self.min_seg, self.max_seg)
+        return getattr(self, "_" + task)(rng, n)
+
+    def _lm(self, rng, n) -> Example:
+        ids = self.book_tokens(rng, n * self.L + rng.randint(self.L // 4, self.L) + 1)
+        return self._assemble("lm", ids[: n * self.L], ids[n * self.L :], [])
+
+    def _passkey(self, rng, n) -> Example:
+        key = str(rng.randint(10_000, 99_999))
+        filler = self.book_tokens(rng, n * self.L) if rng.random() < 0.5 else None
+        hay, question = passkey_ids(self.tok, key, n * self.L, rng.random(), filler)
+        hay = hay[: n * self.L]
+        if len(hay) < n * self.L:
+            hay = hay + self.enc(" " + FILLER) * self.L
+            hay = hay[: n * self.L]
+        # the question after a little more filler, in a segment of its own
+        tail = self.enc(" " + FILLER) * rng.randint(0, 3)
+        return self._assemble("passkey", hay, tail + question, self.enc(" " + key))
+
+    def _needle(self, rng, n) -> Example:
+        fact, question, answer = self.babi[rng.randrange(len(self.babi))]
+        fact_ids = self.enc(" " + fact)
+        hay = self.book_tokens(rng, n * self.L - len(fact_ids))
+        at = rng.randrange(len(hay))
+        hay = hay[:at] + fact_ids + hay[at:]
+        prompt = self.chat_ids([{"role": "user", "content": question}])
+        return self._assemble("needle", hay, prompt, self.enc(f"In the {answer}.") + self.end)
+
+    def _qa(self, rng, n) -> Example:
+        story = self.stories[rng.randrange(len(self.stories))]
+        q = story["questions"][rng.randrange(len(story["questions"]))]
+        title = story["story"].replace("-", " ").title()
+        a = q["answer"].strip()
+        answer = self.enc(a[:1].upper() + a[1:] + ("" if a[-1:] in ".!?" else ".")) + self.end
+        text = story["text"]
+        if rng.random() < 0.5:  # the excerpt in the local window, as `infini ask` re-reads it
+            excerpt = _excerpt(text, q["answer"], q["question"], 2000)
+            user = f"Excerpts from the book:\n\n{excerpt}\n\nQuestion: {q['question']}"
+            prompt = self.chat_ids([{"role": "system", "content": QA_SYSTEM.format(title=title)},
+                                    {"role": "user", "content": user}])
+            hay = self.book_tokens(rng, (n - 1) * self.L) if n > 1 else []
+            if len(prompt) + len(answer) > self.L:
+                prompt = prompt[-(self.L - len(answer)) :]
+            return self._assemble("qa", hay, prompt, answer)
+        # the story only in the memory: book text before it so that it ends with a segment
+        story_ids = self.enc(text)[: n * self.L]
+        hay = self.book_tokens(rng, n * self.L - len(story_ids)) + story_ids if len(story_ids) < n * self.L else story_ids
+        prompt = self.chat_ids([{"role": "system", "content": QA_SYSTEM_MEMORY.format(title=title)},
+                                {"role": "user", "content": q["question"]}])
+        return self._assemble("qa", hay, prompt, answer)
+
+
+def _excerpt(text: str, answer: str, question: str, chars: int) -> str:
+    """About `chars` characters of `text` around the answer (or the question's words)."""
+    at = text.lower().find(answer.lower().strip())
+    if at < 0:
+        words = {w for w in re.findall(r"\w{4,}", question.lower())}
+        best, at = -1, 0
+        for m in re.finditer(r"[^.!?]+[.!?]", text):
+            hit = len(words & set(re.findall(r"\w{4,}", m.group().lower())))
+            if hit > best:
+                best, at = hit, m.start()
+    a = max(0, at - chars // 2)
+    a = text.rfind("\n", 0, a) + 1 if "\n" in text[max(0, a - 400) : a] else a
+    return text[a : a + chars].strip()

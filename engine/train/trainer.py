@@ -1,0 +1,291 @@
+"""The training loop: memory gates and LoRA factors of the attention projections, several segments
+per sequence with gradients through the memory, bf16 weights (frozen) with float32 trainable
+parameters and a float32 memory, gradient accumulation, resumable checkpoints, a CSV log and a plot.
+
+A checkpoint is a folder: `trainable.safetensors` (gates and factors), `optimizer.safetensors`
+(AdamW's moments), `rng.safetensors` and `state.json` (step, schedule, configuration). No pickle.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..adapter import LoRALinear, add_lora, save_adapter
+from ..engine import Engine, resolve_device
+from .data import TASKS, TrainingData
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/train"  # the run's folder: checkpoints, log.csv, loss.png, adapter.safetensors
+    model: str = "builtin"
+    data: str = str(SHARED_DATA)
+    steps: int = 300
+    accumulate: int = 4  # sequences per optimiser step
+    segment_length: int = 0  # 0: the model's own
+    memory_segments: tuple[int, int] = (1, 3)  # whole segments before the scored one, drawn per example
+    mix: dict = field(default_factory=lambda: {"lm": 0.2, "passkey": 0.3, "needle": 0.2, "qa": 0.3})
+    rank: int = 8  # LoRA rank; 0 trains the gates only
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lr: float = 2e-4  # LoRA factors
+    gate_lr: float = 2e-2  # the gates move from -6 only with a larger step (DESIGN.md 3.7)
+    weight_decay: float = 0.01  # LoRA factors only; never the gates
+    warmup: int = 10
+    clip: float = 1.0
+    seed: int = 0
+    save_every: int = 10
+    device: str = "auto"
+    dtype: str = "auto"  # bf16 on a CPU with fast bf16 and on CUDA, else float32
+    books: int = 40  # books of the first Gutenberg shard used as text
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        d = json.loads(text)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        for k in ("memory_segments", "targets"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, engine: Engine | None = None, data: TrainingData | None = None):
+        from .. import load_model
+
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        if engine is None:
+            overrides = {"segment_length": cfg.segment_length} if cfg.segment_length else {}
+            engine = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, adapter=None, **overrides)
+        self.engine = engine
+        self.model = engine.model
+        self.device = resolve_device(cfg.device) if engine is None else engine.device
+        add_lora(self.model, cfg.rank, cfg.alpha, cfg.targets)
+        # trainable parameters in float32 whatever the weights' dtype (bf16 base, frozen)
+        for m in self.model.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_A.data = m.lora_A.data.float()
+                m.lora_B.data = m.lora_B.data.float()
+        gates, lora = [], []
+        for n, p in self.model.named_parameters():
+            if p.requires_grad:
+                if n.endswith("memory_gate"):
+                    p.data = p.data.float()
+                    gates.append(p)
+                else:
+                    lora.append(p)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW([
+            {"params": lora, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+            {"params": gates, "lr": cfg.gate_lr, "weight_decay": 0.0, "base_lr": cfg.gate_lr},
+        ], betas=(0.9, 0.95))
+        self.data = data or TrainingData(
+            engine.tokenizer, engine.chat, engine.config.segment_length, Path(cfg.data), cfg.mix,
+            cfg.memory_segments, cfg.seed, cfg.books,
+        )
+        self.step = 0
+        self.tokens = 0
+        self.seconds = 0.0
+        self.log_path = self.out / "log.csv"
+
+    # ---- checkpoints ----
+
+    def checkpoint_dir(self) -> Path:
+        return self.out / "checkpoint"
+
+    def save(self) -> None:
+        """Write the checkpoint to a new folder, then swap it in: a crash never leaves half of one."""
+        d, tmp = self.checkpoint_dir(), self.out / "checkpoint.tmp"
+        tmp.mkdir(exist_ok=True)
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        save_file({names[id(p)]: p.detach().contiguous().cpu() for p in self.params}, str(tmp / "trainable.safetensors"))
+        moments = {}
+        for p in self.params:
+            st = self.opt.state.get(p)
+            if st:
+                moments[names[id(p)] + ".exp_avg"] = st["exp_avg"].contiguous().cpu()
+                moments[names[id(p)] + ".exp_avg_sq"] = st["exp_avg_sq"].contiguous().cpu()
+                moments[names[id(p)] + ".step"] = torch.as_tensor(st["step"]).reshape(1).float().cpu()
+        save_file(moments, str(tmp / "optimizer.safetensors"))
+        save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        state = {"step": self.step, "tokens": self.tokens, "seconds": self.seconds, "config": json.loads(self.cfg.to_json())}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        old = self.out / "checkpoint.old"
+        if d.exists():
+            d.rename(old)
+        tmp.rename(d)
+        if old.exists():
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+        save_adapter(self.model, self.out / "adapter.safetensors", self.adapter_info())
+
+    def adapter_info(self) -> dict:
+        return {"steps": self.step, "tokens": self.tokens, "train_seconds": round(self.seconds),
+                "segment_length": self.engine.config.segment_length, "device": str(self.engine.device),
+                "mix": self.cfg.mix, "targets": list(self.cfg.targets), "base": self.cfg.model}
+
+    def resume(self) -> bool:
+        d = self.checkpoint_dir()
+        if not (d / "state.json").is_file():
+            return False
+        state = json.loads((d / "state.json").read_text())
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n, t in load_file(str(d / "trainable.safetensors")).items():
+                params[n].copy_(t)
+        moments = load_file(str(d / "optimizer.safetensors"))
+        for n, p in params.items():
+            if n + ".exp_avg" in moments:
+                self.opt.state[p] = {
+                    "step": torch.tensor(float(moments[n + ".step"][0])),
+                    "exp_avg": moments[n + ".exp_avg"].to(p.device),
+                    "exp_avg_sq": moments[n + ".exp_avg_sq"].to(p.device),
+                }
+        torch.set_rng_state(load_file(str(d / "rng.safetensors"))["torch"])
+        self.step, self.tokens, self.seconds = state["step"], state["tokens"], state["seconds"]
+        return True
+
+    # ---- training ----
+
+    def train_step(self) -> list[dict]:
+        cfg = self.cfg
+        self.model.train()
+        for g in self.opt.param_groups:
+            g["lr"] = g["base_lr"] * lr_factor(self.step, cfg)
+        rows = []
+        t0 = time.perf_counter()
+        for micro in range(cfg.accumulate):
+            ex = self.data.example(self.step * cfg.accumulate + micro)
+            ids = torch.tensor([ex.ids], device=self.engine.device)
+            targets = torch.tensor([ex.targets], device=self.engine.device)
+            loss = self.model.forward_train(ids, targets)
+            (loss / cfg.accumulate).backward()
+            self.tokens += len(ex.ids)
+            rows.append({"task": ex.task, "loss": float(loss.detach()), "tokens": len(ex.ids),
+                         "memory_segments": ex.memory_segments})
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.clip))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.model.eval()
+        self.seconds += time.perf_counter() - t0
+        self.step += 1
+        gates = torch.cat([layer.self_attn.memory_gate.detach().float() for layer in self.model.model.layers])
+        for r in rows:
+            r.update(step=self.step, lr=self.opt.param_groups[0]["lr"], grad_norm=grad_norm,
+                     gate_mean=float(gates.mean()), gate_max=float(gates.max()),
+                     tokens_seen=self.tokens, seconds=round(self.seconds, 1))
+        return rows
+
+    def log(self, rows: list[dict]) -> None:
+        cols = ["step", "task", "loss", "tokens", "memory_segments", "lr", "grad_norm", "gate_mean", "gate_max",
+                "tokens_seen", "seconds"]
+        new = not self.log_path.exists()
+        with open(self.log_path, "a", newline="") as f:
+            w = csv.DictWriter(f, cols)
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+
+    def run(self, resume: bool = True, on_step=None) -> None:
+        if resume and self.resume():
+            print(f"resumed at step {self.step} ({self.tokens:,} tokens)", flush=True)
+            self._trim_log()
+        (self.out / "config.json").write_text(self.cfg.to_json())
+        while self.step < self.cfg.steps:
+            rows = self.train_step()
+            self.log(rows)
+            mean = sum(r["loss"] for r in rows) / len(rows)
+            print(f"step {self.step:5d}  loss {mean:7.4f}  " + "  ".join(f"{r['task']}={r['loss']:.3f}" for r in rows)
+                  + f"  gate {rows[0]['gate_mean']:+.2f}  {self.tokens:,} tokens  {self.seconds / 60:.1f} min", flush=True)
+            if on_step is not None:
+                on_step(self)
+            if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
+                self.save()
+                plot(self.log_path, self.out / "loss.png")
+
+    def _trim_log(self) -> None:
+        """Drop log rows written after the checkpoint (a crash between two saves)."""
+        if not self.log_path.exists():
+            return
+        with open(self.log_path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        self.log_path.unlink()
+        if rows:
+            for r in rows:
+                r["step"] = int(r["step"])
+            self.log(rows)
+
+
+def plot(log_csv: Path, png: Path, smooth: int = 20) -> bool:
+    """Loss per task against optimiser steps (a moving average), and the mean gate; False when
+    matplotlib is missing (it is an optional dependency: `pip install .[train]`)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    with open(log_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return False
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[3, 1])
+    for task in TASKS:
+        pts = [(int(r["step"]), float(r["loss"])) for r in rows if r["task"] == task]
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        k = max(1, min(smooth, len(ys) // 5))
+        avg = [sum(ys[max(0, i - k + 1) : i + 1]) / len(ys[max(0, i - k + 1) : i + 1]) for i in range(len(ys))]
+        ax.plot(xs, avg, label=f"{task} (n={len(ys)})")
+    ax.set_ylabel("loss (moving average)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    steps = sorted({int(r["step"]) for r in rows})
+    gate = {int(r["step"]): float(r["gate_mean"]) for r in rows}
+    ax2.plot(steps, [gate[s] for s in steps], color="black")
+    ax2.set_ylabel("mean β")
+    ax2.set_xlabel("optimiser step")
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"{log_csv.parent.name}: {rows[-1]['tokens_seen']} tokens, {float(rows[-1]['seconds']) / 60:.0f} min")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def threads_from_env() -> None:
+    n = os.environ.get("INFINI_THREADS")
+    if n:
+        torch.set_num_threads(int(n))
