@@ -1,7 +1,7 @@
 """The `infini` command line: a thin layer over the services, one subcommand per task.
 
     infini [--data-dir DIR] [--db URL] [--model SPEC] [--device auto|cpu|cuda] COMMAND
-      ingest PATH... [--json]     read books into the library (progress on stderr)
+      ingest PATH... [--summaries] [--json]  read books into the library (progress on stderr)
       list [--json]               the library
       info DOC [--json]           one document: chapters, pages, tokens, reading state, memory
       ask DOC QUESTION [--json]   a streamed answer with its citations (chapter, page)
@@ -92,6 +92,20 @@ def cmd_ingest(ctx: Context, args) -> int:
             bar.close()
         print("infini: stopped; run the same command again to resume", file=sys.stderr)
         return 130
+    if args.summaries:
+        from app.core.summaries import summarize
+
+        for r in results:
+            if r.phase != "ready":
+                continue
+            for ev in summarize(lib, e, r.document_id, None, cancel=cancel):
+                if ev.kind == "status" and not args.quiet:
+                    print(f"{r.title}: {ev.text}", file=sys.stderr)
+                elif ev.kind == "error":
+                    failed += 1
+                    print(f"infini: {r.title}: no summaries: {ev.text}", file=sys.stderr)
+                elif ev.kind == "done":
+                    print(f"{r.title}: summaries stored (`infini summarize` shows them)", file=sys.stderr)
     if args.json:
         _print_json([asdict(r) for r in results])
     else:
@@ -257,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("paths", nargs="+", metavar="PATH")
     c.add_argument("--json", action="store_true")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--summaries", action="store_true",
+                   help="then write every chapter's summary and the book's (stored; `summarize` shows them at once)")
     c.set_defaults(func=cmd_ingest)
     c = cmds.add_parser("list", help="the documents in the library")
     c.add_argument("--json", action="store_true")

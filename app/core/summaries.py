@@ -1,8 +1,11 @@
 """Chapter and whole-book summaries, written over the document's memory and stored once made.
 
 A chapter is summarised from its own text in the local window (in parts when it does not fit, the
-parts' summaries then merged); the whole book from the chapter summaries. What is stored is shown
-at once next time, unless a new one is asked for.
+parts' summaries then merged), on top of the memory of everything before it: the stored segments
+that end before the chapter starts are read again (exactly the memory the first reading had at that
+point), so names introduced earlier are known. The whole book is summarised from the chapter
+summaries over the whole memory. What is stored is shown at once next time, unless a new one is
+asked for.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from sqlalchemy import delete, select
 
 import engine as eng
 
+import numpy as np
+
 from .answers import load_memory
-from .db import SummaryRow
+from .db import SegmentRow, SummaryRow
 from .document import Document
 from .library import Library, LibraryError
 
@@ -29,6 +34,37 @@ class SummaryEvent:
     kind: str  # "status" (what is being done), "token", "done", "error"
     text: str = ""
     section_idx: int | None = None  # None: the whole book
+
+
+class MemoryBefore:
+    """The document's memory as it stood when the reading reached a place in the text: its stored
+    segments read again, from the start, up to the last one that ends before that place. Asked for
+    places in book order (as the whole-book summary does), each segment is read once in all."""
+
+    def __init__(self, library: Library, engine: eng.Engine, doc_id: int):
+        snap = library.snapshot_id(doc_id, engine.fingerprint)
+        with library.Session() as s:
+            rows = s.execute(select(SegmentRow.char_end, SegmentRow.token_ids).where(SegmentRow.snapshot_id == snap)
+                             .order_by(SegmentRow.idx)).all()
+        self.engine = engine
+        self.ends = np.array([r[0] for r in rows])
+        self.tokens = [r[1] for r in rows]
+        self.read = 0
+        self.memory = engine.new_memory()
+        self.segments_read = 0  # segments read again so far (for tests and progress)
+
+    def at(self, char_pos: int, cancel: threading.Event | None = None) -> eng.Memory | None:
+        """The memory after every segment that ends at or before `char_pos` (None if cancelled)."""
+        target = int(np.searchsorted(self.ends, char_pos, side="right"))
+        if target < self.read:
+            self.read, self.memory = 0, self.engine.new_memory()
+        for j in range(self.read, target):
+            if cancel is not None and cancel.is_set():
+                return None
+            self.memory = self.engine.ingest(np.frombuffer(self.tokens[j], "<i4").astype(np.int64), self.memory)
+            self.segments_read += 1
+        self.read = target
+        return self.memory
 
 
 def stored_summaries(library: Library, doc_id: int, fingerprint: str) -> dict[int | None, str]:
@@ -119,8 +155,9 @@ def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, se
 
 def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: int | None = None,
               redo: bool = False, cancel: threading.Event | None = None,
-              max_new_tokens: int = ANSWER_TOKENS) -> Iterator[SummaryEvent]:
-    """A chapter's summary (section_idx) or the whole book's (None), streamed, then stored."""
+              max_new_tokens: int = ANSWER_TOKENS, before: MemoryBefore | None = None) -> Iterator[SummaryEvent]:
+    """A chapter's summary (section_idx) or the whole book's (None), streamed, then stored.
+    `before` carries the re-read memory from one chapter to the next."""
     try:
         stored = stored_summaries(library, doc_id, engine.fingerprint)
         if section_idx in stored and not redo:
@@ -137,13 +174,20 @@ def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: in
     if section_idx is not None:
         sec = doc.sections[section_idx]
         what, text = f"The chapter “{sec.title}”", doc.text[sec.start:sec.end]
+        if sec.start > 0:
+            yield SummaryEvent("status", "recalling the chapters before", section_idx)
+            before = before or MemoryBefore(library, engine, doc_id)
+            memory = before.at(sec.start, cancel)
+            if memory is None:
+                return
     elif doc.sections:  # the whole book, from its chapters' summaries
         notes = []
+        before = MemoryBefore(library, engine, doc_id)
         for i, sec in enumerate(doc.sections):
             if i not in stored or redo:
                 yield SummaryEvent("status", f"summarising chapter {i + 1} of {len(doc.sections)}", None)
                 result = None
-                for ev in summarize(library, engine, doc_id, i, redo, cancel, max_new_tokens):
+                for ev in summarize(library, engine, doc_id, i, redo, cancel, max_new_tokens, before):
                     if ev.kind == "error":
                         yield SummaryEvent("error", ev.text, None)
                         return

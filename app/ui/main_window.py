@@ -188,6 +188,8 @@ class MainWindow(QMainWindow):
         self.queue.progress.connect(self._progress)
         self.queue.failed.connect(self._reading_failed)
         self.queue.idle.connect(self._idle)
+        self.queue.summarizing.connect(self._summarizing)
+        self.queue.summarize_after = self.settings.summarize_after_reading
         self.chat.citation_clicked.connect(self.reading.show_citation)
         self.reading.opened.connect(self._show_reading)
         self.chat.reread_requested.connect(lambda doc_id: self.resume([self.library_pane.model.row_of(doc_id)]))
@@ -357,6 +359,20 @@ class MainWindow(QMainWindow):
         if current is not None and current.doc_id == ev.document_id:
             self._current_changed(current)
 
+    def _summarizing(self, doc_id: int, kind: str, text: str) -> None:
+        """Summaries written after a reading (the setting): progress in the status bar."""
+        title = next((r.title for r in self.library_pane.model.rows if r.doc_id == doc_id), "the book")
+        if kind == "status":
+            self.say(f"Summarising “{title}”: {text}")
+        elif kind == "error":
+            self.say(f"“{title}” could not be summarised: {text}")
+            log.warning("summaries after reading %s: %s", title, text)
+        else:
+            self.say(f"The summaries of “{title}” are ready")
+            current = self.library_pane.current()
+            if current is not None and current.doc_id == doc_id:
+                self.summary.set_document(current)
+
     def _reading_failed(self, path: str, message: str) -> None:
         self.show_error("Reading failed", f"“{Path(path).name}” could not be read: {message}")
         self.refresh()
@@ -499,6 +515,7 @@ class MainWindow(QMainWindow):
     def apply_settings(self, new: Settings) -> None:
         old, self.settings = self.settings, new
         self.save_settings()
+        self.queue.summarize_after = new.summarize_after_reading
         if new.theme != old.theme:
             apply_theme(new.theme)
         if new.library_dir != old.library_dir and self._data_dir is None:

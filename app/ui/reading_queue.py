@@ -13,7 +13,7 @@ from collections import deque
 
 from PySide6.QtCore import QObject, Signal
 
-from app.core import ingest
+from app.core import ingest, summaries
 from app.core.ingest import Progress
 
 from .worker import Tasks
@@ -25,6 +25,7 @@ class ReadingQueue(QObject):
     progress = Signal(object)  # Progress, on the GUI thread
     failed = Signal(str, str)  # path, message: the reading service itself failed
     idle = Signal()  # nothing is being read any more (done, stopped or failed)
+    summarizing = Signal(int, str, str)  # doc id, "status" | "done" | "error", text: summaries after reading
 
     def __init__(self, tasks: Tasks, parent: QObject | None = None):
         super().__init__(parent)
@@ -39,6 +40,7 @@ class ReadingQueue(QObject):
         self.stopped: tuple[str, Progress] | None = None  # the book Stop interrupted: (path, its last event)
         self.library = None
         self.engine = None
+        self.summarize_after = False  # write every chapter's summary once a book is read
 
     # ---- what the window asks ----
 
@@ -113,8 +115,15 @@ class ReadingQueue(QObject):
 
         def work():  # one file at a time, so that each event comes with its file
             for path in self._paths(cancel):
+                ready = None
                 for ev in ingest.ingest_files(library, engine, [path], cancel=cancel):
+                    if ev.phase == "ready" and not ev.reused:
+                        ready = ev
                     yield path, ev
+                if ready is not None and self.summarize_after and not cancel.is_set():
+                    for sev in summaries.summarize(library, engine, ready.document_id, None, cancel=cancel):
+                        if sev.kind in ("status", "done", "error"):
+                            yield path, (ready.document_id, sev.kind, sev.text)
 
         self._worker = self._tasks.run(work, on_item=self._event, on_done=self._ended, on_error=self._error)
 
@@ -128,8 +137,11 @@ class ReadingQueue(QObject):
                 path = self._current
             yield path
 
-    def _event(self, item: tuple[str, Progress]) -> None:
+    def _event(self, item: tuple[str, Progress | tuple]) -> None:
         path, ev = item
+        if isinstance(ev, tuple):  # a summary after reading
+            self.summarizing.emit(*ev)
+            return
         if ev.document_id is not None and ev.phase in ("parsing", "reading"):
             self._current_doc = ev.document_id
         if ev.phase == "cancelled":

@@ -34,6 +34,7 @@ class Settings:
     theme: str = "system"  # system | light | dark
     geometry: str = ""  # the window's size and place, hex of QMainWindow.saveGeometry()
     splitter: str = ""  # the panes' widths, hex of QSplitter.saveState()
+    summarize_after_reading: bool = False  # every chapter's summary written once a book is read
 
     @classmethod
     def load(cls, path: Path | None = None) -> Settings:
@@ -45,8 +46,8 @@ class Settings:
         except (OSError, ValueError) as exc:  # a damaged file must not stop the application
             log.warning("ignoring the settings in %s: %s", path, exc)
             return cls()
-        known = {f.name for f in fields(cls)}
-        s = cls(**{k: v for k, v in raw.items() if k in known and isinstance(v, str)})
+        kinds = {f.name: type(getattr(cls(), f.name)) for f in fields(cls)}
+        s = cls(**{k: v for k, v in raw.items() if k in kinds and type(v) is kinds[k]})
         if s.theme not in THEMES:
             s.theme = "system"
         if s.device not in DEVICES:

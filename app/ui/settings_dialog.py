@@ -8,6 +8,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -113,6 +114,11 @@ class SettingsDialog(QDialog):
         form.addRow("", self.in_use)
         form.addRow("Library folder", lib_row)
         form.addRow("Theme", self.theme)
+        self.summarize_after = QCheckBox("Summarise every chapter once a book is read")
+        self.summarize_after.setChecked(settings.summarize_after_reading)
+        self.summarize_after.setToolTip("The summaries are then ready at once; writing them takes about "
+                                        "ten seconds a chapter with the built-in model on a CPU.")
+        form.addRow("Summaries", self.summarize_after)
         note = QLabel("A book read by one model is read again to be used with another; the reading by the "
                       "first model is kept.")
         note.setWordWrap(True)
@@ -134,7 +140,8 @@ class SettingsDialog(QDialog):
     def result_settings(self) -> Settings:
         lib = self.library.text().strip()
         return replace(self._settings, model=self.model.spec(), device=self.device.currentData(),
-                       library_dir=str(Path(lib).expanduser()) if lib else "", theme=self.theme.currentData())
+                       library_dir=str(Path(lib).expanduser()) if lib else "", theme=self.theme.currentData(),
+                       summarize_after_reading=self.summarize_after.isChecked())
 
 
 class ModelDialog(QDialog):

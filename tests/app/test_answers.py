@@ -2,6 +2,7 @@
 
 import threading
 
+import numpy as np
 import pymupdf
 import pytest
 import torch
@@ -146,3 +147,39 @@ def test_summaries_stream_are_stored_and_come_back_at_once(tiny_reader, library,
     cancel.set()
     assert [e.kind for e in summarize(library, tiny_reader, doc_id, 1, redo=True, cancel=cancel)
             if e.kind == "done"] == []
+
+
+def test_a_chapter_is_summarised_over_the_memory_of_the_chapters_before(tiny_reader, library, tmp_path):
+    from app.core.summaries import MemoryBefore
+    from app.core.segments import plan_segments
+
+    book = make_pdf(tmp_path / "m.pdf", fact_page=1, fact="A fact.", pages=8)
+    *_, last = ingest_file(library, tiny_reader, book)
+    doc_id = last.document_id
+    doc = library.document(doc_id)
+    start = doc.sections[1].start
+    plans = plan_segments(doc, tiny_reader.tokenizer, tiny_reader.config.segment_length)
+    before = [p for p in plans if p.char_end <= start]
+    assert 0 < len(before) < len(plans)
+    # the memory of a reading that stopped at the last segment before the chapter
+    want = tiny_reader.ingest(np.concatenate([p.token_ids for p in before]).astype(np.int64), tiny_reader.new_memory())
+    mb = MemoryBefore(library, tiny_reader, doc_id)
+    got = mb.at(start)
+    assert got.to_bytes() == want.to_bytes() and mb.segments_read == len(before)
+    assert mb.at(start).to_bytes() == want.to_bytes() and mb.segments_read == len(before)  # not read twice
+    assert mb.at(0).empty  # nothing before the start
+
+    seen = []
+    real = tiny_reader.generate
+
+    def spy(messages, memory=None, **kw):
+        seen.append(memory.to_bytes())
+        return real(messages, memory, **kw)
+
+    tiny_reader.generate = spy
+    try:
+        events = list(summarize(library, tiny_reader, doc_id, 1, max_new_tokens=4))
+    finally:
+        del tiny_reader.generate
+    assert events[-1].kind == "done" and seen and all(m == want.to_bytes() for m in seen)
+    assert "recalling the chapters before" in [e.text for e in events if e.kind == "status"]

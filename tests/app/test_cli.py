@@ -62,6 +62,20 @@ def test_ingest_list_info_export_rm(capsys, tmp_path, tiny_model_dir):
     assert json.loads(out) == []
 
 
+def test_ingest_with_summaries_stores_every_chapters_summary(capsys, tmp_path, tiny_model_dir):
+    data = tmp_path / "data"
+    book = write_book(tmp_path / "lighthouse.txt", chapters=2)
+    code, out, err = run(capsys, data, tiny_model_dir, "ingest", str(book), "--summaries", "--quiet")
+    assert code == 0, err
+    doc_id = int(out.strip())
+    assert "summaries stored" in err
+    for chapter in ("1", "2", None):
+        argv = ["summarize", str(doc_id), "--json"] + (["--chapter", chapter] if chapter else [])
+        code, out, err = run(capsys, data, tiny_model_dir, *argv)
+        assert code == 0 and "chapter" not in err.lower()  # stored: no chapter was read again
+        assert isinstance(json.loads(out)["summary"], str)
+
+
 def test_user_errors_are_one_line_without_traceback(capsys, tmp_path, tiny_model_dir):
     data = tmp_path / "data"
     code, _, err = run(capsys, data, tiny_model_dir, "info", "nothing-like-this")

@@ -406,6 +406,28 @@ def test_settings_are_kept_and_applied(qtbot, tmp_path, tiny_reader):
     assert QApplication.palette().window().color().lightness() > 150
 
 
+def test_summaries_written_after_reading_when_the_setting_is_on(qtbot, tmp_path, tiny_reader, monkeypatch):
+    from app.core.summaries import stored_summaries
+    from app.ui.settings import Settings
+    from app.ui.settings_dialog import SettingsDialog
+
+    window = open_window(qtbot, tmp_path, tiny_reader)
+    dialog = SettingsDialog(window.settings, "tiny", False, str(tmp_path / "data"), window)
+    assert not dialog.summarize_after.isChecked()
+    dialog.summarize_after.setChecked(True)
+    window.apply_settings(dialog.result_settings())
+    assert Settings.load().summarize_after_reading is True and window.queue.summarize_after
+    scripted_generation(monkeypatch, tiny_reader, 0.0, "A short summary.")
+    said = []
+    window.statusBar().messageChanged.connect(said.append)
+    drop(window, make_epub(tmp_path / "keeper.epub"))
+    qtbot.waitUntil(lambda: any("summaries of “The Lighthouse Keeper” are ready" in m for m in said), timeout=60000)
+    doc_id = rows(window)["The Lighthouse Keeper"].doc_id
+    stored = stored_summaries(window.library, doc_id, tiny_reader.fingerprint)
+    assert set(stored) == {0, 1, 2, None} and stored[0] == "A short summary."
+    assert any("Summarising “The Lighthouse Keeper”: summarising chapter 2 of 3" == m for m in said)
+
+
 def test_a_model_that_fails_to_load_is_reported(qtbot, tmp_path):
     def broken(choice):
         raise ValueError("model.gguf: not a GGUF file")
