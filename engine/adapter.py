@@ -13,10 +13,10 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from .checkpoint import ModelLoadError
 from .model import InfiniTransformer

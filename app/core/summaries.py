@@ -14,11 +14,10 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import delete, select
 
 import engine as eng
-
-import numpy as np
 
 from .answers import load_memory
 from .db import SegmentRow, SummaryRow

@@ -5,7 +5,6 @@ as the book goes on. Each book is read from `--skip` of its length on (past the 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
@@ -68,7 +67,7 @@ def run(args) -> dict:
         per.append({"segment": i + 1, "ppl_memory": p_on, "ppl_shut": p_off})
         rows.append([i + 1, f"{p_on:.2f}", f"{p_off:.2f}", f"{100 * (p_off - p_on) / p_off:+.1f}%"])
     late = slice(3, args.segments)
-    tot = lambda acc: math.exp(sum(a for a, _ in acc[late]) / max(1, sum(n for _, n in acc[late])))  # noqa: E731
+    tot = lambda acc: math.exp(sum(a for a, _ in acc[late]) / max(1, sum(n for _, n in acc[late])))
     rows.append([f"4–{args.segments}", f"{tot(on):.2f}", f"{tot(off):.2f}", f"{100 * (tot(off) - tot(on)) / tot(off):+.1f}%"])
     table = Table(f"Perplexity per segment of {L} tokens, {len(books)} held-out books ({e.source})",
                   ["segment", "memory on", "memory shut", "gain"], rows)

@@ -32,6 +32,8 @@ def parse(argv: list[str] | None) -> TrainConfig:
             p.add_argument(flag, type=json.loads, help=f"JSON (default {json.dumps(d)})")
         elif isinstance(d, tuple):
             p.add_argument(flag, help=f"comma-separated (default {','.join(map(str, d))})")
+        elif d is None:
+            p.add_argument(flag, type=float, help="(default: the model's own)")
         else:
             p.add_argument(flag, type=type(d), help=f"(default {d})")
     p.add_argument("--fresh", action="store_true", help="do not resume from the folder's checkpoint")

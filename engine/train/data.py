@@ -60,7 +60,7 @@ def passkey_ids(tok, key: str, total: int, depth: float, filler_ids: list[int] |
     """The paper's passkey haystack of about `total` tokens with the key at `depth` (0 = start,
     1 = end): (haystack ids, question ids). With `filler_ids` (book text) instead of the repeated
     sentences."""
-    enc = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    enc = lambda s: tok.encode(s, add_special_tokens=False).ids
     intro, needle, question = enc(PASSKEY_INTRO), enc(f" The pass key is {key}. Remember it. {key} is the pass key."), \
         enc(" " + PASSKEY_QUESTION)
     room = max(0, total - len(intro) - len(needle))

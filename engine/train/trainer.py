@@ -42,6 +42,7 @@ class TrainConfig:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     lr: float = 2e-4  # LoRA factors
     gate_lr: float = 2e-2  # the gates move from -6 only with a larger step (DESIGN.md 3.7)
+    gate_init: float | None = None  # start every β here instead of the model's value (e.g. -3)
     weight_decay: float = 0.01  # LoRA factors only; never the gates
     warmup: int = 10
     clip: float = 1.0
@@ -89,6 +90,10 @@ class Trainer:
         self.model = engine.model
         self.device = resolve_device(cfg.device) if engine is None else engine.device
         add_lora(self.model, cfg.rank, cfg.alpha, cfg.targets)
+        if cfg.gate_init is not None:
+            with torch.no_grad():
+                for layer in self.model.model.layers:
+                    layer.self_attn.memory_gate.fill_(cfg.gate_init)
         # trainable parameters in float32 whatever the weights' dtype (bf16 base, frozen)
         for m in self.model.modules():
             if isinstance(m, LoRALinear):

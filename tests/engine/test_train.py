@@ -96,7 +96,7 @@ def test_a_resumed_run_continues_exactly(tmp_path):
     b = dict(resumed.model.named_parameters())
     for n, p in a.items():
         assert torch.equal(p, b[n]), n
-    rows = lambda d: [(r["step"], r["loss"]) for r in csv.DictReader(open(d / "log.csv"))]  # noqa: E731
+    rows = lambda d: [(r["step"], r["loss"]) for r in csv.DictReader(open(d / "log.csv"))]
     assert rows(tmp_path / "whole") == rows(tmp_path / "part")
     assert (tmp_path / "part" / "loss.png").stat().st_size > 1000
 
