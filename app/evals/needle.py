@@ -139,27 +139,9 @@ NEUTRAL_QUESTIONS = ("What happens in the book?", "Who is it about?", "What is t
 def babi_facts(path, n: int, seed: int) -> list[Fact]:
     """Single-supporting-fact bAbI items (qa1): "Mary moved to the bathroom." / "Where is Mary?",
     one per person (a book can hold only one place for each)."""
-    import lzma
+    from engine.train.data import babi_qa1
 
-    items, lines, section = [], {}, ""
-    with lzma.open(path, "rt", encoding="utf-8") as f:
-        for raw in f:
-            if raw.startswith("###"):
-                section = raw
-                continue
-            if "qa1_" not in section:
-                continue
-            num, _, rest = raw.strip().partition(" ")
-            if num == "1":
-                lines = {}
-            if "\t" in rest:
-                q, answer, support = (x.strip() for x in rest.split("\t"))
-                fact = lines[support.split()[0]]
-                items.append(Fact(fact, q, None, answer))
-            else:
-                lines[num] = rest.strip()
-            if len(items) > 2000:
-                break
+    items = [Fact(fact, q, None, answer) for fact, q, answer in babi_qa1(path, limit=2001)]
     random.Random(seed).shuffle(items)
     out, people = [], set()
     for it in items:

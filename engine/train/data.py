@@ -56,6 +56,30 @@ def read_jsonl(path: Path, limit: int | None = None):
                 yield json.loads(line)
 
 
+def babi_qa1(path: Path, limit: int | None = None) -> list[tuple[str, str, str]]:
+    """(fact, question, answer) of bAbI qa1, single supporting fact: ("Mary moved to the
+    bathroom.", "Where is Mary?", "bathroom"), in file order, at most `limit`."""
+    out, lines, task = [], {}, ""
+    with lzma.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("###"):
+                task = line
+                continue
+            if "qa1_" not in task or not line.strip():
+                continue
+            num, _, rest = line.strip().partition(" ")
+            if num == "1":
+                lines = {}
+            if "\t" in rest:
+                q, answer, support = (x.strip() for x in rest.split("\t"))
+                out.append((lines[support.split()[0]], q, answer))
+                if limit is not None and len(out) >= limit:
+                    break
+            else:
+                lines[num] = rest.strip()
+    return out
+
+
 def passkey_ids(tok, key: str, total: int, depth: float, filler_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
     """The paper's passkey haystack of about `total` tokens with the key at `depth` (0 = start,
     1 = end): (haystack ids, question ids). With `filler_ids` (book text) instead of the repeated
@@ -94,7 +118,7 @@ class TrainingData:
             t = b["text"]
             mid = len(t) // 2
             self.books.append(t[max(0, mid - 150_000) : mid + 150_000])
-        self.babi = self._babi(data_dir / "babi" / "en-10k-train.txt.xz") if "needle" in self.tasks else []
+        self.babi = babi_qa1(data_dir / "babi" / "en-10k-train.txt.xz") if "needle" in self.tasks else []
         self.stories = list(read_jsonl(data_dir / "fairytaleqa" / "train.jsonl.xz")) if "qa" in self.tasks else []
         stop = chat.stop_token_ids[0] if chat is not None and chat.stop_token_ids else None
         self.end = [stop] if stop is not None else []
@@ -116,27 +140,6 @@ class TrainingData:
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
         return self.enc(self.chat.render(messages, add_generation_prompt=True))
-
-    @staticmethod
-    def _babi(path: Path) -> list[tuple[str, str, str]]:
-        """(fact, question, answer) of qa1 (single supporting fact)."""
-        out, lines, task = [], {}, ""
-        with lzma.open(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("###"):
-                    task = line
-                    continue
-                if "qa1_" not in task or not line.strip():
-                    continue
-                num, _, rest = line.strip().partition(" ")
-                if num == "1":
-                    lines = {}
-                if "\t" in rest:
-                    q, answer, support = rest.split("\t")
-                    out.append((lines[support.split()[0]], q.strip(), answer.strip()))
-                else:
-                    lines[num] = rest
-        return out
 
     def _assemble(self, task: str, haystack: list[int], prompt: list[int], answer: list[int]) -> Example:
         """haystack (whole segments) + prompt + answer: inputs and targets, only `answer` scored
