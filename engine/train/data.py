@@ -13,8 +13,10 @@ memory, then a last segment that ends with what is scored. Tasks:
   asked in the chat format in the last segment; the answer is scored;
 - `qa`: FairytaleQA (train split) questions in the application's own answer format, either with
   the excerpt that holds the answer in the local window (as `infini ask` re-reads) or with the
-  story only in the memory (paper-pure mode); the answer is scored. This is also the short
-  instruction data that keeps the chat ability.
+  story only in the memory (paper-pure mode); the answer is scored;
+- `chat`: ordinary short instructions answered by the base model itself (`engine.train.selfdistill`
+  writes them), in one short segment: self-distillation that keeps the everyday chat ability while
+  the other tasks change the model.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. Th
 PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
                  "I will quiz you about the important information there.")
 PASSKEY_QUESTION = "What is the pass key? The pass key is"
-TASKS = ("lm", "passkey", "needle", "qa")
+TASKS = ("lm", "passkey", "needle", "qa", "chat")
 QA_SYSTEM = "You answer questions about the book “{title}”. Answer from the excerpts, briefly and plainly."
 QA_SYSTEM_MEMORY = "You answer questions about the book “{title}”, which you have read. Answer briefly and plainly."
 
@@ -104,7 +106,8 @@ class TrainingData:
     """A mixture of the tasks above, read from `data_dir` (the project's ../shared/data)."""
 
     def __init__(self, tokenizer, chat, segment_length: int, data_dir: Path, mix: dict[str, float],
-                 memory_segments: tuple[int, int] = (1, 3), seed: int = 0, books: int = 40):
+                 memory_segments: tuple[int, int] = (1, 3), seed: int = 0, books: int = 40,
+                 chat_file: str | Path | None = None):
         self.tok, self.chat, self.L = tokenizer, chat, segment_length
         self.seed, self.min_seg, self.max_seg = seed, *memory_segments
         self.tasks = [t for t in TASKS if mix.get(t, 0) > 0]
@@ -120,6 +123,12 @@ class TrainingData:
             self.books.append(t[max(0, mid - 150_000) : mid + 150_000])
         self.babi = babi_qa1(data_dir / "babi" / "en-10k-train.txt.xz") if "needle" in self.tasks else []
         self.stories = list(read_jsonl(data_dir / "fairytaleqa" / "train.jsonl.xz")) if "qa" in self.tasks else []
+        self.chat_items = []
+        if "chat" in self.tasks:
+            if not chat_file:
+                raise ValueError("the chat task needs chat_file (python -m engine.train.selfdistill writes one)")
+            with open(chat_file, encoding="utf-8") as f:
+                self.chat_items = [json.loads(line) for line in f if line.strip()]
         stop = chat.stop_token_ids[0] if chat is not None and chat.stop_token_ids else None
         self.end = [stop] if stop is not None else []
 
@@ -182,6 +191,14 @@ class TrainingData:
         hay = hay[:at] + fact_ids + hay[at:]
         prompt = self.chat_ids([{"role": "user", "content": question}])
         return self._assemble("needle", hay, prompt, self.enc(f"In the {answer}.") + self.end)
+
+    def _chat(self, rng, n) -> Example:
+        item = self.chat_items[rng.randrange(len(self.chat_items))]
+        prompt = self.chat_ids([{"role": "user", "content": item["prompt"]}])
+        answer = self.enc(item["answer"])
+        complete = len(answer) < 60  # an answer cut at the generation limit does not end the turn
+        answer = answer[: self.L - len(prompt) - 1] + (self.end if complete else [])
+        return self._assemble("chat", [], prompt[: self.L // 2], answer)
 
     def _qa(self, rng, n) -> Example:
         story = self.stories[rng.randrange(len(self.stories))]

@@ -51,6 +51,8 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # bf16 on a CPU with fast bf16 and on CUDA, else float32
     books: int = 40  # books of the first Gutenberg shard used as text
+    chat_file: str = ""  # the chat task's data (python -m engine.train.selfdistill)
+    init: str = ""  # an adapter file to start from (its gates and factors), e.g. to continue a run
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -108,13 +110,23 @@ class Trainer:
                 else:
                     lora.append(p)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.init:
+            from ..adapter import read_adapter
+
+            meta, tensors = read_adapter(cfg.init)
+            if meta.get("rank") != cfg.rank:
+                raise ValueError(f"{cfg.init} has rank {meta.get('rank')}, the run asks for {cfg.rank}")
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for name, t in tensors.items():
+                    params[name].copy_(t)
         self.opt = torch.optim.AdamW([
             {"params": lora, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
             {"params": gates, "lr": cfg.gate_lr, "weight_decay": 0.0, "base_lr": cfg.gate_lr},
         ], betas=(0.9, 0.95))
         self.data = data or TrainingData(
             engine.tokenizer, engine.chat, engine.config.segment_length, Path(cfg.data), cfg.mix,
-            cfg.memory_segments, cfg.seed, cfg.books,
+            cfg.memory_segments, cfg.seed, cfg.books, cfg.chat_file or None,
         )
         self.step = 0
         self.tokens = 0

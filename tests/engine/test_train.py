@@ -41,7 +41,8 @@ class RecallData:
 
 def tiny_trainer(tmp_path, steps=6, **kw):
     kw = {"lr": 3e-3, **kw}
-    cfg = TrainConfig(out=str(tmp_path), steps=steps, accumulate=2, rank=4, alpha=8, gate_lr=3e-2,
+    kw = {"rank": 4, **kw}
+    cfg = TrainConfig(out=str(tmp_path), steps=steps, accumulate=2, alpha=8, gate_lr=3e-2,
                       warmup=2, save_every=2, **kw)
     model = build_model(tiny_config(), seed=0)
     return Trainer(cfg, engine=Engine(model), data=RecallData())
@@ -173,3 +174,15 @@ def test_plot_draws_the_log(tmp_path):
                         "tokens_seen": 100 * s, "seconds": s})
     assert plot(log, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_can_start_from_an_adapter(tmp_path):
+    first = tiny_trainer(tmp_path / "first", steps=4)
+    first.run()
+    second = tiny_trainer(tmp_path / "second", steps=4, init=str(tmp_path / "first" / "adapter.safetensors"))
+    a, b = dict(first.model.named_parameters()), dict(second.model.named_parameters())
+    trained = [n for n, p in a.items() if p.requires_grad]
+    assert trained and all(torch.equal(a[n], b[n]) for n in trained)
+    assert all(b[n].dtype == torch.float32 for n in trained)
+    with pytest.raises(ValueError, match="rank"):
+        tiny_trainer(tmp_path / "third", steps=4, init=str(tmp_path / "first" / "adapter.safetensors"), rank=2)

@@ -1,5 +1,6 @@
 """The training examples, with the built-in tokenizer and the real data in ../shared/data."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,12 @@ def smol():
 
 
 @pytest.fixture(scope="module")
-def data(smol):
-    return TrainingData(smol.tokenizer, smol.chat, L, DATA, {"lm": 1, "passkey": 1, "needle": 1, "qa": 1}, (1, 3),
-                        seed=7, books=2)
+def data(smol, tmp_path_factory):
+    chat = tmp_path_factory.mktemp("chat") / "chat.jsonl"
+    chat.write_text(json.dumps({"prompt": "Give a title to this passage: “The sea was calm.”",
+                                "answer": "A Calm Sea."}) + "\n")
+    return TrainingData(smol.tokenizer, smol.chat, L, DATA, {"lm": 1, "passkey": 1, "needle": 1, "qa": 1, "chat": 1},
+                        (1, 3), seed=7, books=2, chat_file=chat)
 
 
 def decode(smol, ids):
@@ -51,8 +55,9 @@ def test_every_task_has_memory_segments_and_scores_only_its_answer(smol, data):
         seen.setdefault(ex.task, ex)
         assert len(ex.ids) == len(ex.targets)
         assert ex.memory_segments * L < len(ex.ids) <= (ex.memory_segments + 1) * L
+        assert ex.memory_segments >= (0 if ex.task in ("qa", "chat") else 1)
         assert ex.scored > 0
-    assert set(seen) == {"lm", "passkey", "needle", "qa"}
+    assert set(seen) == {"lm", "passkey", "needle", "qa", "chat"}
     lm = seen["lm"]
     assert lm.scored == len(lm.ids) and lm.targets[:-1] == lm.ids[1:]  # next-token targets
     pk = seen["passkey"]
@@ -66,5 +71,9 @@ def test_every_task_has_memory_segments_and_scores_only_its_answer(smol, data):
     assert answer.startswith("In the ") and answer.endswith("<|im_end|>")
     place = answer.removeprefix("In the ").removesuffix(".<|im_end|>")
     assert place in decode(smol, nd.ids[: nd.memory_segments * L])  # the fact is in the memory
+    ch = seen["chat"]
+    assert ch.memory_segments == 0
+    assert decode(smol, [t for t in ch.targets if t != -100]) == "A Calm Sea.<|im_end|>"
+    assert "Give a title to this passage" in decode(smol, ch.ids)
     qa = seen["qa"]
     assert decode(smol, [t for t in qa.targets if t != -100]).endswith("<|im_end|>")

@@ -1,0 +1,87 @@
+"""`python -m engine.train.selfdistill --out FILE.jsonl`: ordinary short instructions answered by the
+base model itself, the `chat` task's data. Training on the base model's own answers (self-
+distillation) keeps its everyday chat ability while the other tasks change it.
+
+The instructions are built from book text (no evaluation prompt is among them): explain, continue,
+summarise or rephrase a sentence or a paragraph of a Gutenberg book (train-001, not the books the
+other tasks use), answer a FairytaleQA train question about that story without the story, and
+questions the base model writes itself when asked for a question on a topic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+from pathlib import Path
+
+from .data import read_jsonl
+from .trainer import SHARED_DATA
+
+TEMPLATES = [
+    "Explain in simple words what this sentence means: “{s}”",
+    "Continue this text with two sentences: “{p}”",
+    "Summarise this passage in one sentence: “{p}”",
+    "Rewrite this sentence in modern English: “{s}”",
+    "What is the mood of this passage? “{p}”",
+    "Give a title to this passage: “{p}”",
+]
+TOPICS = ["history", "science", "geography", "cooking", "animals", "music", "sports", "mathematics", "health",
+          "art", "weather", "space", "plants", "languages", "travel", "money", "computers", "the sea"]
+
+
+def prompts(n: int, seed: int, data: Path) -> list[str]:
+    rng = random.Random(seed)
+    sentences, paras = [], []
+    for book in read_jsonl(data / "gutenberg" / "train-001.jsonl.xz", 30):
+        t = book["text"]
+        mid = len(t) // 2
+        for p in t[mid : mid + 60_000].split("\n\n"):
+            p = " ".join(p.split())
+            if 200 < len(p) < 600:
+                paras.append(p)
+                sentences.extend(s for s in re.split(r"(?<=[.!?])\s+", p) if 40 < len(s) < 200)
+    stories = list(read_jsonl(data / "fairytaleqa" / "train.jsonl.xz"))
+    out = []
+    while len(out) < n:
+        kind = rng.random()
+        if kind < 0.6:
+            out.append(rng.choice(TEMPLATES).format(s=rng.choice(sentences), p=rng.choice(paras)))
+        elif kind < 0.8:
+            story = rng.choice(stories)
+            out.append(rng.choice(story["questions"])["question"])
+        else:
+            out.append(f"Ask me one short question about {rng.choice(TOPICS)}, then answer it.")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import engine
+
+    p = argparse.ArgumentParser(prog="python -m engine.train.selfdistill", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--model", default="builtin")
+    p.add_argument("--data", default=str(SHARED_DATA))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    e = engine.load_model(args.model, adapter=None)  # the base model's own answers
+    out = Path(args.out)
+    done = sum(1 for _ in open(out)) if out.exists() else 0  # resumable
+    with open(out, "a", encoding="utf-8") as f:
+        for i, prompt in enumerate(prompts(args.n, args.seed, Path(args.data))):
+            if i < done:
+                continue
+            answer = "".join(e.generate(prompt, e.new_memory(), max_new_tokens=args.max_new_tokens,
+                                        repetition_penalty=1.1)).strip()
+            f.write(json.dumps({"prompt": prompt, "answer": answer}, ensure_ascii=False) + "\n")
+            f.flush()
+            print(f"{i + 1}/{args.n}", end="\r", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
