@@ -168,7 +168,8 @@ class Trainer:
     def adapter_info(self) -> dict:
         return {"steps": self.step, "tokens": self.tokens, "train_seconds": round(self.seconds),
                 "segment_length": self.engine.config.segment_length, "device": str(self.engine.device),
-                "mix": self.cfg.mix, "targets": list(self.cfg.targets), "base": self.cfg.model}
+                "mix": self.cfg.mix, "targets": list(self.cfg.targets), "base": self.cfg.model,
+                "init": self.cfg.init}
 
     def resume(self) -> bool:
         d = self.checkpoint_dir()
