@@ -10,6 +10,7 @@ asked for.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ from .db import SegmentRow, SummaryRow
 from .document import Document
 from .library import Library, LibraryError
 
+# Parts' summaries that together are no longer than this (a long paragraph) are the summary, joined in
+# order: asking a small model to merge them loses parts (SmolLM2-135M with the adapter kept only the
+# last of two).
+JOIN_WORDS = 260
 ANSWER_TOKENS = 220  # room left in the segment for the prompt's wording and the summary itself
 REPETITION_PENALTY = 1.15  # SmolLM2-135M loops on phrases without it
 
@@ -104,6 +109,13 @@ def _parts(engine: eng.Engine, text: str, budget: int) -> list[str]:
     return parts
 
 
+def _whole_sentences(text: str) -> str:
+    """The text up to its last sentence end (a summary cut by the token limit loses its stub)."""
+    text = text.strip()
+    ends = [m.end() for m in re.finditer(r"[.!?][”\"’')]?(?=\s|$)", text)]
+    return text[: ends[-1]] if ends else text
+
+
 def _generate(engine, memory, messages, cancel, stream: bool, section_idx, max_new) -> Iterator[SummaryEvent | str]:
     out = []
     for piece in engine.generate(messages, memory, max_new_tokens=max_new, repetition_penalty=REPETITION_PENALTY):
@@ -141,6 +153,11 @@ def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, se
         if result is None:  # cancelled
             return
         notes.append(result)
+    if sum(len(n.split()) for n in notes) <= JOIN_WORDS:
+        text = "\n\n".join(_whole_sentences(n) for n in notes)
+        yield SummaryEvent("token", text, section_idx)
+        yield text
+        return
     yield SummaryEvent("status", "merging the parts", section_idx)
     joined = "\n\n".join(f"Part {i}: {n}" for i, n in enumerate(notes, 1))
     if len(engine.tokenizer.encode(joined, add_special_tokens=False).ids) > budget:  # summarise the summaries

@@ -183,3 +183,26 @@ def test_a_chapter_is_summarised_over_the_memory_of_the_chapters_before(tiny_rea
         del tiny_reader.generate
     assert events[-1].kind == "done" and seen and all(m == want.to_bytes() for m in seen)
     assert "recalling the chapters before" in [e.text for e in events if e.kind == "status"]
+
+
+def test_a_long_chapters_short_part_summaries_are_joined_in_order(tiny_reader, library, tmp_path, monkeypatch):
+    from app.core import summaries
+
+    book = make_pdf(tmp_path / "long.pdf", fact_page=1, fact="A fact.", pages=8)  # chapters of 4 pages
+    *_, last = ingest_file(library, tiny_reader, book)
+    said = iter(["The keeper lit the lamp. He then went to", "A storm came! The ship was saved.", "Dawn.",
+                 "Merged."])
+    monkeypatch.setattr(summaries, "JOIN_WORDS", 50)
+
+    def generate(messages, memory=None, **kw):
+        yield next(said)
+
+    monkeypatch.setattr(tiny_reader, "generate", generate)
+    budget = max(tiny_reader.config.segment_length - 12 - 150, 256)
+    chapter = library.document(last.document_id).sections[0]
+    text = library.document(last.document_id).text[chapter.start:chapter.end]
+    assert len(summaries._parts(tiny_reader, text, budget)) == 3
+    events = list(summaries.summarize(library, tiny_reader, last.document_id, 0, max_new_tokens=12))
+    # the cut-off stub of the first part is dropped; no merge asked for: "Merged." never said
+    assert events[-1].text == "The keeper lit the lamp.\n\nA storm came! The ship was saved.\n\nDawn."
+    assert "merging the parts" not in [e.text for e in events if e.kind == "status"]
