@@ -25,3 +25,16 @@ def builtin_engine_f32() -> engine.Engine:
     """
     return shut_memory(engine.load_model("builtin", device="cpu", dtype="float32", adapter=None,
                                           segment_length=BUILTIN_TEST_SEGMENT))
+
+
+def write_nudged_adapter(model, path, by: float = 0.05, rank: int = 2, alpha: float = 4) -> None:
+    """An adapter file for `model` whose gates and LoRA factors all differ from a fresh one's (LoRA
+    is added to `model` in place)."""
+    from engine.adapter import add_lora, save_adapter
+
+    add_lora(model, rank, alpha)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(by)
+    save_adapter(model, path)

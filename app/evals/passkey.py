@@ -65,19 +65,18 @@ def run(args) -> dict:
                 plan.append((depth, key, hay, question))
         # the shared prefix: the haystack as far as every key's own segment, read once
         plain, _ = passkey_ids(e.tokenizer, "00000", N, 1.0, filler)  # the key at the very end
-        starts = {}
-        for depth, key, hay, q in plan:
+        starts = []  # per planned item: the segment boundary before its key
+        for _depth, _key, hay, _q in plan:
             differ = next(i for i, (a, b) in enumerate(zip(hay, plain)) if a != b)
-            starts[key + depth] = differ // L * L
+            starts.append(differ // L * L)
         snapshots, mem, pos = {}, e.new_memory(), 0
-        for b in sorted(set(starts.values())):
+        for b in sorted(set(starts)):
             if b > pos:
                 mem = e.ingest(plain[pos:b], mem)
                 pos = b
             snapshots[b] = mem
-        for depth, key, hay, q in plan:
+        for (depth, key, hay, q), b in zip(plan, starts):
             t0 = time.perf_counter()
-            b = starts[key + depth]
             memory = e.ingest(hay[b:], snapshots[b])
             out = answer(e, memory, q)
             first = re.search(r"\d+", out)

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..adapter import LoRALinear, add_lora, save_adapter
-from ..engine import Engine, resolve_device
+from ..engine import Engine
 from .data import TASKS, TrainingData
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -90,7 +90,6 @@ class Trainer:
             engine = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, adapter=None, **overrides)
         self.engine = engine
         self.model = engine.model
-        self.device = resolve_device(cfg.device) if engine is None else engine.device
         add_lora(self.model, cfg.rank, cfg.alpha, cfg.targets)
         if cfg.gate_init is not None:
             with torch.no_grad():

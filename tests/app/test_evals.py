@@ -4,7 +4,6 @@ the built-in tokenizer: the tables and the JSON have their shape. (The numbers m
 import json
 
 import numpy as np
-import torch
 import pytest
 
 from app.cli import main as cli_main
@@ -188,19 +187,14 @@ def test_ppl_per_segment(capsys, tmp_path, tiny_model_dir):
 
 
 def test_chat_check_compares_the_base_and_an_adapter(capsys, tmp_path, tiny_model_dir):
-    from engine.adapter import add_lora, save_adapter
-    from engine.checkpoint import read_hf_directory, load_state_dict_into
+    from engine.checkpoint import load_state_dict_into, read_hf_directory
     from engine.model import InfiniTransformer
+    from tests.conftest import write_nudged_adapter
 
     cfg, tensors = read_hf_directory(tiny_model_dir)
     model = InfiniTransformer.for_loading(cfg)
     load_state_dict_into(model, tensors, "tiny")
-    add_lora(model, 2, 4)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1)
-    save_adapter(model, tmp_path / "a.safetensors")
+    write_nudged_adapter(model, tmp_path / "a.safetensors", by=0.1)
     out_json = tmp_path / "chat.json"
     out = run_eval(capsys, *"chat --qa 2 --max-new-tokens 3".split(), "--model", str(tiny_model_dir),
                    "--adapter", str(tmp_path / "a.safetensors"), "--out", str(out_json))

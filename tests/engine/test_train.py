@@ -16,6 +16,8 @@ from engine.train.__main__ import parse
 from engine.train.data import Example
 from engine.train.trainer import TrainConfig, Trainer, lr_factor, plot
 
+from tests.conftest import write_nudged_adapter
+
 from .conftest import tiny_config
 
 L = 16  # the tiny model's segment length
@@ -140,12 +142,7 @@ def test_adapter_for_another_model_is_refused(tmp_path):
 def test_load_model_applies_an_adapter_file(tmp_path):
     model = build_model(tiny_config(), seed=3)
     Engine(model).export_hf(tmp_path / "m")
-    add_lora(model, 2, 4)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.05)
-    save_adapter(model, tmp_path / "a.safetensors")
+    write_nudged_adapter(model, tmp_path / "a.safetensors")
     plain = load_model(tmp_path / "m", device="cpu", dtype="float32")
     adapted = load_model(tmp_path / "m", device="cpu", dtype="float32", adapter=tmp_path / "a.safetensors")
     assert plain.fingerprint != adapted.fingerprint  # memories of one are refused by the other
