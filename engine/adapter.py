@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -24,8 +25,21 @@ from .model import InfiniTransformer
 ADAPTER_FORMAT = "infini-adapter"
 ADAPTER_VERSION = 1
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-RESOURCES = Path(__file__).resolve().parents[1] / "resources"
-BUILTIN_ADAPTER = RESOURCES / "smollm2-135m-infini-adapter.safetensors"
+BUILTIN_ADAPTER_NAME = "smollm2-135m-infini-adapter.safetensors"
+# Where the project's resources/ folder is: beside the packages (a checkout, an editable install, a
+# PyInstaller bundle, whose datas put it there), or under <prefix>/share/infini-reader (a wheel).
+RESOURCE_DIRS = (
+    Path(__file__).resolve().parents[1] / "resources",
+    Path(sys.prefix) / "share" / "infini-reader" / "resources",
+)
+
+
+def builtin_adapter() -> Path | None:
+    """The shipped adapter of the built-in model, or None when this installation lacks it."""
+    for d in RESOURCE_DIRS:
+        if (d / BUILTIN_ADAPTER_NAME).is_file():
+            return d / BUILTIN_ADAPTER_NAME
+    return None
 
 
 class AdapterError(ModelLoadError):

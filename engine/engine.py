@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .adapter import BUILTIN_ADAPTER, apply_adapter
+from .adapter import BUILTIN_ADAPTER_NAME, apply_adapter, builtin_adapter
 from .builtin import builtin_path
 from .chat import read_chat_format
 from .checkpoint import (
@@ -279,8 +280,8 @@ def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", ad
 
     A GGUF file is converted once into a float32 Hugging Face folder in the user cache; later loads
     read that folder. `adapter`: "auto" applies the project's trained adapter to the built-in model
-    (resources/, when present) and nothing to other models; a path applies that adapter file; None
-    gives the plain converted model. `overrides` set config fields such as segment_length.
+    (`builtin_adapter()`; a warning is logged when this installation lacks it) and nothing to other
+    models; a path applies that adapter file; None gives the plain converted model. `overrides` set config fields such as segment_length.
     """
     tune_allocator()
     dev = resolve_device(device)
@@ -301,10 +302,16 @@ def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", ad
     load_state_dict_into(model, tensors, str(source))
     del tensors
     if adapter == "auto":
-        adapter = BUILTIN_ADAPTER if str(source) == "builtin" and BUILTIN_ADAPTER.is_file() else None
+        adapter = builtin_adapter() if str(source) == "builtin" else None
+        if adapter is None and str(source) == "builtin":
+            # Reading still works, with the plain converted model (its own fingerprint), but say so.
+            logging.getLogger(__name__).warning(
+                "the built-in model's trained adapter (%s) is not in this installation; "
+                "using the plain converted model", BUILTIN_ADAPTER_NAME)
     if adapter is not None:
         apply_adapter(model, adapter)
-        source = f"{source}+{Path(adapter).stem}" if str(source) != "builtin" else source
+        if not (str(source) == "builtin" and Path(adapter) == builtin_adapter()):  # name what is not the default
+            source = f"{source}+{Path(adapter).stem}"
     tokenizer, tok_json = read_tokenizer(folder)
     chat = read_chat_format(folder, tokenizer, cfg.eos_token_id)
     return Engine(model.to(device=dev, dtype=dt), tokenizer, str(source), tok_json, chat=chat)

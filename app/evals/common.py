@@ -55,9 +55,18 @@ def read_jsonl(path: Path) -> Iterator[dict]:
 # ---- the model ----
 
 
-def load_engine(spec: str, device: str = "cpu", adapter: str | None = "auto", **overrides) -> eng.Engine:
-    """The model to measure; `adapter` "auto" (the shipped one for the built-in model), "none", or a file."""
+def add_segment_length(p) -> None:
+    p.add_argument("--segment-length", type=int, default=0,
+                   help="tokens per segment (default: the model's own, 2,048 for the built-in model)")
+
+
+def load_engine(spec: str, device: str = "cpu", adapter: str | None = "auto", segment_length: int = 0,
+                **overrides) -> eng.Engine:
+    """The model to measure; `adapter` "auto" (the shipped one for the built-in model), "none", or a
+    file; `segment_length` 0 keeps the model's own."""
     adapter = None if adapter in (None, "none") else adapter
+    if segment_length:
+        overrides["segment_length"] = segment_length
     return eng.load_model(spec, device=device, adapter=adapter, **overrides)
 
 

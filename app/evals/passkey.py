@@ -19,7 +19,8 @@ import torch
 from engine.memory import Memory
 from engine.train.data import passkey_ids
 
-from .common import DATA, Table, load_engine, parse_tokens, pct, read_jsonl, token_label, write_json
+from .common import (DATA, Table, add_segment_length, load_engine, parse_tokens, pct, read_jsonl, token_label,
+                     write_json)
 
 DEPTHS = {"start": (0.0, 1 / 3), "middle": (1 / 3, 2 / 3), "end": (2 / 3, 1.0)}
 
@@ -30,6 +31,7 @@ def add_arguments(p) -> None:
     p.add_argument("--keys", type=int, default=10, help="keys per length and depth (default 10)")
     p.add_argument("--filler", choices=["paper", "book"], default="paper")
     p.add_argument("--seed", type=int, default=0)
+    add_segment_length(p)
 
 
 def _book_filler(e, tokens: int) -> list[int]:
@@ -47,13 +49,13 @@ def answer(e, memory: Memory, question: list[int]) -> str:
 
 
 def run(args) -> dict:
-    e = load_engine(args.model, args.device, adapter=args.adapter)
+    e = load_engine(args.model, args.device, adapter=args.adapter, segment_length=args.segment_length)
     rng = random.Random(args.seed)
     L = e.config.segment_length
     lengths = [parse_tokens(x) for x in args.lengths.split(",")]
     depths = [d.strip() for d in args.depths.split(",")]
     t_start = time.perf_counter()
-    items, rows = [], []
+    items = []
     for N in lengths:
         filler = _book_filler(e, N) if args.filler == "book" else None
         plan = []  # (depth name, key, haystack with the key, question, first token index that differs)
@@ -81,22 +83,29 @@ def run(args) -> dict:
             out = answer(e, memory, q)
             first = re.search(r"\d+", out)
             ok = first is not None and first.group() == key
+            # the looser reading: the answer's first digits are the key, whatever digits follow
+            # ("6049494" for 60494: the key was found, the model did not stop)
+            digits = first is not None and first.group()[: len(key)] == key
             items.append({"length": N, "depth": depth, "key": key, "answer": out, "correct": ok,
-                          "tokens": len(hay), "seconds": round(time.perf_counter() - t0, 1)})
-            print(f"{token_label(N):>5} {depth:6} {key} → {out!r:16} {'ok' if ok else '--'}", flush=True)
+                          "key_digits": digits, "tokens": len(hay), "seconds": round(time.perf_counter() - t0, 1)})
+            mark = "ok" if ok else "digits" if digits else "--"
+            print(f"{token_label(N):>5} {depth:6} {key} → {out!r:16} {mark}", flush=True)
         del snapshots
     headers = ["length"] + depths + ["all"]
-    for N in lengths:
-        row = [token_label(N)]
-        for d in depths + [None]:
-            sel = [i for i in items if i["length"] == N and (d is None or i["depth"] == d)]
-            row.append(f"{pct(sum(i['correct'] for i in sel) / len(sel))} ({sum(i['correct'] for i in sel)}/{len(sel)})"
-                       if sel else "–")
-        rows.append(row)
+    tables = []
+    for field, what in (("correct", "the number answered is the key"),
+                        ("key_digits", "the answer's first five digits are the key")):
+        rows = []
+        for N in lengths:
+            row = [token_label(N)]
+            for d in depths + [None]:
+                sel = [i[field] for i in items if i["length"] == N and (d is None or i["depth"] == d)]
+                row.append(f"{pct(sum(sel) / len(sel))} ({sum(sel)}/{len(sel)})" if sel else "–")
+            rows.append(row)
+        tables.append(Table(f"Passkey retrieval, {what}; {args.filler} filler, {args.keys} keys per cell "
+                            f"({e.source}; segments of {L} tokens)", headers, rows))
     secs = time.perf_counter() - t_start
-    table = Table(f"Passkey retrieval, {args.filler} filler, {args.keys} keys per cell ({e.source}; "
-                  f"segments of {L} tokens)", headers, rows)
     result = {"eval": "passkey", "model": e.source, "fingerprint": e.fingerprint, "args": vars(args) | {"func": None},
-              "items": items, "tables": [table], "seconds": secs}
+              "items": items, "tables": tables, "seconds": secs}
     write_json(args.out, result)
     return result

@@ -20,10 +20,16 @@ from pathlib import Path
 from .trainer import TrainConfig, Trainer, threads_from_env
 
 
-def parse(argv: list[str] | None) -> TrainConfig:
+def parse(argv: list[str] | None) -> tuple[list[TrainConfig], bool]:
+    """The runs to make, in order, and whether to start afresh (`--fresh`: ignore checkpoints).
+
+    A config file may hold `"phases"`: a list of option sets, each applied over the file's other
+    options; phase i trains into `<out>/<i>-<name>` and starts from the adapter of the phase before
+    (unless it names its own `init`). Flags given on the command line apply to every phase.
+    """
     p = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--config", help="a JSON file of options; flags given here override it")
+    p.add_argument("--config", help="a JSON file of options (and phases); flags given here override it")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -38,7 +44,9 @@ def parse(argv: list[str] | None) -> TrainConfig:
             p.add_argument(flag, type=type(d), help=f"(default {d})")
     p.add_argument("--fresh", action="store_true", help="do not resume from the folder's checkpoint")
     args = p.parse_args(argv)
-    cfg = TrainConfig.from_json(Path(args.config).read_text()) if args.config else TrainConfig()
+    base = json.loads(Path(args.config).read_text()) if args.config else {}
+    phases = base.pop("phases", None) or [{}]
+    flags = {}
     for f in dataclasses.fields(TrainConfig):
         v = getattr(args, f.name)
         if v is None:
@@ -46,20 +54,32 @@ def parse(argv: list[str] | None) -> TrainConfig:
         if isinstance(getattr(defaults, f.name), tuple):
             kind = type(getattr(defaults, f.name)[0])
             v = tuple(kind(x) for x in v.split(","))
-        setattr(cfg, f.name, v)
-    cfg.fresh = args.fresh
-    return cfg
+        flags[f.name] = v
+    out = flags.get("out", base.get("out", defaults.out))
+    configs = []
+    for i, phase in enumerate(phases):
+        phase = dict(phase)
+        name = phase.pop("name", f"phase{i + 1}")
+        opts = {**base, **phase, **flags}
+        if len(phases) > 1:
+            opts["out"] = str(Path(out) / f"{i + 1}-{name}")
+            if i > 0 and "init" not in phase:
+                opts["init"] = str(Path(configs[-1].out) / "adapter.safetensors")
+        configs.append(TrainConfig.from_json(json.dumps(opts)))
+    return configs, args.fresh
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse(argv)
+    configs, fresh = parse(argv)
     threads_from_env()
-    trainer = Trainer(cfg)
-    n = sum(p.numel() for p in trainer.params)
-    print(f"training {n:,} parameters on {trainer.engine.device} ({trainer.engine.dtype}), segments of "
-          f"{trainer.engine.config.segment_length} tokens, into {cfg.out}", flush=True)
-    trainer.run(resume=not getattr(cfg, "fresh", False))
-    print(f"adapter: {Path(cfg.out) / 'adapter.safetensors'}")
+    for cfg in configs:
+        trainer = Trainer(cfg)
+        n = sum(p.numel() for p in trainer.params)
+        print(f"training {n:,} parameters on {trainer.engine.device} ({trainer.engine.dtype}), segments of "
+              f"{trainer.engine.config.segment_length} tokens, into {cfg.out}", flush=True)
+        trainer.run(resume=not fresh)
+        print(f"adapter: {Path(cfg.out) / 'adapter.safetensors'}", flush=True)
+        del trainer
     return 0
 
 

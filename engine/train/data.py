@@ -8,7 +8,7 @@ memory, then a last segment that ends with what is scored. Tasks:
 - `passkey`: the paper's format (filler sentences, "The pass key is NNNNN. Remember it. NNNNN is
   the pass key.", more filler, "What is the pass key? The pass key is"), the key at a random depth
   of the segments before the last; half of the examples use book text as the filler; only the
-  key's digits are scored;
+  key's digits and the full stop after them are scored;
 - `needle`: a bAbI single-supporting fact (qa1, train split) placed in book text; the question is
   asked in the chat format in the last segment; the answer is scored;
 - `qa`: FairytaleQA (train split) questions in the application's own answer format, either with
@@ -181,7 +181,8 @@ class TrainingData:
             hay = hay[: n * self.L]
         # the question after a little more filler, in a segment of its own
         tail = self.enc(" " + FILLER) * rng.randint(0, 3)
-        return self._assemble("passkey", hay, tail + question, self.enc(" " + key))
+        # the key and the full stop after it, as the needle sentence has it: the model learns to stop
+        return self._assemble("passkey", hay, tail + question, self.enc(f" {key}."))
 
     def _needle(self, rng, n) -> Example:
         fact, question, answer = self.babi[rng.randrange(len(self.babi))]

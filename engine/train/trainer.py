@@ -91,10 +91,6 @@ class Trainer:
         self.engine = engine
         self.model = engine.model
         add_lora(self.model, cfg.rank, cfg.alpha, cfg.targets)
-        if cfg.gate_init is not None:
-            with torch.no_grad():
-                for layer in self.model.model.layers:
-                    layer.self_attn.memory_gate.fill_(cfg.gate_init)
         # trainable parameters in float32 whatever the weights' dtype (bf16 base, frozen)
         for m in self.model.modules():
             if isinstance(m, LoRALinear):
@@ -119,6 +115,10 @@ class Trainer:
             with torch.no_grad():
                 for name, t in tensors.items():
                     params[name].copy_(t)
+        if cfg.gate_init is not None:  # after `init`: a run may start from an adapter with its gates reset
+            with torch.no_grad():
+                for layer in self.model.model.layers:
+                    layer.self_attn.memory_gate.fill_(cfg.gate_init)
         self.opt = torch.optim.AdamW([
             {"params": lora, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
             {"params": gates, "lr": cfg.gate_lr, "weight_decay": 0.0, "base_lr": cfg.gate_lr},
@@ -290,9 +290,11 @@ def plot(log_csv: Path, png: Path, smooth: int = 20) -> bool:
     ax.legend()
     ax.grid(alpha=0.3)
     steps = sorted({int(r["step"]) for r in rows})
-    gate = {int(r["step"]): float(r["gate_mean"]) for r in rows}
-    ax2.plot(steps, [gate[s] for s in steps], color="black")
-    ax2.set_ylabel("mean β")
+    gate = {int(r["step"]): (float(r["gate_mean"]), float(r["gate_max"])) for r in rows}
+    ax2.plot(steps, [gate[s][0] for s in steps], color="black", label="mean")
+    ax2.plot(steps, [gate[s][1] for s in steps], color="black", linestyle="--", label="largest")
+    ax2.set_ylabel("β")
+    ax2.legend(loc="upper left", fontsize="small")
     ax2.set_xlabel("optimiser step")
     ax2.grid(alpha=0.3)
     fig.suptitle(f"{log_csv.parent.name}: {rows[-1]['tokens_seen']} tokens, {float(rows[-1]['seconds']) / 60:.0f} min")

@@ -2,6 +2,7 @@
 the built-in tokenizer: the tables and the JSON have their shape. (The numbers mean nothing here.)"""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -154,8 +155,12 @@ def test_passkey_grid(capsys, tmp_path, tiny_model_dir):
     assert rows[0] == ["length", "start", "middle", "end", "all"] and [r[0] for r in rows[1:]] == ["200", "300"]
     data = json.loads(out_json.read_text())
     assert len(data["items"]) == 2 * 3 * 2
+    assert len(data["tables"]) == 2  # the exact number, and the key's digits first
     for it in data["items"]:
-        assert len(it["key"]) == 5 and it["correct"] == (it["answer"][:5] == it["key"])
+        assert len(it["key"]) == 5
+        number = re.search(r"\d+", it["answer"])
+        number = number.group() if number else ""
+        assert it["correct"] == (number == it["key"]) and it["key_digits"] == (number[:5] == it["key"])
         assert it["tokens"] == it["length"]
 
 
@@ -178,11 +183,15 @@ def test_ppl_per_segment(capsys, tmp_path, tiny_model_dir):
     out = run_eval(capsys, *"ppl --books 1 --segments 4".split(), "--model", str(tiny_model_dir),
                    "--out", str(out_json))
     rows = table_rows(out)
-    assert rows[0] == ["segment", "memory on", "memory shut", "gain"] and [r[0] for r in rows[1:]] == ["1", "2", "3", "4", "4–4"]
+    assert rows[0] == ["segment", "memory on", "memory shut", "gain", "memory empty", "gain"]
+    assert [r[0] for r in rows[1:]] == ["1", "2", "3", "4", "4–4"]
     data = json.loads(out_json.read_text())
     first = data["per_segment"][0]
-    # nothing in the memory yet: the first segment reads the same with the memory on or shut
+    # nothing in the memory yet: the first segment reads the same with the memory on or shut, and
+    # exactly the same with it on or empty (the same computation)
     assert first["ppl_memory"] == pytest.approx(first["ppl_shut"], rel=0.05)
+    assert first["ppl_memory"] == pytest.approx(first["ppl_empty"], rel=1e-6)
+    assert any(p["ppl_memory"] != pytest.approx(p["ppl_empty"], rel=1e-6) for p in data["per_segment"][1:])
     assert all(p["ppl_memory"] > 1 for p in data["per_segment"])
 
 

@@ -93,3 +93,47 @@ def test_the_real_install_is_the_checked_file(builtin_engine_f32):
         while chunk := f.read(1 << 20):
             h.update(chunk)
     assert h.hexdigest() == builtin.MODEL_SHA256
+
+
+def test_the_shipped_adapter_is_found_in_a_checkout_and_in_a_wheel_install(tmp_path, monkeypatch):
+    from engine import adapter
+
+    found = adapter.builtin_adapter()
+    assert found is not None and found.parent.name == "resources" and found.stat().st_size > 1_000_000
+    # a wheel puts it under <prefix>/share/infini-reader/resources (pyproject's data-files)
+    share = tmp_path / "share" / "infini-reader" / "resources"
+    share.mkdir(parents=True)
+    (share / adapter.BUILTIN_ADAPTER_NAME).write_bytes(found.read_bytes())
+    monkeypatch.setattr(adapter, "RESOURCE_DIRS", (tmp_path / "nowhere", share))
+    assert adapter.builtin_adapter() == share / adapter.BUILTIN_ADAPTER_NAME
+    monkeypatch.setattr(adapter, "RESOURCE_DIRS", (tmp_path / "nowhere",))
+    assert adapter.builtin_adapter() is None
+
+
+def test_the_wheel_carries_the_shipped_adapter(tmp_path):
+    import tomllib
+    from pathlib import Path
+
+    from engine.adapter import BUILTIN_ADAPTER_NAME
+
+    root = Path(__file__).resolve().parents[2]
+    files = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    assert files["share/infini-reader/resources"][0] == f"resources/{BUILTIN_ADAPTER_NAME}"
+    assert (root / files["share/infini-reader/resources"][0]).is_file()
+    assert f'"resources" / "{BUILTIN_ADAPTER_NAME}"' in (root / "packaging" / "infini-reader.spec").read_text()
+
+
+def test_without_its_adapter_the_builtin_model_loads_plain_and_says_so(builtin_engine_f32, monkeypatch, caplog):
+    import logging
+
+    import engine
+    from engine import adapter
+
+    monkeypatch.setattr(adapter, "RESOURCE_DIRS", ())
+    with caplog.at_level(logging.WARNING, logger="engine.engine"):
+        e = engine.load_model("builtin", device="cpu", dtype="float32", segment_length=256)
+    assert "trained adapter" in caplog.text and "plain converted model" in caplog.text
+    plain = engine.load_model("builtin", device="cpu", dtype="float32", adapter=None, segment_length=256)
+    assert e.fingerprint == plain.fingerprint
+    shipped = engine.load_model("builtin", device="cpu", dtype="float32", segment_length=256)
+    assert shipped.fingerprint != plain.fingerprint

@@ -61,8 +61,9 @@ def test_every_task_has_memory_segments_and_scores_only_its_answer(smol, data):
     lm = seen["lm"]
     assert lm.scored == len(lm.ids) and lm.targets[:-1] == lm.ids[1:]  # next-token targets
     pk = seen["passkey"]
-    key = decode(smol, [t for t in pk.targets if t != -100]).strip()
-    assert key.isdigit() and len(key) == 5
+    scored = decode(smol, [t for t in pk.targets if t != -100]).strip()
+    key = scored.removesuffix(".")
+    assert scored.endswith(".") and key.isdigit() and len(key) == 5  # the key, then a full stop
     memory_text = decode(smol, pk.ids[: pk.memory_segments * L])
     assert f"The pass key is {key}." in memory_text  # only the memory holds the key
     assert key not in decode(smol, pk.ids[pk.memory_segments * L :])
