@@ -43,6 +43,9 @@ class TrainConfig:
     lr: float = 2e-4  # LoRA factors
     gate_lr: float = 2e-2  # the gates move from -6 only with a larger step (DESIGN.md 3.7)
     gate_init: float | None = None  # start every β here instead of the model's value (e.g. -3)
+    # after gate_init/init: every β below this goes back to the model's initial value (-6), keeping the
+    # heads that learned to read the memory open and shutting the rest, whose read is still noise
+    gate_shut_below: float | None = None
     weight_decay: float = 0.01  # LoRA factors only; never the gates
     warmup: int = 10
     clip: float = 1.0
@@ -119,6 +122,12 @@ class Trainer:
             with torch.no_grad():
                 for layer in self.model.model.layers:
                     layer.self_attn.memory_gate.fill_(cfg.gate_init)
+        if cfg.gate_shut_below is not None:
+            shut = self.engine.config.memory_gate_init
+            with torch.no_grad():
+                for layer in self.model.model.layers:
+                    g = layer.self_attn.memory_gate
+                    g.copy_(torch.where(g < cfg.gate_shut_below, torch.full_like(g, shut), g))
         self.opt = torch.optim.AdamW([
             {"params": lora, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
             {"params": gates, "lr": cfg.gate_lr, "weight_decay": 0.0, "base_lr": cfg.gate_lr},
@@ -297,7 +306,8 @@ def plot(log_csv: Path, png: Path, smooth: int = 20) -> bool:
     ax2.legend(loc="upper left", fontsize="small")
     ax2.set_xlabel("optimiser step")
     ax2.grid(alpha=0.3)
-    fig.suptitle(f"{log_csv.parent.name}: {rows[-1]['tokens_seen']} tokens, {float(rows[-1]['seconds']) / 60:.0f} min")
+    run = log_csv.parent.name if log_csv.stem == "log" else log_csv.stem  # runs/x/log.csv, or log-x.csv
+    fig.suptitle(f"{run}: {rows[-1]['tokens_seen']} tokens, {float(rows[-1]['seconds']) / 60:.0f} min")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)

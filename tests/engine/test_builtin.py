@@ -135,5 +135,6 @@ def test_without_its_adapter_the_builtin_model_loads_plain_and_says_so(builtin_e
     assert "trained adapter" in caplog.text and "plain converted model" in caplog.text
     plain = engine.load_model("builtin", device="cpu", dtype="float32", adapter=None, segment_length=256)
     assert e.fingerprint == plain.fingerprint
+    monkeypatch.undo()
     shipped = engine.load_model("builtin", device="cpu", dtype="float32", segment_length=256)
     assert shipped.fingerprint != plain.fingerprint

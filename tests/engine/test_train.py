@@ -179,11 +179,11 @@ def test_phases_run_in_order_each_from_the_adapter_before(tmp_path):
 def test_plot_draws_the_log(tmp_path):
     log = tmp_path / "log.csv"
     with open(log, "w", newline="") as fh:
-        w = csv.DictWriter(fh, ["step", "task", "loss", "gate_mean", "tokens_seen", "seconds"])
+        w = csv.DictWriter(fh, ["step", "task", "loss", "gate_mean", "gate_max", "tokens_seen", "seconds"])
         w.writeheader()
         for s in range(1, 30):
             w.writerow({"step": s, "task": "lm" if s % 2 else "qa", "loss": 3 / s, "gate_mean": -6 + s / 10,
-                        "tokens_seen": 100 * s, "seconds": s})
+                        "gate_max": -5 + s / 5, "tokens_seen": 100 * s, "seconds": s})
     assert plot(log, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -221,3 +221,17 @@ def test_the_shipped_recipes_parse(name):
     assert configs and all(c.steps > 0 and c.mix for c in configs)
     for before, after in zip(configs, configs[1:]):
         assert after.init == str(Path(before.out) / "adapter.safetensors")
+
+
+def test_gates_that_stayed_low_can_be_shut_at_the_start_of_a_run(tmp_path):
+    first = tiny_trainer(tmp_path / "first", steps=2)
+    with torch.no_grad():
+        for i, layer in enumerate(first.model.model.layers):
+            layer.self_attn.memory_gate.copy_(torch.linspace(-3, 1, 6) + i)
+    save_adapter(first.model, tmp_path / "a.safetensors", {})
+    second = tiny_trainer(tmp_path / "second", steps=2, init=str(tmp_path / "a.safetensors"), gate_shut_below=-1.0)
+    shut = second.engine.config.memory_gate_init
+    for i, layer in enumerate(second.model.model.layers):
+        want = torch.linspace(-3, 1, 6) + i
+        want = torch.where(want < -1.0, torch.full_like(want, shut), want)
+        torch.testing.assert_close(layer.self_attn.memory_gate.detach(), want)

@@ -66,7 +66,8 @@ def test_every_task_has_memory_segments_and_scores_only_its_answer(smol, data):
     assert scored.endswith(".") and key.isdigit() and len(key) == 5  # the key, then a full stop
     memory_text = decode(smol, pk.ids[: pk.memory_segments * L])
     assert f"The pass key is {key}." in memory_text  # only the memory holds the key
-    assert key not in decode(smol, pk.ids[pk.memory_segments * L :])
+    first_scored = next(i for i, t in enumerate(pk.targets) if t != -100)
+    assert key not in decode(smol, pk.ids[pk.memory_segments * L : first_scored + 1])  # nor the question
     nd = seen["needle"]
     answer = decode(smol, [t for t in nd.targets if t != -100])
     assert answer.startswith("In the ") and answer.endswith("<|im_end|>")
