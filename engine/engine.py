@@ -281,7 +281,8 @@ def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", ad
     A GGUF file is converted once into a float32 Hugging Face folder in the user cache; later loads
     read that folder. `adapter`: "auto" applies the project's trained adapter to the built-in model
     (`builtin_adapter()`; a warning is logged when this installation lacks it) and nothing to other
-    models; a path applies that adapter file; None gives the plain converted model. `overrides` set config fields such as segment_length.
+    models; a path applies that adapter file; None gives the plain converted model. `overrides` set
+    config fields such as segment_length.
     """
     tune_allocator()
     dev = resolve_device(device)

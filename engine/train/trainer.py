@@ -118,16 +118,13 @@ class Trainer:
             with torch.no_grad():
                 for name, t in tensors.items():
                     params[name].copy_(t)
-        if cfg.gate_init is not None:  # after `init`: a run may start from an adapter with its gates reset
-            with torch.no_grad():
-                for layer in self.model.model.layers:
-                    layer.self_attn.memory_gate.fill_(cfg.gate_init)
-        if cfg.gate_shut_below is not None:
-            shut = self.engine.config.memory_gate_init
-            with torch.no_grad():
-                for layer in self.model.model.layers:
-                    g = layer.self_attn.memory_gate
-                    g.copy_(torch.where(g < cfg.gate_shut_below, torch.full_like(g, shut), g))
+        with torch.no_grad():  # after `init`: a run may start from an adapter with its gates reset or pruned
+            for layer in self.model.model.layers:
+                g = layer.self_attn.memory_gate
+                if cfg.gate_init is not None:
+                    g.fill_(cfg.gate_init)
+                if cfg.gate_shut_below is not None:
+                    g.masked_fill_(g < cfg.gate_shut_below, self.engine.config.memory_gate_init)
         self.opt = torch.optim.AdamW([
             {"params": lora, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
             {"params": gates, "lr": cfg.gate_lr, "weight_decay": 0.0, "base_lr": cfg.gate_lr},
