@@ -321,21 +321,37 @@ class InfiniTransformer(nn.Module):
 
     # ---- training: several segments, gradients through the memory ----
 
-    def forward_train(self, idx: torch.Tensor, targets: torch.Tensor, grad_checkpoint: bool = True) -> torch.Tensor:
+    def forward_train(self, idx: torch.Tensor, targets: torch.Tensor, grad_checkpoint: bool = True,
+                      constant: frozenset[int] | set[int] = frozenset()) -> torch.Tensor:
         """Mean cross-entropy over a sequence of several segments, idx/targets (B, N).
 
         The memory is never detached inside the sequence, so the loss of a late segment reaches the
         weights through every earlier segment's keys and values. With `grad_checkpoint`, each
         segment's activations are recomputed in the backward pass: peak activation memory is that of
         one segment. Targets equal to -100 are ignored.
+
+        `constant` (segment indices, unscored ones only) is truncated back-propagation for long
+        sequences: those segments run without gradient and their writes (dM, dz) enter the memory as
+        constants. The memory itself still flows through them (M_s = M_{s-1} + dM), so a key written
+        before a thousand constant segments still receives the gradient of the question after them;
+        what is dropped is how each constant write depends on the weights and on the memory it read.
+        The loss is the same number as without it.
         """
         L = self.config.segment_length
         n_layers = self.config.num_hidden_layers
         mem_flat: list[torch.Tensor] = []
         total = idx.new_zeros((), dtype=torch.float32)
         count = (targets != -100).sum()
-        for s in range(0, idx.shape[1], L):
+        for i, s in enumerate(range(0, idx.shape[1], L)):
             args = (idx[:, s : s + L], targets[:, s : s + L], *mem_flat)
+            if i in constant and torch.is_grad_enabled():
+                if bool((args[1] != -100).any()):
+                    raise ValueError(f"segment {i} is scored: it cannot run without gradient")
+                mem = list(zip(mem_flat[0::2], mem_flat[1::2])) if mem_flat else None
+                with torch.no_grad():
+                    _, deltas = self.segment(args[0], mem, write_only=True)
+                mem_flat = [t for pair in add_delta(mem, deltas) for t in pair]
+                continue
             if grad_checkpoint and torch.is_grad_enabled():
                 out = checkpoint(self._segment_loss, *args, use_reentrant=False)
             else:

@@ -43,10 +43,19 @@ class Example:
     ids: list[int]  # model input, a multiple of the segment length plus the last segment
     targets: list[int]  # the next token where scored, -100 elsewhere
     memory_segments: int  # whole segments before the last
+    needle_at: int = -1  # where the passkey or fact begins in `ids` (-1: none)
 
     @property
     def scored(self) -> int:
         return sum(t != -100 for t in self.targets)
+
+    def filler_segments(self, L: int, needle_len: int = 32) -> set[int]:
+        """Segments of length L that are neither scored nor touch the needle's first `needle_len`
+        tokens: the ones truncated back-propagation may run without gradient."""
+        keep = {i // L for i, t in enumerate(self.targets) if t != -100}
+        if self.needle_at >= 0:
+            keep |= set(range(self.needle_at // L, (self.needle_at + needle_len - 1) // L + 1))
+        return set(range(-(-len(self.ids) // L))) - keep
 
 
 def read_jsonl(path: Path, limit: int | None = None):
@@ -102,6 +111,15 @@ def passkey_ids(tok, key: str, total: int, depth: float, filler_ids: list[int] |
     return intro + filler[:at] + needle + filler[at:], question
 
 
+def find(seq: list[int], part: list[int]) -> int:
+    """Index of the first occurrence of `part` in `seq`, -1 if absent."""
+    first = part[0]
+    for i in range(len(seq) - len(part) + 1):
+        if seq[i] == first and seq[i : i + len(part)] == part:
+            return i
+    return -1
+
+
 class TrainingData:
     """A mixture of the tasks above, read from `data_dir` (the project's ../shared/data)."""
 
@@ -150,14 +168,15 @@ class TrainingData:
     def chat_ids(self, messages: list[dict]) -> list[int]:
         return self.enc(self.chat.render(messages, add_generation_prompt=True))
 
-    def _assemble(self, task: str, haystack: list[int], prompt: list[int], answer: list[int]) -> Example:
+    def _assemble(self, task: str, haystack: list[int], prompt: list[int], answer: list[int],
+                  needle_at: int = -1) -> Example:
         """haystack (whole segments) + prompt + answer: inputs and targets, only `answer` scored
         (every token when `answer` is empty and the task is lm)."""
         seq = haystack + prompt + answer
         score_from = len(haystack) + len(prompt) if answer else 1
         ids = seq[:-1]
         targets = [t if i + 1 >= score_from else -100 for i, t in enumerate(seq[1:])]
-        return Example(task, ids, targets, len(haystack) // self.L)
+        return Example(task, ids, targets, len(haystack) // self.L, needle_at)
 
     # ---- tasks ----
 
@@ -182,7 +201,7 @@ class TrainingData:
         # the question after a little more filler, in a segment of its own
         tail = self.enc(" " + FILLER) * rng.randint(0, 3)
         # the key and the full stop after it, as the needle sentence has it: the model learns to stop
-        return self._assemble("passkey", hay, tail + question, self.enc(f" {key}."))
+        return self._assemble("passkey", hay, tail + question, self.enc(f" {key}."), find(hay, self.enc(" The pass key is")))
 
     def _needle(self, rng, n) -> Example:
         fact, question, answer = self.babi[rng.randrange(len(self.babi))]
@@ -191,7 +210,7 @@ class TrainingData:
         at = rng.randrange(len(hay))
         hay = hay[:at] + fact_ids + hay[at:]
         prompt = self.chat_ids([{"role": "user", "content": question}])
-        return self._assemble("needle", hay, prompt, self.enc(f"In the {answer}.") + self.end)
+        return self._assemble("needle", hay, prompt, self.enc(f"In the {answer}.") + self.end, at)
 
     def _chat(self, rng, n) -> Example:
         item = self.chat_items[rng.randrange(len(self.chat_items))]

@@ -56,6 +56,10 @@ class TrainConfig:
     books: int = 40  # books of the first Gutenberg shard used as text
     chat_file: str = ""  # the chat task's data (python -m engine.train.selfdistill)
     init: str = ""  # an adapter file to start from (its gates and factors), e.g. to continue a run
+    # truncated back-propagation for long sequences: segments that hold neither what is scored nor
+    # the passkey/fact run without gradient, their writes entering the memory as constants
+    # (InfiniTransformer.forward_train, `constant`); the loss is unchanged, a step costs far less
+    truncate: bool = False
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -210,7 +214,8 @@ class Trainer:
             ex = self.data.example(self.step * cfg.accumulate + micro)
             ids = torch.tensor([ex.ids], device=self.engine.device)
             targets = torch.tensor([ex.targets], device=self.engine.device)
-            loss = self.model.forward_train(ids, targets)
+            constant = ex.filler_segments(self.engine.config.segment_length) if cfg.truncate else set()
+            loss = self.model.forward_train(ids, targets, constant=constant)
             (loss / cfg.accumulate).backward()
             self.tokens += len(ex.ids)
             rows.append({"task": ex.task, "loss": float(loss.detach()), "tokens": len(ex.ids),

@@ -74,6 +74,44 @@ def test_gates_and_factors_receive_gradient_through_the_memory(tmp_path):
     assert all(n.endswith(("lora_A", "lora_B", "memory_gate")) for n, p in t.model.named_parameters() if p.requires_grad)
 
 
+def test_filler_segments_are_neither_scored_nor_hold_the_needle():
+    targets = [-100] * (5 * L) + [1, 2]
+    ex = Example("passkey", [0] * len(targets), targets, 5, needle_at=2 * L - 3)  # across segments 1 and 2
+    assert ex.filler_segments(L, needle_len=8) == {0, 3, 4}
+    assert Example("lm", [0] * (2 * L), [-100] * L + [1] * L, 1).filler_segments(L) == {0}
+
+
+def test_truncated_backprop_keeps_the_loss_and_the_path_through_the_memory():
+    """Segments run without gradient give the same loss; the key written before them still gets
+    the question's gradient through the memory that flows past them."""
+    model = build_model(tiny_config(), seed=0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.memory_gate.fill_(0.0)  # the memory read counts
+    r = random.Random(2)
+    ids = torch.tensor([[r.randrange(10, 90) for _ in range(4 * L + 6)]])
+    targets = torch.full_like(ids, -100)
+    targets[0, -4:] = ids[0, :4]  # the last segment asks for segment 0's first tokens
+
+    def run(constant):
+        model.zero_grad(set_to_none=True)
+        loss = model.forward_train(ids, targets, constant=constant)
+        loss.backward()
+        return float(loss.detach()), [layer.self_attn.k_proj.weight.grad.clone() for layer in model.model.layers]
+
+    full, g_full = run(set())
+    trunc, g_trunc = run({1, 2, 3})
+    key_const, g_key_const = run({0, 1, 2, 3})
+    assert trunc == pytest.approx(full, rel=1e-5) and key_const == pytest.approx(full, rel=1e-5)
+    # segment 0's keys reach the loss through segments 1-3 (identity on M): a different gradient
+    # than with segment 0 constant too, and closer to the full one
+    assert not torch.allclose(g_trunc[0], g_key_const[0])
+    err = lambda g: sum(float((a - b).norm()) for a, b in zip(g, g_full))
+    assert err(g_trunc) < err(g_key_const)
+    with pytest.raises(ValueError, match="scored"):
+        model.forward_train(ids, targets, constant={4})
+
+
 def test_the_gates_are_not_decayed_and_learn_faster(tmp_path):
     t = tiny_trainer(tmp_path)
     lora, gates = t.opt.param_groups

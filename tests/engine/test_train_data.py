@@ -68,7 +68,12 @@ def test_every_task_has_memory_segments_and_scores_only_its_answer(smol, data):
     assert f"The pass key is {key}." in memory_text  # only the memory holds the key
     first_scored = next(i for i, t in enumerate(pk.targets) if t != -100)
     assert key not in decode(smol, pk.ids[pk.memory_segments * L : first_scored + 1])  # nor the question
+    assert decode(smol, pk.ids[pk.needle_at : pk.needle_at + 12]).startswith(f" The pass key is {key}.")
+    assert pk.needle_at < pk.memory_segments * L
+    keep = set(range(pk.memory_segments + 1)) - pk.filler_segments(L)  # differentiated segments
+    assert {pk.needle_at // L, pk.memory_segments} <= keep and len(keep) <= 3
     nd = seen["needle"]
+    assert nd.needle_at >= 0 and nd.needle_at // L not in nd.filler_segments(L)
     answer = decode(smol, [t for t in nd.targets if t != -100])
     assert answer.startswith("In the ") and answer.endswith("<|im_end|>")
     place = answer.removeprefix("In the ").removesuffix(".<|im_end|>")
