@@ -251,7 +251,7 @@ def test_a_model_learns_to_recall_through_its_memory_alone(rule):
     assert train_recall(-100.0, 150, rule=rule, frozen_gate=True)[-1][1] > 0.9 * math.log(10)
 
 
-@pytest.mark.parametrize("name", ["cpu.json", "cpu-chat.json", "cpu-memory.json", "cpu-memory-distance.json", "gpu.json"])
+@pytest.mark.parametrize("name", ["cpu.json", "cpu-chat.json", "cpu-memory.json", "gpu.json"])
 def test_the_shipped_recipes_parse(name):
     from pathlib import Path
 
