@@ -43,7 +43,7 @@ class Context:
     def engine(self):
         from app.core.models import ModelChoice, load_engine
 
-        return load_engine(ModelChoice(self.args.model, self.args.device))
+        return load_engine(ModelChoice(self.args.model, self.args.device, adapter=self.args.adapter))
 
     def doc(self, ref: str) -> int:
         return self.library.resolve(ref)
@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="an SQLAlchemy database URL instead of the SQLite file in the data folder")
     p.add_argument("--model", default="builtin", help="builtin (default), a GGUF file or a model folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--adapter", default="auto", metavar="auto|none|FILE",
+                   help="the trained adapter: auto (the shipped one, built-in model only), none, or a file "
+                        "written by python -m engine.train; a document read with one is asked with the same")
     cmds = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = cmds.add_parser("ingest", help="read books into the library")

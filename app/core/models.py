@@ -16,11 +16,13 @@ class ModelChoice:
     spec: str = "builtin"  # "builtin", a GGUF file, or a model folder
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"
+    adapter: str = "auto"  # auto (the shipped one, for the built-in model), none, or an adapter file
 
 
 def load_engine(choice: ModelChoice) -> engine.Engine:
     t0 = time.perf_counter()
-    e = engine.load_model(choice.spec, device=choice.device, dtype=choice.dtype)
+    adapter = None if choice.adapter == "none" else choice.adapter
+    e = engine.load_model(choice.spec, device=choice.device, dtype=choice.dtype, adapter=adapter)
     log.info("loaded %s on %s (%s) in %.1f s", choice.spec, e.device, e.dtype, time.perf_counter() - t0)
     return e
 

@@ -92,6 +92,33 @@ def test_user_errors_are_one_line_without_traceback(capsys, tmp_path, tiny_model
     assert code == 1 and "no such file or folder" in err
 
 
+def test_a_book_read_with_an_adapter_is_asked_with_it(capsys, tmp_path, tiny_model_dir):
+    from engine import load_model
+
+    from tests.conftest import write_nudged_adapter
+
+    adapter = tmp_path / "nudged.safetensors"
+    write_nudged_adapter(load_model(tiny_model_dir, device="cpu", adapter=None).model, adapter)
+    data = tmp_path / "data"
+    book = write_book(tmp_path / "lighthouse.txt", chapters=2)
+    code, out, err = run(capsys, data, tiny_model_dir, "--adapter", str(adapter), "ingest", "--quiet", str(book))
+    assert code == 0, err
+    doc = out.strip()
+    code, out, err = run(capsys, data, tiny_model_dir, "--adapter", str(adapter), "ask", doc, "Who keeps the light?")
+    assert code == 0 and out.strip(), err
+    # without it the weights differ from those that wrote the memory: a clear message, the book kept
+    code, _, err = run(capsys, data, tiny_model_dir, "ask", doc, "Who keeps the light?")
+    assert code == 1 and err.startswith("infini: ") and "Traceback" not in err
+    code, out, _ = run(capsys, data, tiny_model_dir, "list", "--json")
+    assert json.loads(out)[0]["status"] == "ready"
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not an adapter")
+    code, _, err = run(capsys, data, tiny_model_dir, "--adapter", str(bad), "list")
+    assert code == 0  # listing needs no model
+    code, _, err = run(capsys, data, tiny_model_dir, "--adapter", str(bad), "ask", doc, "Who?")
+    assert code == 1 and "not a readable adapter" in err and err.count("\n") == 1
+
+
 def test_the_installed_command_runs_on_the_builtin_model(tmp_path):
     """`infini ingest` of the real EPUB fixture with the built-in model, as a user would run it."""
     exe = Path(sys.executable).with_name("infini")
