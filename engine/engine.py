@@ -311,7 +311,9 @@ def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", ad
                 "using the plain converted model", BUILTIN_ADAPTER_NAME)
     if adapter is not None:
         apply_adapter(model, adapter)
-        if not (str(source) == "builtin" and Path(adapter) == builtin_adapter()):  # name what is not the default
+        shipped = builtin_adapter()
+        if not (str(source) == "builtin" and shipped is not None
+                and Path(adapter).resolve() == Path(shipped).resolve()):  # name what is not the default
             source = f"{source}+{Path(adapter).stem}"
     tokenizer, tok_json = read_tokenizer(folder)
     chat = read_chat_format(folder, tokenizer, cfg.eos_token_id)

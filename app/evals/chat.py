@@ -84,7 +84,8 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     qa = qa_items(args.qa, args.seed)
     systems, items = [], []
-    for label, adapter in (("base", args.baseline), ("adapted", args.adapter)):
+    first = "base" if args.baseline in (None, "none") else "baseline"  # the plain model, or an adapter
+    for label, adapter in ((first, args.baseline), ("adapted", args.adapter)):
         e = load_engine(args.model, args.device, adapter=adapter)
         inst = []
         for prompt, words in INSTRUCTIONS:

@@ -28,18 +28,30 @@ def add_arguments(p) -> None:
 
 
 @torch.inference_mode()
-def segment_nll(e, ids: torch.Tensor, memory: bool) -> list[tuple[float, int]]:
-    """(summed negative log-likelihood, tokens) per segment; the memory carried on or not at all."""
+def segment_nll(e, ids: torch.Tensor, memory: bool = True) -> tuple[list, list]:
+    """(summed negative log-likelihood, tokens) per segment, twice: with the memory carried from
+    segment to segment, and with every segment read alone (an empty memory). The first segment is
+    the same in both and is computed once. `memory` False computes only the second list (the first
+    is then empty)."""
     L = e.config.segment_length
-    model, layers, out = e.model, None, []
+    model, layers, on, alone = e.model, None, [], []
+
+    def nll(h, chunk) -> tuple[float, int]:
+        logits = model.lm_head(h[0]).float()
+        return float(F.cross_entropy(logits, chunk[1:], reduction="sum")), chunk.numel() - 1
+
     for s in range(0, ids.numel() - 1, L):
         chunk = ids[s : s + L + 1]
-        h, deltas = model.segment(chunk[None, :-1], layers if memory else None)
-        logits = model.lm_head(h[0]).float()
-        out.append((float(F.cross_entropy(logits, chunk[1:], reduction="sum")), chunk.numel() - 1))
         if memory:
+            h, deltas = model.segment(chunk[None, :-1], layers)
+            on.append(nll(h, chunk))
+            if layers is None:  # nothing written yet: the segment read alone is this one
+                alone.append(on[-1])
             layers = add_delta(layers, deltas)
-    return out
+        if len(alone) < len(on) or not memory:
+            h, _ = model.segment(chunk[None, :-1], None)
+            alone.append(nll(h, chunk))
+    return on, alone
 
 
 def run(args) -> dict:
@@ -60,8 +72,9 @@ def run(args) -> dict:
         if len(ids) < need:
             continue
         ids = torch.tensor(ids[:need], device=e.device)
-        for acc, eng_, mem in ((on, e, True), (off, shut, False), (empty, e, False)):
-            for i, (nll, n) in enumerate(segment_nll(eng_, ids, mem)):
+        with_memory, alone = segment_nll(e, ids)
+        for acc, per_segment in ((on, with_memory), (off, segment_nll(shut, ids, memory=False)[1]), (empty, alone)):
+            for i, (nll, n) in enumerate(per_segment):
                 acc[i][0] += nll
                 acc[i][1] += n
         books.append(b["title"])

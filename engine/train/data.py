@@ -49,10 +49,14 @@ class Example:
     def scored(self) -> int:
         return sum(t != -100 for t in self.targets)
 
-    def filler_segments(self, L: int, needle_len: int = 32) -> set[int]:
+    def filler_segments(self, L: int, needle_len: int = 32, tail: int = 0) -> set[int]:
         """Segments of length L that are neither scored nor touch the needle's first `needle_len`
-        tokens: the ones truncated back-propagation may run without gradient."""
+        tokens nor are among the `tail` segments just before the first scored one: the ones
+        truncated back-propagation may run without gradient. `tail` lets the text right before the
+        question (a book's last pages, a story told before it is asked about) learn to write."""
         keep = {i // L for i, t in enumerate(self.targets) if t != -100}
+        first = min(keep, default=0)
+        keep |= set(range(max(0, first - tail), first))
         if self.needle_at >= 0:
             keep |= set(range(self.needle_at // L, (self.needle_at + needle_len - 1) // L + 1))
         return set(range(-(-len(self.ids) // L))) - keep

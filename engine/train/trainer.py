@@ -60,6 +60,9 @@ class TrainConfig:
     # the passkey/fact run without gradient, their writes entering the memory as constants
     # (InfiniTransformer.forward_train, `constant`); the loss is unchanged, a step costs far less
     truncate: bool = False
+    # with truncate: the last memory segments before the scored one that keep their gradient, so
+    # that book text and stories, which hold no needle, also learn what to write (0: none)
+    grad_tail: int = 0
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -214,7 +217,8 @@ class Trainer:
             ex = self.data.example(self.step * cfg.accumulate + micro)
             ids = torch.tensor([ex.ids], device=self.engine.device)
             targets = torch.tensor([ex.targets], device=self.engine.device)
-            constant = ex.filler_segments(self.engine.config.segment_length) if cfg.truncate else set()
+            constant = (ex.filler_segments(self.engine.config.segment_length, tail=cfg.grad_tail)
+                        if cfg.truncate else set())
             loss = self.model.forward_train(ids, targets, constant=constant)
             (loss / cfg.accumulate).backward()
             self.tokens += len(ex.ids)

@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from app.cli import main as cli_main
 from app.evals import common, needle
@@ -194,6 +195,26 @@ def test_ppl_per_segment(capsys, tmp_path, tiny_model_dir):
     assert first["ppl_memory"] == pytest.approx(first["ppl_empty"], rel=1e-6)
     assert any(p["ppl_memory"] != pytest.approx(p["ppl_empty"], rel=1e-6) for p in data["per_segment"][1:])
     assert all(p["ppl_memory"] > 1 for p in data["per_segment"])
+
+
+def test_segment_nll_carries_the_memory_or_reads_each_segment_alone(tiny_reader):
+    import copy
+
+    from app.evals.ppl import segment_nll
+    from engine import Engine
+
+    model = copy.deepcopy(tiny_reader.model)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.memory_gate.fill_(0.0)  # the memory read counts
+    e = Engine(model, tiny_reader.tokenizer, "tiny", tiny_reader.tokenizer_json, tiny_reader.chat)
+    ids = torch.randint(10, 5000, (3 * 64 + 1,), generator=torch.Generator().manual_seed(0))
+    on, alone = segment_nll(e, ids)
+    assert [n for _, n in on] == [n for _, n in alone] == [64, 64, 64]
+    none, only_alone = segment_nll(e, ids, memory=False)
+    assert none == [] and [x for x, _ in only_alone] == pytest.approx([x for x, _ in alone], rel=1e-6)
+    # the memory counts from the second segment on (float32: a shut or ignored memory gives the same bits)
+    assert on[0] == alone[0] and abs(on[1][0] - alone[1][0]) > 1e-2
 
 
 def test_chat_check_compares_the_base_and_an_adapter(capsys, tmp_path, tiny_model_dir):

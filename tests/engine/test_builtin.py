@@ -1,6 +1,7 @@
 """Installing the built-in model: checked hashes, atomic writes, clear errors; and `infini model`."""
 
 import hashlib
+import os
 import subprocess
 import zipfile
 
@@ -137,4 +138,8 @@ def test_without_its_adapter_the_builtin_model_loads_plain_and_says_so(builtin_e
     assert e.fingerprint == plain.fingerprint
     monkeypatch.undo()
     shipped = engine.load_model("builtin", device="cpu", dtype="float32", segment_length=256)
-    assert shipped.fingerprint != plain.fingerprint
+    assert shipped.fingerprint != plain.fingerprint and shipped.source == "builtin"
+    # the shipped file named by a relative path is the default, not another adapter
+    named = engine.load_model("builtin", device="cpu", dtype="float32", segment_length=256,
+                              adapter=os.path.relpath(adapter.builtin_adapter()))
+    assert named.source == "builtin" and named.fingerprint == shipped.fingerprint

@@ -79,6 +79,13 @@ def test_filler_segments_are_neither_scored_nor_hold_the_needle():
     ex = Example("passkey", [0] * len(targets), targets, 5, needle_at=2 * L - 3)  # across segments 1 and 2
     assert ex.filler_segments(L, needle_len=8) == {0, 3, 4}
     assert Example("lm", [0] * (2 * L), [-100] * L + [1] * L, 1).filler_segments(L) == {0}
+    # `tail`: the segments just before the first scored one keep their gradient (a story told
+    # before it is asked about); it stops at the sequence's start
+    story = Example("qa", [0] * (4 * L + 2), [-100] * (4 * L) + [1, 2], 4)
+    assert story.filler_segments(L) == {0, 1, 2, 3}
+    assert story.filler_segments(L, tail=2) == {0, 1}
+    assert story.filler_segments(L, tail=9) == set()
+    assert ex.filler_segments(L, needle_len=8, tail=1) == {0, 3}
 
 
 def test_truncated_backprop_keeps_the_loss_and_the_path_through_the_memory():

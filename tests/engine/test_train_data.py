@@ -60,6 +60,7 @@ def test_every_task_has_memory_segments_and_scores_only_its_answer(smol, data):
     assert set(seen) == {"lm", "passkey", "needle", "qa", "chat"}
     lm = seen["lm"]
     assert lm.scored == len(lm.ids) and lm.targets[:-1] == lm.ids[1:]  # next-token targets
+    assert lm.filler_segments(L) == set()  # every segment scored: truncation leaves book text whole
     pk = seen["passkey"]
     scored = decode(smol, [t for t in pk.targets if t != -100]).strip()
     key = scored.removesuffix(".")
