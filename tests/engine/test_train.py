@@ -266,7 +266,9 @@ def test_a_model_learns_to_recall_through_its_memory_alone(rule):
     assert train_recall(-100.0, 150, rule=rule, frozen_gate=True)[-1][1] > 0.9 * math.log(10)
 
 
-@pytest.mark.parametrize("name", ["cpu.json", "cpu-chat.json", "cpu-chat-2.json", "cpu-memory.json", "gpu.json"])
+@pytest.mark.parametrize(
+    "name", ["cpu.json", "cpu-chat.json", "cpu-chat-2.json", "cpu-chat-3.json", "cpu-memory.json", "gpu.json"]
+)
 def test_the_shipped_recipes_parse(name):
     from pathlib import Path
 
@@ -280,7 +282,8 @@ def test_the_shipped_adapter_s_runs_follow_each_other():
     from pathlib import Path
 
     folder = Path(__file__).resolve().parents[2] / "resources" / "training"
-    runs = [parse(["--config", str(folder / name)])[0][0] for name in ("cpu.json", "cpu-chat.json", "cpu-chat-2.json")]
+    names = ("cpu.json", "cpu-chat.json", "cpu-chat-2.json", "cpu-chat-3.json")
+    runs = [parse(["--config", str(folder / name)])[0][0] for name in names]
     assert not runs[0].init
     for before, after in zip(runs, runs[1:]):
         assert after.init == str(Path(before.out) / "adapter.safetensors") and after.chat_file
