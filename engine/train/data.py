@@ -53,7 +53,7 @@ class Example:
         """Segments of length L that are neither scored nor touch the needle's first `needle_len`
         tokens nor are among the `tail` segments just before the first scored one: the ones
         truncated back-propagation may run without gradient. `tail` lets the text right before the
-        question (a book's last pages, a story told before it is asked about) learn to write."""
+        question (a story told before it is asked about) learn what to write."""
         keep = {i // L for i, t in enumerate(self.targets) if t != -100}
         first = min(keep, default=0)
         keep |= set(range(max(0, first - tail), first))

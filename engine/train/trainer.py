@@ -61,7 +61,8 @@ class TrainConfig:
     # (InfiniTransformer.forward_train, `constant`); the loss is unchanged, a step costs far less
     truncate: bool = False
     # with truncate: the last memory segments before the scored one that keep their gradient, so
-    # that book text and stories, which hold no needle, also learn what to write (0: none)
+    # that a story told in the memory and asked about (no needle, only the answer scored) also
+    # learns what to write (0: none; book text is scored throughout and never constant)
     grad_tail: int = 0
 
     @classmethod
