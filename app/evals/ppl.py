@@ -45,10 +45,10 @@ def segment_nll(e, ids: torch.Tensor, memory: bool = True) -> tuple[list, list]:
         if memory:
             h, deltas = model.segment(chunk[None, :-1], layers)
             on.append(nll(h, chunk))
-            if layers is None:  # nothing written yet: the segment read alone is this one
-                alone.append(on[-1])
             layers = add_delta(layers, deltas)
-        if len(alone) < len(on) or not memory:
+        if memory and s == 0:  # nothing was written before the first segment: read alone, the same
+            alone.append(on[-1])
+        else:
             h, _ = model.segment(chunk[None, :-1], None)
             alone.append(nll(h, chunk))
     return on, alone

@@ -20,16 +20,6 @@ from pathlib import Path
 from .trainer import TrainConfig, Trainer, threads_from_env
 
 
-def _yes_no(text: str) -> bool:
-    """A boolean option's value: `bool("false")` would be True."""
-    t = text.strip().lower()
-    if t in ("true", "yes", "on", "1"):
-        return True
-    if t in ("false", "no", "off", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
-
-
 def parse(argv: list[str] | None) -> tuple[list[TrainConfig], bool]:
     """The runs to make, in order, and whether to start afresh (`--fresh`: ignore checkpoints).
 
@@ -49,7 +39,7 @@ def parse(argv: list[str] | None) -> tuple[list[TrainConfig], bool]:
         elif isinstance(d, tuple):
             p.add_argument(flag, help=f"comma-separated (default {','.join(map(str, d))})")
         elif isinstance(d, bool):
-            p.add_argument(flag, type=_yes_no, metavar="true|false", help=f"(default {str(d).lower()})")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {d})")
         elif d is None:
             p.add_argument(flag, type=float, help="(default: the model's own)")
         else:

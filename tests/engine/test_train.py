@@ -202,14 +202,14 @@ def test_command_line_options_override_the_config_file(tmp_path):
     assert not fresh and parse(["--config", str(f), "--fresh"])[1]
     assert cfg.steps == 7 and cfg.rank == 4 and cfg.memory_segments == (2, 4) and cfg.mix == {"passkey": 1.0}
     assert cfg.targets == ("q_proj", "v_proj")
-    # a boolean option reads true and false (bool("false") is True)
+    # a boolean option: --truncate / --no-truncate, either overriding the file
     f.write_text(json.dumps({"truncate": True, "grad_tail": 1}))
-    assert parse(["--config", str(f), "--truncate", "false"])[0][0].truncate is False
+    assert parse(["--config", str(f), "--no-truncate"])[0][0].truncate is False
     [cfg], _ = parse(["--config", str(f), "--grad-tail", "2"])
     assert cfg.truncate is True and cfg.grad_tail == 2
-    assert parse(["--truncate", "yes"])[0][0].truncate is True
+    assert parse(["--truncate"])[0][0].truncate is True and parse([])[0][0].truncate is False
     with pytest.raises(SystemExit):
-        parse(["--truncate", "maybe"])
+        parse(["--truncate", "false"])  # takes no value: never read as bool("false")
     f.write_text(json.dumps({"stepz": 1}))
     with pytest.raises(ValueError, match="stepz"):
         parse(["--config", str(f)])
