@@ -359,9 +359,9 @@ class MainWindow(QMainWindow):
         if current is not None and current.doc_id == ev.document_id:
             self._current_changed(current)
 
-    def _summarizing(self, doc_id: int, kind: str, text: str) -> None:
-        """Summaries written after a reading (the setting): progress in the status bar."""
-        title = next((r.title for r in self.library_pane.model.rows if r.doc_id == doc_id), "the book")
+    def _summarizing(self, doc_id: int, title: str, kind: str, text: str) -> None:
+        """Summaries written after a reading (the setting): progress in the status bar. The title comes
+        with the event: the library's list may not have been read again yet when the first arrive."""
         if kind == "status":
             self.say(f"Summarising “{title}”: {text}")
         elif kind == "error":

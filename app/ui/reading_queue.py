@@ -25,7 +25,7 @@ class ReadingQueue(QObject):
     progress = Signal(object)  # Progress, on the GUI thread
     failed = Signal(str, str)  # path, message: the reading service itself failed
     idle = Signal()  # nothing is being read any more (done, stopped or failed)
-    summarizing = Signal(int, str, str)  # doc id, "status" | "done" | "error", text: summaries after reading
+    summarizing = Signal(int, str, str, str)  # doc id, title, "status" | "done" | "error", text: summaries after reading
 
     def __init__(self, tasks: Tasks, parent: QObject | None = None):
         super().__init__(parent)
@@ -123,7 +123,7 @@ class ReadingQueue(QObject):
                 if ready is not None and self.summarize_after and not cancel.is_set():
                     for sev in summaries.summarize(library, engine, ready.document_id, None, cancel=cancel):
                         if sev.kind in ("status", "done", "error"):
-                            yield path, (ready.document_id, sev.kind, sev.text)
+                            yield path, (ready.document_id, ready.title, sev.kind, sev.text)
 
         self._worker = self._tasks.run(work, on_item=self._event, on_done=self._ended, on_error=self._error)
 
