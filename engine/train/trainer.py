@@ -120,12 +120,22 @@ class Trainer:
             from ..adapter import read_adapter
 
             meta, tensors = read_adapter(cfg.init)
-            if meta.get("rank") != cfg.rank:
-                raise ValueError(f"{cfg.init} has rank {meta.get('rank')}, the run asks for {cfg.rank}")
+            r0 = meta.get("rank") or 0
+            if r0 > cfg.rank:
+                raise ValueError(f"{cfg.init} has rank {r0}, the run asks for {cfg.rank} (it may grow, not shrink)")
+            # A larger rank grows the factors: the adapter's in the first r0 directions (B rescaled to
+            # the run's alpha/rank), the new rows of A random and the new columns of B zero, so the
+            # run starts from exactly the adapter's function and the new directions are free to learn.
+            rescale = (meta["alpha"] / r0) / (cfg.alpha / cfg.rank) if r0 else 0.0
             params = dict(self.model.named_parameters())
             with torch.no_grad():
                 for name, t in tensors.items():
-                    params[name].copy_(t)
+                    if name.endswith(".lora_A"):
+                        params[name][:r0].copy_(t)
+                    elif name.endswith(".lora_B"):
+                        params[name][:, :r0].copy_(t * rescale)
+                    else:
+                        params[name].copy_(t)
         with torch.no_grad():  # after `init`: a run may start from an adapter with its gates reset or pruned
             for layer in self.model.model.layers:
                 g = layer.self_attn.memory_gate

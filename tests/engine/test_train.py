@@ -43,8 +43,8 @@ class RecallData:
 
 def tiny_trainer(tmp_path, steps=6, **kw):
     kw = {"lr": 3e-3, **kw}
-    kw = {"rank": 4, **kw}
-    cfg = TrainConfig(out=str(tmp_path), steps=steps, accumulate=2, alpha=8, gate_lr=3e-2,
+    kw = {"rank": 4, "alpha": 8, **kw}
+    cfg = TrainConfig(out=str(tmp_path), steps=steps, accumulate=2, gate_lr=3e-2,
                       warmup=2, save_every=2, **kw)
     model = build_model(tiny_config(), seed=0)
     return Trainer(cfg, engine=Engine(model), data=RecallData())
@@ -251,6 +251,24 @@ def test_a_run_can_start_from_an_adapter(tmp_path):
     assert all(b[n].dtype == torch.float32 for n in trained)
     with pytest.raises(ValueError, match="rank"):
         tiny_trainer(tmp_path / "third", steps=4, init=str(tmp_path / "first" / "adapter.safetensors"), rank=2)
+
+
+def test_a_run_can_grow_the_rank_of_the_adapter_it_starts_from(tmp_path):
+    first = tiny_trainer(tmp_path / "first", steps=4)  # rank 4, alpha 8
+    first.run()
+    grown = tiny_trainer(tmp_path / "grown", steps=4, init=str(tmp_path / "first" / "adapter.safetensors"),
+                         rank=12, alpha=6)
+    ex = first.data.example(0)
+    ids, targets = torch.tensor([ex.ids]), torch.tensor([ex.targets])
+    with torch.no_grad():
+        assert torch.allclose(grown.model.forward_train(ids, targets), first.model.forward_train(ids, targets),
+                              atol=1e-5)
+    for m in grown.model.modules():
+        if isinstance(m, LoRALinear):
+            assert m.rank == 12 and bool((m.lora_B[:, 4:] == 0).all()) and bool((m.lora_A[4:] != 0).any())
+    grown.run()  # and the new directions learn
+    moved = [m for m in grown.model.modules() if isinstance(m, LoRALinear) and bool((m.lora_B[:, 4:] != 0).any())]
+    assert moved
 
 
 @pytest.mark.parametrize("rule", ["linear", "delta"])
