@@ -322,7 +322,8 @@ class InfiniTransformer(nn.Module):
     # ---- training: several segments, gradients through the memory ----
 
     def forward_train(self, idx: torch.Tensor, targets: torch.Tensor, grad_checkpoint: bool = True,
-                      constant: frozenset[int] | set[int] = frozenset()) -> torch.Tensor:
+                      constant: frozenset[int] | set[int] = frozenset(),
+                      repeat: dict[int, int] | None = None) -> torch.Tensor:
         """Mean cross-entropy over a sequence of several segments, idx/targets (B, N).
 
         The memory is never detached inside the sequence, so the loss of a late segment reaches the
@@ -336,7 +337,18 @@ class InfiniTransformer(nn.Module):
         before a thousand constant segments still receives the gradient of the question after them;
         what is dropped is how each constant write depends on the weights and on the memory it read.
         The loss is the same number as without it.
+
+        `repeat` {segment index: r} (constant segments only, linear update rule) writes a constant
+        segment's (dM, dz) r times: the memory a haystack of r identical segments would leave, read at
+        the cost of one. It trains retrieval at the distances of a million-token haystack of repeated
+        filler on a CPU; the writes of r real copies differ only by what each read of the memory before
+        it changes in the layers above (nothing, while the gates below are shut).
         """
+        repeat = {i: r for i, r in (repeat or {}).items() if r != 1}
+        if repeat and not set(repeat) <= set(constant):
+            raise ValueError("only constant segments can be repeated")
+        if repeat and self.config.memory_update != "linear":
+            raise ValueError("repeating a segment's write is exact only for the linear update rule")
         L = self.config.segment_length
         n_layers = self.config.num_hidden_layers
         mem_flat: list[torch.Tensor] = []
@@ -344,12 +356,14 @@ class InfiniTransformer(nn.Module):
         count = (targets != -100).sum()
         for i, s in enumerate(range(0, idx.shape[1], L)):
             args = (idx[:, s : s + L], targets[:, s : s + L], *mem_flat)
-            if i in constant and torch.is_grad_enabled():
+            if i in constant and (torch.is_grad_enabled() or i in repeat):
                 if bool((args[1] != -100).any()):
                     raise ValueError(f"segment {i} is scored: it cannot run without gradient")
                 mem = list(zip(mem_flat[0::2], mem_flat[1::2])) if mem_flat else None
                 with torch.no_grad():
                     _, deltas = self.segment(args[0], mem, write_only=True)
+                    if i in repeat:
+                        deltas = [(dM * repeat[i], dz * repeat[i]) for dM, dz in deltas]
                 mem_flat = [t for pair in add_delta(mem, deltas) for t in pair]
                 continue
             if grad_checkpoint and torch.is_grad_enabled():

@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import json
 import lzma
+import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
                  "I will quiz you about the important information there.")
 PASSKEY_QUESTION = "What is the pass key? The pass key is"
-TASKS = ("lm", "passkey", "needle", "qa", "chat")
+NEEDLE_SPAN = 32  # tokens from where a needle begins that count as the needle (a passkey sentence: 25)
+TASKS = ("lm", "passkey", "needle", "qa", "chat", "passkey_far")
 QA_SYSTEM = "You answer questions about the book “{title}”. Answer from the excerpts, briefly and plainly."
 QA_SYSTEM_MEMORY = "You answer questions about the book “{title}”, which you have read. Answer briefly and plainly."
 
@@ -44,12 +46,15 @@ class Example:
     targets: list[int]  # the next token where scored, -100 elsewhere
     memory_segments: int  # whole segments before the last
     needle_at: int = -1  # where the passkey or fact begins in `ids` (-1: none)
+    # {segment index: r}: a filler segment that stands for r identical ones (`passkey_far`; the
+    # trainer writes it r times, InfiniTransformer.forward_train `repeat`)
+    repeat: dict[int, int] = field(default_factory=dict)
 
     @property
     def scored(self) -> int:
         return sum(t != -100 for t in self.targets)
 
-    def filler_segments(self, L: int, needle_len: int = 32, tail: int = 0) -> set[int]:
+    def filler_segments(self, L: int, needle_len: int = NEEDLE_SPAN, tail: int = 0) -> set[int]:
         """Segments of length L that are neither scored nor touch the needle's first `needle_len`
         tokens nor are among the `tail` segments just before the first scored one: the ones
         truncated back-propagation may run without gradient. `tail` lets the text right before the
@@ -129,8 +134,9 @@ class TrainingData:
 
     def __init__(self, tokenizer, chat, segment_length: int, data_dir: Path, mix: dict[str, float],
                  memory_segments: tuple[int, int] = (1, 3), seed: int = 0, books: int = 40,
-                 chat_file: str | Path | None = None):
+                 chat_file: str | Path | None = None, far_tokens: tuple[int, int] = (32_768, 1_048_576)):
         self.tok, self.chat, self.L = tokenizer, chat, segment_length
+        self.far_tokens = far_tokens
         self.seed, self.min_seg, self.max_seg = seed, *memory_segments
         self.tasks = [t for t in TASKS if mix.get(t, 0) > 0]
         if not self.tasks:
@@ -206,6 +212,37 @@ class TrainingData:
         tail = self.enc(" " + FILLER) * rng.randint(0, 3)
         # the key and the full stop after it, as the needle sentence has it: the model learns to stop
         return self._assemble("passkey", hay, tail + question, self.enc(f" {key}."), find(hay, self.enc(" The pass key is")))
+
+    def _passkey_far(self, rng, n) -> Example:
+        """A passkey in a haystack of the paper's filler `far_tokens` long (log-uniform), built of a
+        few real segments: the first (the introduction), up to two of filler before the key's
+        segment and up to two after it, each of those standing for its share of the filler segments
+        of the whole haystack (`repeat`). Trained with `truncate`, at the cost of about six segments."""
+        key = str(rng.randint(10_000, 99_999))
+        L, (lo, hi) = self.L, self.far_tokens
+        total = max(2, int(math.exp(rng.uniform(math.log(lo), math.log(hi)))) // L)  # the haystack's segments
+        kv = min(total - 1, int(rng.random() * total))  # the key's segment in it
+        before, after = max(0, kv - 1), total - 1 - kv  # pure filler segments around it
+        a, b = min(2, before), min(2, after)
+        ks = 1 + a if kv > 0 else 0  # the key's segment in the example
+        n_real = ks + 1 + b
+        intro, unit = self.enc(PASSKEY_INTRO), self.enc(" " + FILLER)
+        needle = self.enc(f" The pass key is {key}. Remember it. {key} is the pass key.")
+        # the needle at a sentence boundary of the filler, wholly inside the key's segment
+        lo_at, hi_at = max(ks * L, len(intro)), (ks + 1) * L - max(len(needle), NEEDLE_SPAN)
+        at = len(intro) + (rng.randrange(lo_at, hi_at) - len(intro)) // len(unit) * len(unit)
+        if at < lo_at:
+            at += len(unit)
+        fill = unit * (n_real * L // len(unit) + 2)
+        hay = (intro + fill[: at - len(intro)] + needle + fill[at - len(intro):])[: n_real * L]
+        repeat = {}
+        for first, count, k in ((1, before, a), (ks + 1, after, b)):
+            for j in range(k):  # count filler segments shared among k real ones
+                repeat[first + j] = count // k + (1 if j < count % k else 0)
+        tail = unit * rng.randint(0, 3)
+        ex = self._assemble("passkey_far", hay, tail + self.enc(" " + PASSKEY_QUESTION), self.enc(f" {key}."), at)
+        ex.repeat = repeat
+        return ex
 
     def _needle(self, rng, n) -> Example:
         fact, question, answer = self.babi[rng.randrange(len(self.babi))]

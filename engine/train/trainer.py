@@ -64,6 +64,8 @@ class TrainConfig:
     # that a story told in the memory and asked about (no needle, only the answer scored) also
     # learns what to write (0: none; book text is scored throughout and never constant)
     grad_tail: int = 0
+    # the `passkey_far` task: the haystack lengths (tokens, drawn log-uniform) its examples stand for
+    far_tokens: tuple[int, int] = (32_768, 1_048_576)
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -71,7 +73,7 @@ class TrainConfig:
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        for k in ("memory_segments", "targets"):
+        for k in ("memory_segments", "targets", "far_tokens"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -149,7 +151,7 @@ class Trainer:
         ], betas=(0.9, 0.95))
         self.data = data or TrainingData(
             engine.tokenizer, engine.chat, engine.config.segment_length, Path(cfg.data), cfg.mix,
-            cfg.memory_segments, cfg.seed, cfg.books, cfg.chat_file or None,
+            cfg.memory_segments, cfg.seed, cfg.books, cfg.chat_file or None, cfg.far_tokens,
         )
         self.step = 0
         self.tokens = 0
@@ -230,11 +232,13 @@ class Trainer:
             targets = torch.tensor([ex.targets], device=self.engine.device)
             constant = (ex.filler_segments(self.engine.config.segment_length, tail=cfg.grad_tail)
                         if cfg.truncate else set())
-            loss = self.model.forward_train(ids, targets, constant=constant)
+            if ex.repeat and not cfg.truncate:
+                raise ValueError(f"{ex.task} examples stand for long haystacks: they need truncate")
+            loss = self.model.forward_train(ids, targets, constant=constant, repeat=ex.repeat)
             (loss / cfg.accumulate).backward()
             self.tokens += len(ex.ids)
             rows.append({"task": ex.task, "loss": float(loss.detach()), "tokens": len(ex.ids),
-                         "memory_segments": ex.memory_segments})
+                         "memory_segments": ex.memory_segments + sum(r - 1 for r in ex.repeat.values())})
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.clip))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

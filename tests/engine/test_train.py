@@ -119,6 +119,37 @@ def test_truncated_backprop_keeps_the_loss_and_the_path_through_the_memory():
         model.forward_train(ids, targets, constant={4})
 
 
+def test_a_repeated_constant_segment_is_written_as_often_as_it_stands_for():
+    """A haystack of one segment written three times gives the loss of the same segment there three
+    times, when its writes do not depend on the memory (only the last layer reads it, so no write
+    does); that is what `passkey_far` relies on for haystacks of repeated filler."""
+    model = build_model(tiny_config(), seed=0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.memory_gate.fill_(-30.0)
+        model.model.layers[-1].self_attn.memory_gate.fill_(4.0)
+    r = random.Random(3)
+    seg = lambda: [r.randrange(10, 90) for _ in range(L)]
+    a, b, c = seg(), seg(), seg()[:6]
+    targets_of = lambda ids: torch.tensor([[-100] * (len(ids) - 4) + ids[:4]])
+    long_ids, short_ids = a + b + b + b + c, a + b + c
+    with torch.no_grad():
+        real = model.forward_train(torch.tensor([long_ids]), targets_of(long_ids), constant={0, 1, 2, 3})
+        once = model.forward_train(torch.tensor([short_ids]), targets_of(short_ids), constant={0, 1})
+        thrice = model.forward_train(torch.tensor([short_ids]), targets_of(short_ids), constant={0, 1},
+                                     repeat={1: 3})
+    assert float(thrice) == pytest.approx(float(real), rel=1e-5)
+    assert abs(float(once) - float(real)) > 1e-3  # the count matters: the test sees a wrong one
+    thrice_grad = model.forward_train(torch.tensor([short_ids]), targets_of(short_ids), constant={0, 1},
+                                      repeat={1: 3})
+    assert float(thrice_grad.detach()) == pytest.approx(float(real), rel=1e-5) and thrice_grad.requires_grad
+    with pytest.raises(ValueError, match="constant"):
+        model.forward_train(torch.tensor([short_ids]), targets_of(short_ids), constant={0}, repeat={1: 3})
+    delta = build_model(tiny_config(memory_update="delta"), seed=0)
+    with pytest.raises(ValueError, match="linear"):
+        delta.forward_train(torch.tensor([short_ids]), targets_of(short_ids), constant={0, 1}, repeat={1: 3})
+
+
 def test_the_gates_are_not_decayed_and_learn_faster(tmp_path):
     t = tiny_trainer(tmp_path)
     lora, gates = t.opt.param_groups

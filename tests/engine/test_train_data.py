@@ -1,6 +1,7 @@
 """The training examples, with the built-in tokenizer and the real data in ../shared/data."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,29 @@ def test_every_task_has_memory_segments_and_scores_only_its_answer(smol, data):
     assert "Give a title to this passage" in decode(smol, ch.ids)
     qa = seen["qa"]
     assert decode(smol, [t for t in qa.targets if t != -100]).endswith("<|im_end|>")
+
+
+def test_far_passkeys_stand_for_long_haystacks_of_filler(smol):
+    d = TrainingData(smol.tokenizer, smol.chat, L, DATA, {"passkey_far": 1}, seed=5, books=1,
+                     far_tokens=(4_096, 65_536))
+    lengths, key_segments = [], set()
+    for i in range(40):
+        ex = d.example(i)
+        n_real = -(-len(ex.ids) // L)
+        virtual = n_real + sum(r - 1 for r in ex.repeat.values())  # segments of the haystack it stands for
+        assert n_real <= 7 and 4_096 // L - 1 <= virtual <= 65_536 // L + 1
+        lengths.append(virtual)
+        ks = ex.needle_at // L
+        key_segments.add(ks)
+        text = decode(smol, ex.ids)
+        key = decode(smol, [t for t in ex.targets if t != -100]).strip().rstrip(".")
+        assert text.count(f"The pass key is {key}. Remember it. {key} is the pass key.") == 1
+        assert decode(smol, ex.ids[ks * L : (ks + 1) * L]).count(f"{key} is the pass key") == 1  # whole, in one segment
+        assert text.startswith("There is an important info hidden")
+        assert decode(smol, ex.ids[(n_real - 1) * L :]).endswith(f"What is the pass key? The pass key is {key}")
+        # only pure filler segments stand for others, never the first, the key's or the question's
+        assert set(ex.repeat) <= ex.filler_segments(L) - {0} and all(r >= 1 for r in ex.repeat.values())
+        for j in ex.repeat:
+            words = lambda t: set(re.findall(r"[a-z]+", t.lower()))
+            assert words(decode(smol, ex.ids[j * L : (j + 1) * L])) <= words(FILLER)
+    assert max(lengths) > 4 * min(lengths) and len(key_segments) > 1
