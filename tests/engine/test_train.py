@@ -316,7 +316,8 @@ def test_a_model_learns_to_recall_through_its_memory_alone(rule):
 
 
 @pytest.mark.parametrize(
-    "name", ["cpu.json", "cpu-chat.json", "cpu-chat-2.json", "cpu-chat-3.json", "cpu-memory.json", "gpu.json"]
+    "name",
+    ["cpu.json", "cpu-chat.json", "cpu-chat-2.json", "cpu-chat-3.json", "cpu-memory.json", "cpu-memory-farv.json", "gpu.json"],
 )
 def test_the_shipped_recipes_parse(name):
     from pathlib import Path
