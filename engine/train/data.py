@@ -33,6 +33,7 @@ FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. Th
 PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
                  "I will quiz you about the important information there.")
 PASSKEY_QUESTION = "What is the pass key? The pass key is"
+PASSKEY_NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 NEEDLE_SPAN = 32  # tokens from where a needle begins that count as the needle (a passkey sentence: 25)
 TASKS = ("lm", "passkey", "needle", "qa", "chat", "passkey_far")
 QA_SYSTEM = "You answer questions about the book “{title}”. Answer from the excerpts, briefly and plainly."
@@ -105,7 +106,7 @@ def passkey_ids(tok, key: str, total: int, depth: float, filler_ids: list[int] |
     1 = end): (haystack ids, question ids). With `filler_ids` (book text) instead of the repeated
     sentences."""
     enc = lambda s: tok.encode(s, add_special_tokens=False).ids
-    intro, needle, question = enc(PASSKEY_INTRO), enc(f" The pass key is {key}. Remember it. {key} is the pass key."), \
+    intro, needle, question = enc(PASSKEY_INTRO), enc(PASSKEY_NEEDLE.format(key=key)), \
         enc(" " + PASSKEY_QUESTION)
     room = max(0, total - len(intro) - len(needle))
     if filler_ids is None:
@@ -217,7 +218,7 @@ class TrainingData:
         """A passkey in a haystack of the paper's filler `far_tokens` long (log-uniform), built of a
         few real segments: the first (the introduction), up to two of filler before the key's
         segment and up to two after it, each of those standing for its share of the filler segments
-        of the whole haystack (`repeat`). Trained with `truncate`, at the cost of about six segments."""
+        of the whole haystack (`repeat`). Trained with `truncate`, at the cost of at most seven segments."""
         key = str(rng.randint(10_000, 99_999))
         L, (lo, hi) = self.L, self.far_tokens
         total = max(2, int(math.exp(rng.uniform(math.log(lo), math.log(hi)))) // L)  # the haystack's segments
@@ -227,7 +228,7 @@ class TrainingData:
         ks = 1 + a if kv > 0 else 0  # the key's segment in the example
         n_real = ks + 1 + b
         intro, unit = self.enc(PASSKEY_INTRO), self.enc(" " + FILLER)
-        needle = self.enc(f" The pass key is {key}. Remember it. {key} is the pass key.")
+        needle = self.enc(PASSKEY_NEEDLE.format(key=key))
         # the needle at a sentence boundary of the filler, wholly inside the key's segment
         lo_at, hi_at = max(ks * L, len(intro)), (ks + 1) * L - max(len(needle), NEEDLE_SPAN)
         at = len(intro) + (rng.randrange(lo_at, hi_at) - len(intro)) // len(unit) * len(unit)

@@ -118,6 +118,8 @@ class Trainer:
                 else:
                     lora.append(p)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.mix.get("passkey_far", 0) > 0 and not cfg.truncate:
+            raise ValueError("passkey_far examples stand for long haystacks of constant segments: they need truncate")
         if cfg.init:
             from ..adapter import read_adapter
 
@@ -232,8 +234,6 @@ class Trainer:
             targets = torch.tensor([ex.targets], device=self.engine.device)
             constant = (ex.filler_segments(self.engine.config.segment_length, tail=cfg.grad_tail)
                         if cfg.truncate else set())
-            if ex.repeat and not cfg.truncate:
-                raise ValueError(f"{ex.task} examples stand for long haystacks: they need truncate")
             loss = self.model.forward_train(ids, targets, constant=constant, repeat=ex.repeat)
             (loss / cfg.accumulate).backward()
             self.tokens += len(ex.ids)

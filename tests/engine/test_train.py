@@ -282,6 +282,8 @@ def test_a_run_can_start_from_an_adapter(tmp_path):
     assert all(b[n].dtype == torch.float32 for n in trained)
     with pytest.raises(ValueError, match="rank"):
         tiny_trainer(tmp_path / "third", steps=4, init=str(tmp_path / "first" / "adapter.safetensors"), rank=2)
+    with pytest.raises(ValueError, match="truncate"):
+        tiny_trainer(tmp_path / "far", steps=1, mix={"passkey_far": 1.0})
 
 
 def test_a_run_can_grow_the_rank_of_the_adapter_it_starts_from(tmp_path):
