@@ -46,6 +46,10 @@ class TrainConfig:
     # after gate_init/init: every β below this goes back to the model's initial value (-6), keeping the
     # heads that learned to read the memory open and shutting the rest, whose read is still noise
     gate_shut_below: float | None = None
+    # after init: every β below this is raised to it, so that heads whose memory read was shut get a
+    # gradient large enough to open within a short run (σ'(−6) is 0.0025, σ'(−3) 0.045); heads above
+    # it keep their value
+    gate_floor: float | None = None
     weight_decay: float = 0.01  # LoRA factors only; never the gates
     warmup: int = 10
     clip: float = 1.0
@@ -147,6 +151,8 @@ class Trainer:
                     g.fill_(cfg.gate_init)
                 if cfg.gate_shut_below is not None:
                     g.masked_fill_(g < cfg.gate_shut_below, self.engine.config.memory_gate_init)
+                if cfg.gate_floor is not None:
+                    g.clamp_(min=cfg.gate_floor)
         self.opt = torch.optim.AdamW([
             {"params": lora, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
             {"params": gates, "lr": cfg.gate_lr, "weight_decay": 0.0, "base_lr": cfg.gate_lr},

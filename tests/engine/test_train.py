@@ -341,6 +341,19 @@ def test_the_shipped_adapter_s_runs_follow_each_other():
         assert after.init == str(Path(before.out) / "adapter.safetensors") and after.chat_file
 
 
+def test_a_gate_floor_raises_only_the_gates_below_it(tmp_path):
+    first = tiny_trainer(tmp_path / "first", steps=2)
+    with torch.no_grad():
+        for i, layer in enumerate(first.model.model.layers):
+            layer.self_attn.memory_gate.copy_(torch.linspace(-6, 1, 6) + i)
+    save_adapter(first.model, tmp_path / "a.safetensors", {})
+    second = tiny_trainer(tmp_path / "second", steps=2, init=str(tmp_path / "a.safetensors"), gate_floor=-3.0)
+    for i, layer in enumerate(second.model.model.layers):
+        want = (torch.linspace(-6, 1, 6) + i).clamp(min=-3.0)
+        torch.testing.assert_close(layer.self_attn.memory_gate.detach(), want)
+    assert TrainConfig.from_json('{"gate_floor": -3}').gate_floor == -3
+
+
 def test_gates_that_stayed_low_can_be_shut_at_the_start_of_a_run(tmp_path):
     first = tiny_trainer(tmp_path / "first", steps=2)
     with torch.no_grad():
