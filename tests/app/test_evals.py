@@ -153,17 +153,36 @@ def test_passkey_grid(capsys, tmp_path, tiny_model_dir):
     out = run_eval(capsys, *"passkey --lengths 200,300 --keys 2".split(), "--model", str(tiny_model_dir),
                    "--out", str(out_json))
     rows = table_rows(out)
-    # two tables: the exact number, and the key's digits first
+    # four tables: the exact number, the key's digits first, in some order, the share of its digits
     header = ["length", "start", "middle", "end", "all"]
-    assert rows[0] == rows[3] == header and [r[0] for r in rows[1:3] + rows[4:]] == ["200", "300"] * 2
+    assert rows[0] == rows[3] == rows[6] == rows[9] == header
+    assert [r[0] for r in rows if r != header] == ["200", "300"] * 4
     data = json.loads(out_json.read_text())
-    assert len(data["items"]) == 2 * 3 * 2 and len(data["tables"]) == 2
+    assert len(data["items"]) == 2 * 3 * 2 and len(data["tables"]) == 4
     for it in data["items"]:
         assert len(it["key"]) == 5
         number = re.search(r"\d+", it["answer"])
         number = number.group() if number else ""
         assert it["correct"] == (number == it["key"]) and it["key_digits"] == (number[:5] == it["key"])
         assert it["tokens"] == it["length"]
+    share = [it["digit_share"] for it in data["items"] if it["length"] == 300]
+    assert rows[-1][-1] == f"{100 * sum(share) / len(share):.0f}%"
+
+
+@pytest.mark.parametrize("key, answer, want", [
+    ("84384", "84384.", (True, True, True, 1.0)),
+    ("60494", "6049494", (False, True, True, 1.0)),  # found, not stopped
+    ("38631", "33186.", (False, False, True, 1.0)),  # the digits, out of order
+    ("42834", "42428.", (False, False, False, 0.8)),  # 4, 2, 8 and the second 4; a 2 for the 3
+    ("77013", "7013.", (False, False, False, 0.8)),  # one 7 dropped
+    ("12345", "I do not know.", (False, False, False, 0.0)),
+])
+def test_passkey_scores_near_misses(key, answer, want):
+    from app.evals.passkey import score
+
+    sc = score(key, answer)
+    assert (sc["correct"], sc["key_digits"], sc["same_digits"]) == want[:3]
+    assert sc["digit_share"] == pytest.approx(want[3])
 
 
 def test_passkey_shared_prefix_gives_the_memory_of_a_whole_reading(tiny_reader):

@@ -6,6 +6,7 @@ run of the real model happens here."""
 import csv
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -317,13 +318,15 @@ def test_a_model_learns_to_recall_through_its_memory_alone(rule):
     assert train_recall(-100.0, 150, rule=rule, frozen_gate=True)[-1][1] > 0.9 * math.log(10)
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["cpu.json", "cpu-chat.json", "cpu-chat-2.json", "cpu-chat-3.json", "cpu-memory.json", "cpu-memory-farv.json", "gpu.json"],
-)
-def test_the_shipped_recipes_parse(name):
-    from pathlib import Path
+RECIPES = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "resources" / "training").glob("*.json"))
 
+
+def test_every_recipe_is_checked():
+    assert {"cpu.json", "cpu-memory.json", "cpu-memory-wide.json", "gpu.json"} <= set(RECIPES)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_the_shipped_recipes_parse(name):
     configs, _ = parse(["--config", str(Path(__file__).resolve().parents[2] / "resources" / "training" / name)])
     assert configs and all(c.steps > 0 and c.mix for c in configs)
     for before, after in zip(configs, configs[1:]):
