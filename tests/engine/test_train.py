@@ -344,28 +344,20 @@ def test_the_shipped_adapter_s_runs_follow_each_other():
         assert after.init == str(Path(before.out) / "adapter.safetensors") and after.chat_file
 
 
-def test_a_gate_floor_raises_only_the_gates_below_it(tmp_path):
+@pytest.mark.parametrize("option, expect", [
+    # heads that stayed low are shut (back to the model's −6); the others keep their value
+    ({"gate_shut_below": -1.0}, lambda g: torch.where(g < -1.0, torch.full_like(g, -6.0), g)),
+    # a floor raises only the gates below it
+    ({"gate_floor": -3.0}, lambda g: g.clamp(min=-3.0)),
+])
+def test_gates_can_be_shut_or_raised_at_the_start_of_a_run(tmp_path, option, expect):
     first = tiny_trainer(tmp_path / "first", steps=2)
     with torch.no_grad():
         for i, layer in enumerate(first.model.model.layers):
-            layer.self_attn.memory_gate.copy_(torch.linspace(-6, 1, 6) + i)
+            layer.self_attn.memory_gate.copy_(torch.linspace(-7, 1, 6) + i)
     save_adapter(first.model, tmp_path / "a.safetensors", {})
-    second = tiny_trainer(tmp_path / "second", steps=2, init=str(tmp_path / "a.safetensors"), gate_floor=-3.0)
+    second = tiny_trainer(tmp_path / "second", steps=2, init=str(tmp_path / "a.safetensors"), **option)
+    assert second.engine.config.memory_gate_init == -6.0
     for i, layer in enumerate(second.model.model.layers):
-        want = (torch.linspace(-6, 1, 6) + i).clamp(min=-3.0)
-        torch.testing.assert_close(layer.self_attn.memory_gate.detach(), want)
-    assert TrainConfig.from_json('{"gate_floor": -3}').gate_floor == -3
-
-
-def test_gates_that_stayed_low_can_be_shut_at_the_start_of_a_run(tmp_path):
-    first = tiny_trainer(tmp_path / "first", steps=2)
-    with torch.no_grad():
-        for i, layer in enumerate(first.model.model.layers):
-            layer.self_attn.memory_gate.copy_(torch.linspace(-3, 1, 6) + i)
-    save_adapter(first.model, tmp_path / "a.safetensors", {})
-    second = tiny_trainer(tmp_path / "second", steps=2, init=str(tmp_path / "a.safetensors"), gate_shut_below=-1.0)
-    shut = second.engine.config.memory_gate_init
-    for i, layer in enumerate(second.model.model.layers):
-        want = torch.linspace(-3, 1, 6) + i
-        want = torch.where(want < -1.0, torch.full_like(want, shut), want)
-        torch.testing.assert_close(layer.self_attn.memory_gate.detach(), want)
+        torch.testing.assert_close(layer.self_attn.memory_gate.detach(), expect(torch.linspace(-7, 1, 6) + i))
+    assert getattr(TrainConfig.from_json(json.dumps(option)), *option) == next(iter(option.values()))
