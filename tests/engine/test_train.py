@@ -360,4 +360,5 @@ def test_gates_can_be_shut_or_raised_at_the_start_of_a_run(tmp_path, option, exp
     assert second.engine.config.memory_gate_init == -6.0
     for i, layer in enumerate(second.model.model.layers):
         torch.testing.assert_close(layer.self_attn.memory_gate.detach(), expect(torch.linspace(-7, 1, 6) + i))
-    assert getattr(TrainConfig.from_json(json.dumps(option)), *option) == next(iter(option.values()))
+    (name, value), = option.items()
+    assert getattr(TrainConfig.from_json(json.dumps(option)), name) == value
