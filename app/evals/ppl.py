@@ -4,6 +4,11 @@ and gates, each segment read with a fresh memory, as the first segment always is
 gain shows as the book goes on. Once training has opened the gates, "shut" also changes how much
 each head's local attention weighs, which the model was not trained for; "empty" changes only what
 the memory holds. Each book is read from `--skip` of its length on (past the front matter).
+
+`--full-context` adds what a perfect memory could give: the same weights, shut, reading each
+segment with ordinary softmax attention over the tokens before it, as many as the base model's
+native window holds (8,192 for SmolLM2: the segment and up to three before it). The gap between
+"memory shut" and "full context" bounds the gain any memory of those earlier tokens can bring.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch.nn.functional as F
 
 from engine.model import add_delta
 
-from .common import DATA, Table, add_segment_length, base_engine, load_engine, read_jsonl, write_json
+from .common import BASE_WINDOW, DATA, Table, add_segment_length, base_engine, load_engine, read_jsonl, write_json
 
 
 def add_arguments(p) -> None:
@@ -25,6 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--skip", type=float, default=0.1, help="start this far into each book (default 0.1)")
     p.add_argument("--data", default=str(DATA / "gutenberg" / "valid.jsonl.xz"))
     add_segment_length(p)
+    p.add_argument("--full-context", action="store_true",
+                   help=f"also read each segment with full attention over the {BASE_WINDOW:,} tokens up to its end "
+                        "(the bound on any memory's gain; slower)")
 
 
 @torch.inference_mode()
@@ -54,15 +62,31 @@ def segment_nll(e, ids: torch.Tensor, memory: bool = True) -> tuple[list, list]:
     return on, alone
 
 
+@torch.inference_mode()
+def full_context_nll(e, ids: torch.Tensor, L: int) -> list:
+    """(summed negative log-likelihood, tokens) per segment of L tokens, each read in one pass of
+    softmax attention together with the tokens before it, as many as `e`'s segment holds."""
+    W, out = e.config.segment_length, []
+    for s in range(0, ids.numel() - 1, L):
+        end = min(s + L, ids.numel() - 1)
+        start = max(0, end - W)
+        h, _ = e.model.segment(ids[None, start:end], None)
+        logits = e.model.lm_head(h[0, s - start :]).float()
+        out.append((float(F.cross_entropy(logits, ids[s + 1 : end + 1], reduction="sum")), end - s))
+    return out
+
+
 def run(args) -> dict:
     e = load_engine(args.model, args.device, adapter=args.adapter, segment_length=args.segment_length)
     shut = base_engine(e, window=e.config.segment_length)
+    full = base_engine(e, window=max(BASE_WINDOW, e.config.segment_length)) if args.full_context else None
     L = e.config.segment_length
     t0 = time.perf_counter()
     need = args.segments * L + 1
     on = [[0.0, 0] for _ in range(args.segments)]
     off = [[0.0, 0] for _ in range(args.segments)]
     empty = [[0.0, 0] for _ in range(args.segments)]
+    whole = [[0.0, 0] for _ in range(args.segments)]
     books = []
     for b in read_jsonl(args.data):
         if len(books) >= args.books:
@@ -73,7 +97,10 @@ def run(args) -> dict:
             continue
         ids = torch.tensor(ids[:need], device=e.device)
         with_memory, alone = segment_nll(e, ids)
-        for acc, per_segment in ((on, with_memory), (off, segment_nll(shut, ids, memory=False)[1]), (empty, alone)):
+        measured = [(on, with_memory), (off, segment_nll(shut, ids, memory=False)[1]), (empty, alone)]
+        if full is not None:
+            measured.append((whole, full_context_nll(full, ids, L)))
+        for acc, per_segment in measured:
             for i, (nll, n) in enumerate(per_segment):
                 acc[i][0] += nll
                 acc[i][1] += n
@@ -82,16 +109,24 @@ def run(args) -> dict:
     rows, per = [], []
     ppl = lambda acc: math.exp(sum(a for a, _ in acc) / max(1, sum(n for _, n in acc)))
     gain = lambda ref, p: f"{100 * (ref - p) / ref:+.1f}%"
+    def row(label, part: slice) -> list:
+        p_on, p_off, p_empty = ppl(on[part]), ppl(off[part]), ppl(empty[part])
+        r = [label, f"{p_on:.2f}", f"{p_off:.2f}", gain(p_off, p_on), f"{p_empty:.2f}", gain(p_empty, p_on)]
+        if full is not None:
+            p_full = ppl(whole[part])
+            r += [f"{p_full:.2f}", gain(p_off, p_full)]
+        return r
+
     for i in range(args.segments):
-        p_on, p_off, p_empty = ppl(on[i : i + 1]), ppl(off[i : i + 1]), ppl(empty[i : i + 1])
-        per.append({"segment": i + 1, "ppl_memory": p_on, "ppl_shut": p_off, "ppl_empty": p_empty})
-        rows.append([i + 1, f"{p_on:.2f}", f"{p_off:.2f}", gain(p_off, p_on), f"{p_empty:.2f}", gain(p_empty, p_on)])
-    late = slice(3, args.segments)
-    t_on, t_off, t_empty = ppl(on[late]), ppl(off[late]), ppl(empty[late])
-    rows.append([f"4–{args.segments}", f"{t_on:.2f}", f"{t_off:.2f}", gain(t_off, t_on), f"{t_empty:.2f}",
-                 gain(t_empty, t_on)])
-    table = Table(f"Perplexity per segment of {L} tokens, {len(books)} held-out books ({e.source})",
-                  ["segment", "memory on", "memory shut", "gain", "memory empty", "gain"], rows)
+        one = slice(i, i + 1)
+        per.append({"segment": i + 1, "ppl_memory": ppl(on[one]), "ppl_shut": ppl(off[one]), "ppl_empty": ppl(empty[one]),
+                    **({"ppl_full_context": ppl(whole[one])} if full is not None else {})})
+        rows.append(row(i + 1, one))
+    rows.append(row(f"4–{args.segments}", slice(3, args.segments)))
+    head = ["segment", "memory on", "memory shut", "gain", "memory empty", "gain"]
+    if full is not None:
+        head += [f"full context ({full.config.segment_length:,})", "gain"]
+    table = Table(f"Perplexity per segment of {L} tokens, {len(books)} held-out books ({e.source})", head, rows)
     result = {"eval": "ppl", "model": e.source, "fingerprint": e.fingerprint, "books": books, "per_segment": per,
               "args": vars(args) | {"func": None}, "tables": [table], "seconds": time.perf_counter() - t0}
     write_json(args.out, result)

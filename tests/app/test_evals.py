@@ -236,6 +236,41 @@ def test_segment_nll_carries_the_memory_or_reads_each_segment_alone(tiny_reader)
     assert on[0] == alone[0] and abs(on[1][0] - alone[1][0]) > 1e-2
 
 
+def test_full_context_reads_each_segment_with_the_tokens_before_it(tiny_reader):
+    from app.evals.common import base_engine
+    from app.evals.ppl import full_context_nll, segment_nll
+
+    L = tiny_reader.config.segment_length
+    ids = torch.randint(10, 5000, (4 * L + 1,), generator=torch.Generator().manual_seed(1))
+    alone = segment_nll(base_engine(tiny_reader, window=L), ids, memory=False)[1]
+    # a window of one segment sees nothing before it: every segment exactly as read alone
+    same = full_context_nll(base_engine(tiny_reader, window=L), ids, L)
+    assert [n for _, n in same] == [L] * 4
+    assert [x for x, _ in same] == pytest.approx([x for x, _ in alone], rel=1e-5)
+    # a window of two: the first segment as alone, each later one read after the segment before it
+    two = base_engine(tiny_reader, window=2 * L)
+    wider = full_context_nll(two, ids, L)
+    assert wider[0][0] == pytest.approx(alone[0][0], rel=1e-5)
+    assert all(abs(w - a) > 1e-3 for (w, _), (a, _) in zip(wider[1:], alone[1:]))
+    with torch.no_grad():
+        h, _ = two.model.segment(ids[None, L : 3 * L], None)
+        direct = torch.nn.functional.cross_entropy(two.model.lm_head(h[0, L:]).float(), ids[2 * L + 1 : 3 * L + 1],
+                                                   reduction="sum")
+    assert wider[2][0] == pytest.approx(float(direct), rel=1e-5)
+
+
+def test_ppl_full_context_column(capsys, tmp_path, tiny_model_dir):
+    out_json = tmp_path / "ppl.json"
+    out = run_eval(capsys, *"ppl --books 1 --segments 3 --full-context".split(), "--model", str(tiny_model_dir),
+                   "--out", str(out_json))
+    rows = table_rows(out)
+    assert rows[0][6:] == ["full context (8,192)", "gain"]
+    per = json.loads(out_json.read_text())["per_segment"]
+    # the first segment has nothing before it: full context reads it as the shut memory does
+    assert per[0]["ppl_full_context"] == pytest.approx(per[0]["ppl_shut"], rel=1e-4)
+    assert per[1]["ppl_full_context"] != pytest.approx(per[1]["ppl_shut"], rel=1e-4)
+
+
 def test_chat_check_compares_the_base_and_an_adapter(capsys, tmp_path, tiny_model_dir):
     from engine.checkpoint import load_state_dict_into, read_hf_directory
     from engine.model import InfiniTransformer

@@ -112,3 +112,24 @@ def test_far_passkeys_stand_for_long_haystacks_of_filler(smol):
             words = lambda t: set(re.findall(r"[a-z]+", t.lower()))
             assert words(decode(smol, ex.ids[j * L : (j + 1) * L])) <= words(FILLER)
     assert max(lengths) > 4 * min(lengths) and len(key_segments) > 1
+
+
+def test_selfdistill_own_questions_are_written_and_answered_by_the_base_model(tmp_path):
+    from engine.train.selfdistill import KNOWLEDGE, first_question, main, prompts
+
+    assert first_question("Sure, here is one:\n1. What is the capital of Peru?\nLima.") == "What is the capital of Peru?"
+    assert first_question('Q: "Why is the sky blue?"') == "Why is the sky blue?"
+    assert first_question("No question at all.") is None
+    mixed = prompts(40, 0, DATA)
+    assert all(isinstance(p, str) for p in mixed)  # the default mixture has none of them
+    assert prompts(40, 0, DATA, 0.0) == mixed
+    own = prompts(12, 3, DATA, own_questions=1.0)
+    assert all(isinstance(p, tuple) and p[0] == "own" for p in own)
+    assert {re.search(r"about (.+?)\. ", p[1]).group(1) for p in own} <= set(KNOWLEDGE)
+    out = tmp_path / "own.jsonl"
+    assert main(["--out", str(out), "--n", "2", "--seed", "3", "--own-questions", "1", "--max-new-tokens", "6"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:  # the base model's own question (or, failing one, the request itself), and its answer
+        assert r["prompt"].endswith("?") or r["prompt"].startswith("Ask me one simple quiz question")
+        assert r["answer"].strip()
