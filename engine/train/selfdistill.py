@@ -16,6 +16,7 @@ turn into digits or an echo of the question ("What is the first month of the yea
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import random
 import re
@@ -61,6 +62,17 @@ def first_question(text: str) -> str | None:
     return None
 
 
+def norm(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def is_excluded(question: str, excluded: list[str], ratio: float = 0.9) -> bool:
+    """Whether a question is one of `excluded` (an evaluation's prompts) or nearly: the same words, or
+    a difflib similarity of at least `ratio` ("Where is the capital of France?" for "What is …")."""
+    q = norm(question)
+    return any(q == norm(x) or difflib.SequenceMatcher(None, q, norm(x)).ratio() >= ratio for x in excluded)
+
+
 def prompts(n: int, seed: int, data: Path, own_questions: float = 0.0) -> list[str | tuple[str, str]]:
     """The instructions, in order; an own-question item is ("own", the request for a question)."""
     rng = random.Random(seed)
@@ -102,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--own-questions", type=float, default=0.0,
                    help="share of questions the base model writes itself on a general-knowledge topic (default 0)")
+    p.add_argument("--exclude", help="a file of prompts, one a line (an evaluation's), that no own question may be")
     args = p.parse_args(argv)
     e = engine.load_model(args.model, adapter=None)  # the base model's own answers
+    excluded = Path(args.exclude).read_text(encoding="utf-8").splitlines() if args.exclude else []
     out = Path(args.out)
     done = sum(1 for _ in open(out)) if out.exists() else 0  # resumable
     with open(out, "a", encoding="utf-8") as f:
@@ -117,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                 asked = "".join(e.generate(shots + [{"role": "user", "content": prompt[1]}], e.new_memory(),
                                            max_new_tokens=40, temperature=0.7, seed=args.seed * 100_003 + i))
                 question = first_question(asked)
-                # no question, or one already asked: the request itself is the instruction (the file keeps
-                # one line per item, so that it resumes where it stopped)
-                prompt = question if question and question.lower() not in seen else prompt[1]
+                # no question, one already asked, or an excluded one: the request itself is the instruction
+                # (the file keeps one line per item, so that it resumes where it stopped)
+                ok = question and question.lower() not in seen and not is_excluded(question, excluded)
+                prompt = question if ok else prompt[1]
                 seen.add(prompt.lower())
             answer = "".join(e.generate(prompt, e.new_memory(), max_new_tokens=args.max_new_tokens,
                                         repetition_penalty=1.1)).strip()

@@ -115,11 +115,14 @@ def test_far_passkeys_stand_for_long_haystacks_of_filler(smol):
 
 
 def test_selfdistill_own_questions_are_written_and_answered_by_the_base_model(tmp_path):
-    from engine.train.selfdistill import KNOWLEDGE, first_question, main, prompts
+    from engine.train.selfdistill import KNOWLEDGE, first_question, is_excluded, main, prompts
 
     assert first_question("Sure, here is one:\n1. What is the capital of Peru?\nLima.") == "What is the capital of Peru?"
     assert first_question('Q: "Why is the sky blue?"') == "Why is the sky blue?"
     assert first_question("No question at all.") is None
+    evals = ["What is the capital of France?", "Which planet is known as the Red Planet?"]
+    assert is_excluded("what is the capital of France", evals) and is_excluded("Where is the capital of France?", evals)
+    assert not is_excluded("What is the capital of Morocco?", evals)
     mixed = prompts(40, 0, DATA)
     assert all(isinstance(p, str) for p in mixed)  # the default mixture has none of them
     assert prompts(40, 0, DATA, 0.0) == mixed
@@ -133,3 +136,9 @@ def test_selfdistill_own_questions_are_written_and_answered_by_the_base_model(tm
     for r in rows:  # the base model's own question (or, failing one, the request itself), and its answer
         assert r["prompt"].endswith("?") or r["prompt"].startswith("Ask me one simple quiz question")
         assert r["answer"].strip()
+    # the same questions, excluded: each item falls back to the request itself
+    (tmp_path / "exclude.txt").write_text("\n".join(r["prompt"] for r in rows))
+    again = tmp_path / "again.jsonl"
+    main(["--out", str(again), "--n", "2", "--seed", "3", "--own-questions", "1", "--max-new-tokens", "6",
+          "--exclude", str(tmp_path / "exclude.txt")])
+    assert [json.loads(line)["prompt"] for line in again.read_text().splitlines()] == [p[1] for p in prompts(2, 3, DATA, 1.0)]
