@@ -109,6 +109,7 @@ def run(args) -> dict:
     rows, per = [], []
     ppl = lambda acc: math.exp(sum(a for a, _ in acc) / max(1, sum(n for _, n in acc)))
     gain = lambda ref, p: f"{100 * (ref - p) / ref:+.1f}%"
+
     def row(label, part: slice) -> list:
         p_on, p_off, p_empty = ppl(on[part]), ppl(off[part]), ppl(empty[part])
         r = [label, f"{p_on:.2f}", f"{p_off:.2f}", gain(p_off, p_on), f"{p_empty:.2f}", gain(p_empty, p_on)]
