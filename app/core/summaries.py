@@ -27,7 +27,9 @@ from .library import Library, LibraryError
 
 # Parts' summaries that together are no longer than this (a long paragraph) are the summary, joined in
 # order: asking a small model to merge them loses parts (SmolLM2-135M with the adapter kept only the
-# last of two).
+# last of two, "In the end, …"). Longer ones are each cut to their first sentences, an equal share of
+# this many words each (at least one sentence), and joined the same way; only when even that is more
+# than twice as long (a chapter of many parts) does the model merge them.
 JOIN_WORDS = 260
 ANSWER_TOKENS = 220  # room left in the segment for the prompt's wording and the summary itself
 REPETITION_PENALTY = 1.15  # SmolLM2-135M loops on phrases without it
@@ -116,6 +118,18 @@ def _whole_sentences(text: str) -> str:
     return text[: ends[-1]] if ends else text
 
 
+def _lead_sentences(text: str, words: int) -> str:
+    """The text's first whole sentences, as many as fit in `words` words (at least the first one)."""
+    text = _whole_sentences(text)
+    ends = [m.end() for m in re.finditer(r"[.!?][”\"’')]?(?=\s|$)", text)] or [len(text)]
+    keep = ends[0]
+    for e in ends[1:]:
+        if len(text[:e].split()) > words:
+            break
+        keep = e
+    return text[:keep]
+
+
 def _generate(engine, memory, messages, cancel, stream: bool, section_idx, max_new) -> Iterator[SummaryEvent | str]:
     out = []
     for piece in engine.generate(messages, memory, max_new_tokens=max_new, repetition_penalty=REPETITION_PENALTY):
@@ -153,8 +167,11 @@ def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, se
         if result is None:  # cancelled
             return
         notes.append(result)
-    if sum(len(n.split()) for n in notes) <= JOIN_WORDS:
-        text = "\n\n".join(_whole_sentences(n) for n in notes)
+    kept = [_whole_sentences(n) for n in notes]
+    if sum(len(n.split()) for n in kept) > JOIN_WORDS:
+        kept = [_lead_sentences(n, JOIN_WORDS // len(notes)) for n in notes]
+    if sum(len(n.split()) for n in kept) <= 2 * JOIN_WORDS:
+        text = "\n\n".join(n for n in kept if n)
         yield SummaryEvent("token", text, section_idx)
         yield text
         return

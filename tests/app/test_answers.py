@@ -206,3 +206,30 @@ def test_a_long_chapters_short_part_summaries_are_joined_in_order(tiny_reader, l
     # the cut-off stub of the first part is dropped; no merge asked for: "Merged." never said
     assert events[-1].text == "The keeper lit the lamp.\n\nA storm came! The ship was saved.\n\nDawn."
     assert "merging the parts" not in [e.text for e in events if e.kind == "status"]
+
+
+def test_long_part_summaries_keep_every_part_cut_to_their_first_sentences(tiny_reader, library, tmp_path,
+                                                                          monkeypatch):
+    from app.core import summaries
+
+    book = make_pdf(tmp_path / "long.pdf", fact_page=1, fact="A fact.", pages=8)  # chapters of 4 pages
+    *_, last = ingest_file(library, tiny_reader, book)
+    doc_id = last.document_id
+    notes = ["The keeper lit the lamp at dusk. He climbed the stairs slowly. Then he slept.",
+             "A storm came in from the west. The ship was saved by the light.",
+             "Dawn broke over the quiet sea. The keeper woke up and went down to"]
+    said = iter(notes + ["Merged."])
+    monkeypatch.setattr(tiny_reader, "generate", lambda messages, memory=None, **kw: iter([next(said)]))
+    monkeypatch.setattr(summaries, "JOIN_WORDS", 24)  # 40 words in all: too long to keep whole
+    events = list(summaries.summarize(library, tiny_reader, doc_id, 0, max_new_tokens=12))
+    # every part is there, in order, each cut to its first sentences (8 words each): no merge asked for
+    assert events[-1].kind == "done"
+    assert events[-1].text == ("The keeper lit the lamp at dusk.\n\nA storm came in from the west.\n\n"
+                               "Dawn broke over the quiet sea.")
+    assert "merging the parts" not in [e.text for e in events if e.kind == "status"]
+    # so many words that even the first sentences are more than twice the limit: the model merges them
+    said = iter(notes + ["Merged."])
+    monkeypatch.setattr(summaries, "JOIN_WORDS", 8)
+    events = list(summaries.summarize(library, tiny_reader, doc_id, 0, redo=True, max_new_tokens=12))
+    assert "merging the parts" in [e.text for e in events if e.kind == "status"]
+    assert events[-1].text == "Merged."
