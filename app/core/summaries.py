@@ -1,7 +1,7 @@
 """Chapter and whole-book summaries, written over the document's memory and stored once made.
 
 A chapter is summarised from its own text in the local window (in parts when it does not fit, the
-parts' summaries then merged), on top of the memory of everything before it: the stored segments
+parts' summaries then joined in order, cut to their first sentences when together too long), on top of the memory of everything before it: the stored segments
 that end before the chapter starts are read again (exactly the memory the first reading had at that
 point), so names introduced earlier are known. The whole book is summarised from the chapter
 summaries over the whole memory. What is stored is shown at once next time, unless a new one is
