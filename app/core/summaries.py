@@ -1,9 +1,9 @@
 """Chapter and whole-book summaries, written over the document's memory and stored once made.
 
 A chapter is summarised from its own text in the local window (in parts when it does not fit, the
-parts' summaries then joined in order, cut to their first sentences when together too long), on top of the memory of everything before it: the stored segments
-that end before the chapter starts are read again (exactly the memory the first reading had at that
-point), so names introduced earlier are known. The whole book is summarised from the chapter
+parts' summaries then joined in order, cut to their first sentences when together too long), on top
+of the memory of everything before it: the stored segments that end before the chapter starts are
+read again (exactly the memory the first reading had at that point), so names introduced earlier are known. The whole book is summarised from the chapter
 summaries over the whole memory. What is stored is shown at once next time, unless a new one is
 asked for.
 """
@@ -33,6 +33,7 @@ from .library import Library, LibraryError
 JOIN_WORDS = 260
 ANSWER_TOKENS = 220  # room left in the segment for the prompt's wording and the summary itself
 REPETITION_PENALTY = 1.15  # SmolLM2-135M loops on phrases without it
+SENTENCE_END = re.compile(r"[.!?][”\"’')]?(?=\s|$)")
 
 
 @dataclass
@@ -114,14 +115,14 @@ def _parts(engine: eng.Engine, text: str, budget: int) -> list[str]:
 def _whole_sentences(text: str) -> str:
     """The text up to its last sentence end (a summary cut by the token limit loses its stub)."""
     text = text.strip()
-    ends = [m.end() for m in re.finditer(r"[.!?][”\"’')]?(?=\s|$)", text)]
+    ends = [m.end() for m in SENTENCE_END.finditer(text)]
     return text[: ends[-1]] if ends else text
 
 
 def _lead_sentences(text: str, words: int) -> str:
     """The text's first whole sentences, as many as fit in `words` words (at least the first one)."""
     text = _whole_sentences(text)
-    ends = [m.end() for m in re.finditer(r"[.!?][”\"’')]?(?=\s|$)", text)] or [len(text)]
+    ends = [m.end() for m in SENTENCE_END.finditer(text)] or [len(text)]
     keep = ends[0]
     for e in ends[1:]:
         if len(text[:e].split()) > words:

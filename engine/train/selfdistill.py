@@ -119,15 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     e = engine.load_model(args.model, adapter=None)  # the base model's own answers
     excluded = Path(args.exclude).read_text(encoding="utf-8").splitlines() if args.exclude else []
     out = Path(args.out)
-    done = sum(1 for _ in open(out)) if out.exists() else 0  # resumable
+    kept = out.read_text(encoding="utf-8").splitlines() if out.exists() else []  # resumable
+    done = len(kept)
+    seen = {json.loads(line)["prompt"].lower() for line in kept}  # questions asked, resumed ones too
+    shots = [m for topic, q in OWN_SHOTS for m in ({"role": "user", "content": OWN_QUESTION.format(topic=topic)},
+                                                    {"role": "assistant", "content": q})]
     with open(out, "a", encoding="utf-8") as f:
-        seen = set()
         for i, prompt in enumerate(prompts(args.n, args.seed, Path(args.data), args.own_questions)):
             if i < done:
                 continue
             if isinstance(prompt, tuple):  # the base model writes the question, sampled, then answers it
-                shots = [m for topic, q in OWN_SHOTS for m in ({"role": "user", "content": OWN_QUESTION.format(topic=topic)},
-                                                                {"role": "assistant", "content": q})]
                 asked = "".join(e.generate(shots + [{"role": "user", "content": prompt[1]}], e.new_memory(),
                                            max_new_tokens=40, temperature=0.7, seed=args.seed * 100_003 + i))
                 question = first_question(asked)

@@ -142,3 +142,9 @@ def test_selfdistill_own_questions_are_written_and_answered_by_the_base_model(tm
     main(["--out", str(again), "--n", "2", "--seed", "3", "--own-questions", "1", "--max-new-tokens", "6",
           "--exclude", str(tmp_path / "exclude.txt")])
     assert [json.loads(line)["prompt"] for line in again.read_text().splitlines()] == [p[1] for p in prompts(2, 3, DATA, 1.0)]
+    # resumed after the first item, whose question was the second one's: the second is not asked twice
+    resumed = tmp_path / "resumed.jsonl"
+    resumed.write_text(json.dumps(rows[1]) + "\n")
+    main(["--out", str(resumed), "--n", "2", "--seed", "3", "--own-questions", "1", "--max-new-tokens", "6"])
+    second = json.loads(resumed.read_text().splitlines()[1])["prompt"]
+    assert rows[1]["prompt"].endswith("?") and second == prompts(2, 3, DATA, 1.0)[1][1]
