@@ -25,8 +25,9 @@ from app.core.library import Library
 from app.core.segments import tokenize_with_offsets
 from engine.generate import SegmentCache, Stream, detokenize, sample
 from engine.model import InfiniTransformer
+from engine.train.trainer import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = SHARED_DATA  # ../shared/data, or INFINI_SHARED_DATA
 BASE_WINDOW = 8192  # the base model's native context (SmolLM2 was trained to 8K positions)
 BASE_TOKENS = 7500  # text given to the base model: its window less the question and the answer
 

@@ -6,7 +6,10 @@ LoRA factors of the built-in model (or another) and write the run's folder:
     log.csv, loss.png    loss per task and example, gates, tokens, time
     config.json          the options of the run
 
-On a machine with a GPU the same command runs there (`--device cuda`, bf16).
+On a machine with a GPU the same command runs there (`--device cuda`, bf16). `--minutes M` fits the
+command into M minutes of wall-clock (a machine lent by the hour): the phase the budget reaches has
+its steps cut to end on time, and whatever is unfinished when the time is up is saved for the same
+command to continue.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 from .trainer import TrainConfig, Trainer, threads_from_env
@@ -74,13 +78,22 @@ def parse(argv: list[str] | None) -> tuple[list[TrainConfig], bool]:
 def main(argv: list[str] | None = None) -> int:
     configs, fresh = parse(argv)
     threads_from_env()
+    budget = max(c.minutes for c in configs)
+    deadline = time.monotonic() + budget * 60
     for cfg in configs:
+        if budget:  # one budget for the whole command: each phase gets what the ones before left
+            cfg.minutes = (deadline - time.monotonic()) / 60
+            if cfg.minutes <= 0:
+                print(f"time budget of {budget:g} min used up before {cfg.out}: the same command continues", flush=True)
+                return 0
         trainer = Trainer(cfg)
         n = sum(p.numel() for p in trainer.params)
         print(f"training {n:,} parameters on {trainer.engine.device} ({trainer.engine.dtype}), segments of "
               f"{trainer.engine.config.segment_length} tokens, into {cfg.out}", flush=True)
         trainer.run(resume=not fresh)
         print(f"adapter: {Path(cfg.out) / 'adapter.safetensors'}", flush=True)
+        if trainer.stopped_early:  # the next phase would start from an unfinished adapter
+            return 0
         del trainer
     return 0
 

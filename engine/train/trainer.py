@@ -24,7 +24,9 @@ from ..adapter import LoRALinear, add_lora, save_adapter
 from ..engine import Engine
 from .data import TASKS, TrainingData
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# the data folder beside the checkout (../shared/data); INFINI_SHARED_DATA moves it, e.g. on a machine
+# that receives the data apart from the checkout (scripts/gpu_session.py)
+SHARED_DATA = Path(os.environ.get("INFINI_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data")
 
 
 @dataclass
@@ -70,6 +72,10 @@ class TrainConfig:
     grad_tail: int = 0
     # the `passkey_far` task: the haystack lengths (tokens, drawn log-uniform) its examples stand for
     far_tokens: tuple[int, int] = (32_768, 1_048_576)
+    # a wall-clock budget for this invocation (0: none), for a machine lent by the hour: the steps
+    # are cut to what the budget allows once the first steps are timed (the schedule follows), and
+    # when the time is up the run saves and stops; the same command continues it
+    minutes: float = 0.0
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -165,6 +171,8 @@ class Trainer:
         self.tokens = 0
         self.seconds = 0.0
         self.log_path = self.out / "log.csv"
+        self.clock = time.monotonic  # the time budget's clock (a test gives its own)
+        self.stopped_early = False  # the time budget ran out before the last step
 
     # ---- checkpoints ----
 
@@ -186,7 +194,8 @@ class Trainer:
                 moments[names[id(p)] + ".step"] = torch.as_tensor(st["step"]).reshape(1).float().cpu()
         save_file(moments, str(tmp / "optimizer.safetensors"))
         save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-        state = {"step": self.step, "tokens": self.tokens, "seconds": self.seconds, "config": json.loads(self.cfg.to_json())}
+        state = {"step": self.step, "tokens": self.tokens, "seconds": self.seconds, "steps": self.cfg.steps,
+                 "config": json.loads(self.cfg.to_json())}
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         old = self.out / "checkpoint.old"
         if d.exists():
@@ -223,6 +232,9 @@ class Trainer:
                 }
         torch.set_rng_state(load_file(str(d / "rng.safetensors"))["torch"])
         self.step, self.tokens, self.seconds = state["step"], state["tokens"], state["seconds"]
+        if self.cfg.minutes and state.get("steps"):
+            # a run whose steps a time budget cut keeps that schedule; a later budget can cut it further
+            self.cfg.steps = min(self.cfg.steps, state["steps"])
         return True
 
     # ---- training ----
@@ -273,17 +285,42 @@ class Trainer:
             print(f"resumed at step {self.step} ({self.tokens:,} tokens)", flush=True)
             self._trim_log()
         (self.out / "config.json").write_text(self.cfg.to_json())
+        start, first, timed = self.clock(), self.step, []
         while self.step < self.cfg.steps:
+            t0 = self.clock()
             rows = self.train_step()
+            timed.append(self.clock() - t0)
             self.log(rows)
             mean = sum(r["loss"] for r in rows) / len(rows)
             print(f"step {self.step:5d}  loss {mean:7.4f}  " + "  ".join(f"{r['task']}={r['loss']:.3f}" for r in rows)
                   + f"  gate {rows[0]['gate_mean']:+.2f}  {self.tokens:,} tokens  {self.seconds / 60:.1f} min", flush=True)
             if on_step is not None:
                 on_step(self)
-            if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
+            if self.cfg.minutes:
+                self._fit_budget(start, first, timed)
+            if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps or self.stopped_early:
                 self.save()
                 plot(self.log_path, self.out / "loss.png")
+            if self.stopped_early:
+                print(f"time budget of {self.cfg.minutes:g} min used up at step {self.step} of {self.cfg.steps}: "
+                      "saved; the same command continues", flush=True)
+                return
+
+    CALIBRATION_STEPS = 3  # steps timed before the budget cuts the schedule (the first one, compiling, not counted)
+
+    def _fit_budget(self, start: float, first: int, timed: list[float]) -> None:
+        """Within `minutes`: once a few steps are timed, cut `steps` to what the rest of the budget
+        holds at their pace (the cosine schedule then ends on time); stop when the next step would
+        not fit."""
+        left = self.cfg.minutes * 60 - (self.clock() - start)
+        pace = sorted(timed[1:] or timed)[len(timed[1:] or timed) // 2]  # the median step, not the first
+        if len(timed) == self.CALIBRATION_STEPS + 1:
+            fits = self.step + int(left // pace)
+            if fits < self.cfg.steps:
+                print(f"time budget: {pace:.1f} s a step, {self.cfg.steps} steps cut to {fits}", flush=True)
+                self.cfg.steps = max(self.step, fits)
+        if self.step < self.cfg.steps and left < pace:
+            self.stopped_early = True
 
     def _trim_log(self) -> None:
         """Drop log rows written after the checkpoint (a crash between two saves)."""

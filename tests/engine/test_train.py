@@ -5,6 +5,7 @@ run of the real model happens here."""
 
 import csv
 import json
+import math
 import random
 from pathlib import Path
 
@@ -179,6 +180,43 @@ def test_a_resumed_run_continues_exactly(tmp_path):
     rows = lambda d: [(r["step"], r["loss"]) for r in csv.DictReader(open(d / "log.csv"))]
     assert rows(tmp_path / "whole") == rows(tmp_path / "part")
     assert (tmp_path / "part" / "loss.png").stat().st_size > 1000
+
+
+def run_on_a_fake_clock(trainer, seconds_per_step):
+    """Run with a clock that advances by seconds_per_step(step) for each optimiser step."""
+    now = [0.0]
+    trainer.clock = lambda: now[0]
+    step = trainer.train_step
+
+    def timed_step():
+        rows = step()
+        now[0] += seconds_per_step(trainer.step)
+        return rows
+
+    trainer.train_step = timed_step
+    trainer.run()
+
+
+def test_a_time_budget_cuts_the_schedule_to_fit(tmp_path):
+    t = tiny_trainer(tmp_path, steps=20, minutes=1.0)
+    run_on_a_fake_clock(t, lambda step: 10.0)  # 10 s a step, 60 s budget: six steps fit
+    assert t.step == t.cfg.steps == 6 and not t.stopped_early
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["steps"] == 6
+    assert lr_factor(5, t.cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    assert (tmp_path / "adapter.safetensors").is_file()
+
+
+def test_a_run_stopped_by_its_time_budget_is_saved_and_continues(tmp_path):
+    t = tiny_trainer(tmp_path, steps=20, minutes=1.0)
+    run_on_a_fake_clock(t, lambda step: 10.0 if step <= 4 else 25.0)  # slower after the cut to 6 steps
+    assert t.stopped_early and t.step == 5
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 5 and state["steps"] == 6  # saved at once, not at the next save_every
+    again = tiny_trainer(tmp_path, steps=20, minutes=1.0)  # the same command, a new process
+    run_on_a_fake_clock(again, lambda step: 10.0)
+    assert again.step == again.cfg.steps == 6 and not again.stopped_early
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "log.csv"))]
+    assert steps == sorted(steps) and steps[-1] == 6 and steps.count(5) == 2  # two examples a step
 
 
 def test_lr_schedule_warms_up_then_decays():
