@@ -242,6 +242,30 @@ def test_adapter_merges_into_the_plain_model(tmp_path):
     assert float(plain.model.layers[0].self_attn.memory_gate.detach()[0]) != -6.0  # the gates moved
 
 
+def test_a_blend_of_two_adapters_merges_into_the_weighted_change(tmp_path):
+    from engine.train.blend import main as blend_main
+
+    write_nudged_adapter(build_model(tiny_config(), seed=0), tmp_path / "a.safetensors", by=0.05, rank=2, alpha=4)
+    write_nudged_adapter(build_model(tiny_config(), seed=0), tmp_path / "b.safetensors", by=-0.03, rank=4, alpha=4)
+    assert blend_main([str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--t", "0.3",
+                       "--gates", "0.5", "--out", str(tmp_path / "ab.safetensors")]) == 0
+    merged = {}
+    for name in ("a", "b", "ab"):
+        model = build_model(tiny_config(), seed=0)
+        meta = apply_adapter(model, tmp_path / f"{name}.safetensors")
+        merged[name] = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    assert meta["rank"] == 6 and meta["blend"]["t"] == 0.3
+    base = {n: p.detach().float() for n, p in build_model(tiny_config(), seed=0).named_parameters()}
+    q = "model.layers.1.self_attn.q_proj.weight"
+    assert not torch.equal(merged["a"][q], base[q]) and not torch.equal(merged["b"][q], base[q])
+    for n, w in base.items():
+        if n.endswith("memory_gate"):
+            want = 0.5 * merged["a"][n] + 0.5 * merged["b"][n]
+        else:
+            want = w + 0.3 * (merged["a"][n] - w) + 0.7 * (merged["b"][n] - w)
+        torch.testing.assert_close(merged["ab"][n], want, atol=1e-6, rtol=1e-5, msg=n)
+
+
 def test_adapter_for_another_model_is_refused(tmp_path):
     model = build_model(tiny_config(), seed=0)
     add_lora(model, 2, 4)
