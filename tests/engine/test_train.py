@@ -264,6 +264,16 @@ def test_a_blend_of_two_adapters_merges_into_the_weighted_change(tmp_path):
         else:
             want = w + 0.3 * (merged["a"][n] - w) + 0.7 * (merged["b"][n] - w)
         torch.testing.assert_close(merged["ab"][n], want, atol=1e-6, rtol=1e-5, msg=n)
+    # only layer 1 blended: layer 0 takes B's change, the gates still follow --gates
+    blend_main([str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--t", "1", "--gates", "1",
+                "--layers", "1-1", "--out", str(tmp_path / "a1.safetensors")])
+    model = build_model(tiny_config(), seed=0)
+    apply_adapter(model, tmp_path / "a1.safetensors")
+    got = {n: p.detach().float() for n, p in model.named_parameters()}
+    for n in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.weight",
+              "model.layers.0.self_attn.memory_gate"):
+        want = merged["b"][n] if n.startswith("model.layers.0.") and n.endswith("weight") else merged["a"][n]
+        torch.testing.assert_close(got[n], want, atol=1e-6, rtol=1e-5, msg=n)
 
 
 def test_adapter_for_another_model_is_refused(tmp_path):
