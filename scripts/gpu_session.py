@@ -83,7 +83,10 @@ def wheels(into: Path) -> list[Path]:
     return sorted(into.glob("*.whl"))
 
 
-def plan(files: list[tuple[Path, str]], model: Path, model_name: str, room: int) -> list[list[tuple[Path, str, int, int]]]:
+Folder = list[tuple[Path, str, int, int]]  # (source, path in the stage, offset, bytes)
+
+
+def plan(files: list[tuple[Path, str]], model: Path, model_name: str, room: int) -> list[Folder]:
     """Folders of (source, path in the stage, offset, bytes), each at most `room` bytes: the first
     holds the small files and a first piece of the model, the others the rest of the model."""
     small = sum(src.stat().st_size for src, _ in files)
@@ -103,7 +106,7 @@ def plan(files: list[tuple[Path, str]], model: Path, model_name: str, room: int)
     return folders
 
 
-def write(folders: list[list[tuple[Path, str, int, int]]], into: Path, manifest: dict) -> None:
+def write(folders: list[Folder], into: Path, manifest: dict) -> None:
     if into.exists():
         shutil.rmtree(into)
     for k, items in enumerate(folders, 1):
@@ -115,7 +118,8 @@ def write(folders: list[list[tuple[Path, str, int, int]]], into: Path, manifest:
                 f.seek(offset)
                 out.write_bytes(f.read(n))
     pieces = sum(1 for items in folders for _, dest, _, _ in items if dest.startswith("model/"))
-    (into / "1" / "manifest.json").write_text(json.dumps({**manifest, "pieces": pieces, "folders": len(folders)}, indent=2))
+    manifest = {**manifest, "pieces": pieces, "folders": len(folders)}
+    (into / "1" / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 def pack(args) -> int:
@@ -179,8 +183,8 @@ def assemble(st: Path) -> dict:
         import importlib.util
 
         for whl in sorted((st / "whl").glob("*.whl")):
-            got = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                                  "--target", str(site), str(whl)], capture_output=True, text=True)
+            got = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                                  "--no-compile", "--target", str(site), str(whl)], capture_output=True, text=True)
             module = whl.name.split("-")[0].lower()
             if got.returncode and importlib.util.find_spec(module) is None:
                 raise SystemExit(f"{whl.name} does not install here and {module} is missing:\n{got.stderr}")
@@ -226,8 +230,9 @@ def check(args) -> int:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
             grads = {n: p.grad.float().cpu() for n, p in t.model.named_parameters() if p.grad is not None}
-            results[mode] = (float(loss), grads, min(times[1:]))
-            print(f"{mode}: loss {float(loss):.5f}, step {min(times[1:]):.3f} s ({len(ex.ids)} tokens)", flush=True)
+            results[mode] = (float(loss.detach()), grads, min(times[1:]))
+            print(f"{mode}: loss {results[mode][0]:.5f}, step {min(times[1:]):.3f} s ({len(ex.ids)} tokens)",
+                  flush=True)
         except Exception as e:  # a kernel that does not build or run here
             print(f"{mode}: failed: {type(e).__name__}: {e}", flush=True)
     ok = "triton" in results and "reference" in results

@@ -26,7 +26,8 @@ from .data import TASKS, TrainingData
 
 # the data folder beside the checkout (../shared/data); INFINI_SHARED_DATA moves it, e.g. on a machine
 # that receives the data apart from the checkout (scripts/gpu_session.py)
-SHARED_DATA = Path(os.environ.get("INFINI_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data")
+SHARED_DATA = Path(os.environ.get("INFINI_SHARED_DATA")
+                   or Path(__file__).resolve().parents[2].parent / "shared" / "data")
 
 
 @dataclass
