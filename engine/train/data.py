@@ -59,10 +59,12 @@ class Example:
         """Segments of length L that are neither scored nor touch the needle's first `needle_len`
         tokens nor are among the `tail` segments just before the first scored one: the ones
         truncated back-propagation may run without gradient. `tail` lets the text right before the
-        question (a story told before it is asked about) learn what to write."""
+        question (a story told before it is asked about) learn what to write; a segment that stands
+        for repeated copies (`repeat`) stays without gradient whatever `tail` says, as its write
+        may only be multiplied as a constant."""
         keep = {i // L for i, t in enumerate(self.targets) if t != -100}
         first = min(keep, default=0)
-        keep |= set(range(max(0, first - tail), first))
+        keep |= set(range(max(0, first - tail), first)) - set(self.repeat)
         if self.needle_at >= 0:
             keep |= set(range(self.needle_at // L, (self.needle_at + needle_len - 1) // L + 1))
         return set(range(-(-len(self.ids) // L))) - keep

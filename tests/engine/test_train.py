@@ -88,6 +88,9 @@ def test_filler_segments_are_neither_scored_nor_hold_the_needle():
     assert story.filler_segments(L, tail=2) == {0, 1}
     assert story.filler_segments(L, tail=9) == set()
     assert ex.filler_segments(L, needle_len=8, tail=1) == {0, 3}
+    # a segment standing for repeated copies (passkey_far) is never pulled out by the tail
+    far = Example("passkey_far", [0] * len(targets), targets, 5, needle_at=2 * L - 3, repeat={3: 40, 4: 7})
+    assert far.filler_segments(L, needle_len=8, tail=1) == {0, 3, 4}
 
 
 def test_truncated_backprop_keeps_the_loss_and_the_path_through_the_memory():
