@@ -162,6 +162,11 @@ def stage(args=None, pack_dir: Path = PACK) -> Path:
     return st
 
 
+def stage_verb(args) -> int:
+    stage()
+    return 0
+
+
 def assemble(st: Path) -> dict:
     """Rebuild the model file from its pieces (checked) and install the wheels into the stage."""
     manifest = json.loads((st / "manifest.json").read_text())
@@ -283,7 +288,7 @@ def train(args) -> int:
     cmd = [sys.executable, "-m", "engine.train", "--config", args.recipe, "--device", args.device,
            "--minutes", str(args.minutes), "--out", str(run), *extra, *shlex.split(args.train)]
     run_logged(cmd, env, log, args.minutes * 60 + 120)
-    adapter = next(iter(sorted(run.rglob("adapter.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)), None)
+    adapter = max(run.rglob("adapter.safetensors"), key=lambda p: p.stat().st_mtime, default=None)  # the last phase's
     if adapter is None:
         print("no adapter was written", flush=True)
         return 1
@@ -320,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("recipe", help="the recipe to run there (resources/training/…)")
     a.add_argument("--chat", help="the chat task's file (python -m engine.train.selfdistill writes one)")
     a.set_defaults(func=pack)
-    verbs.add_parser("stage", help="there: keep what this call brought").set_defaults(func=lambda a: (stage(), 0)[1])
+    verbs.add_parser("stage", help="there: keep what this call brought").set_defaults(func=stage_verb)
     c = verbs.add_parser("check", help="there: Triton kernels against the PyTorch path on one training step")
     c.add_argument("--device", default="cuda")
     c.set_defaults(func=check)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,7 +287,7 @@ class Trainer:
             print(f"resumed at step {self.step} ({self.tokens:,} tokens)", flush=True)
             self._trim_log()
         (self.out / "config.json").write_text(self.cfg.to_json())
-        start, first, timed = self.clock(), self.step, []
+        start, timed = self.clock(), []
         while self.step < self.cfg.steps:
             t0 = self.clock()
             rows = self.train_step()
@@ -298,7 +299,7 @@ class Trainer:
             if on_step is not None:
                 on_step(self)
             if self.cfg.minutes:
-                self._fit_budget(start, first, timed)
+                self._fit_budget(start, timed)
             if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps or self.stopped_early:
                 self.save()
                 plot(self.log_path, self.out / "loss.png")
@@ -309,12 +310,12 @@ class Trainer:
 
     CALIBRATION_STEPS = 3  # steps timed before the budget cuts the schedule (the first one, compiling, not counted)
 
-    def _fit_budget(self, start: float, first: int, timed: list[float]) -> None:
+    def _fit_budget(self, start: float, timed: list[float]) -> None:
         """Within `minutes`: once a few steps are timed, cut `steps` to what the rest of the budget
         holds at their pace (the cosine schedule then ends on time); stop when the next step would
         not fit."""
         left = self.cfg.minutes * 60 - (self.clock() - start)
-        pace = sorted(timed[1:] or timed)[len(timed[1:] or timed) // 2]  # the median step, not the first
+        pace = statistics.median(timed[1:] or timed)  # the first step (compiling) counts only while alone
         if len(timed) == self.CALIBRATION_STEPS + 1:
             fits = self.step + int(left // pace)
             if fits < self.cfg.steps:
