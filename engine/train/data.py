@@ -16,7 +16,9 @@ memory, then a last segment that ends with what is scored. Tasks:
   story only in the memory (paper-pure mode); the answer is scored;
 - `chat`: ordinary short instructions answered by the base model itself (`engine.train.selfdistill`
   writes them), in one short segment: self-distillation that keeps the everyday chat ability while
-  the other tasks change the model.
+  the other tasks change the model;
+- `text`: half a segment of book text on its own (no memory), every token scored: with a teacher
+  (`TrainConfig.teacher`) the model is held to the teacher's next-token distribution on plain text.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ PASSKEY_INTRO = ("There is an important info hidden inside a lot of irrelevant t
 PASSKEY_QUESTION = "What is the pass key? The pass key is"
 PASSKEY_NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 NEEDLE_SPAN = 32  # tokens from where a needle begins that count as the needle (a passkey sentence: 25)
-TASKS = ("lm", "passkey", "needle", "qa", "chat", "passkey_far")
+TASKS = ("lm", "passkey", "needle", "qa", "chat", "passkey_far", "text")
 QA_SYSTEM = "You answer questions about the book “{title}”. Answer from the excerpts, briefly and plainly."
 QA_SYSTEM_MEMORY = "You answer questions about the book “{title}”, which you have read. Answer briefly and plainly."
 
@@ -202,6 +204,10 @@ class TrainingData:
     def _lm(self, rng, n) -> Example:
         ids = self.book_tokens(rng, n * self.L + rng.randint(self.L // 4, self.L) + 1)
         return self._assemble("lm", ids[: n * self.L], ids[n * self.L :], [])
+
+    def _text(self, rng, n) -> Example:
+        ids = self.book_tokens(rng, self.L // 2 + 1)
+        return self._assemble("text", [], ids, [])
 
     def _passkey(self, rng, n) -> Example:
         key = str(rng.randint(10_000, 99_999))

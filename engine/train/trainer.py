@@ -78,6 +78,11 @@ class TrainConfig:
     # are cut to what the budget allows once the first steps are timed (the schedule follows), and
     # when the time is up the run saves and stops; the same command continues it
     minutes: float = 0.0
+    # distillation from a teacher: an adapter file for the same base model ("shipped": the built-in
+    # adapter). Examples with no memory (`chat`, `text`) are then trained toward the teacher's
+    # next-token distribution on their scored tokens (KL(teacher ‖ model)) instead of the one token
+    # written: what the memory tasks may not change is held in place over the whole distribution
+    teacher: str = ""
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -103,7 +108,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, engine: Engine | None = None, data: TrainingData | None = None):
+    def __init__(self, cfg: TrainConfig, engine: Engine | None = None, data: TrainingData | None = None,
+                 teacher: torch.nn.Module | None = None):
         from .. import load_model
 
         self.cfg = cfg
@@ -169,6 +175,20 @@ class Trainer:
             engine.tokenizer, engine.chat, engine.config.segment_length, Path(cfg.data), cfg.mix,
             cfg.memory_segments, cfg.seed, cfg.books, cfg.chat_file or None, cfg.far_tokens,
         )
+        self.teacher = teacher  # a test gives its own; else `cfg.teacher` names an adapter file
+        if cfg.teacher and teacher is None:
+            from .. import load_model
+            from ..adapter import builtin_adapter
+
+            path = builtin_adapter() if cfg.teacher == "shipped" else cfg.teacher
+            if path is None:
+                raise ValueError("teacher \"shipped\": this installation has no built-in adapter")
+            self.teacher = load_model(cfg.model, device=str(engine.device), dtype=self.model.model.embed_tokens.weight.dtype,
+                                      adapter=path, segment_length=engine.config.segment_length).model
+        if self.teacher is not None:
+            self.teacher.eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
         self.step = 0
         self.tokens = 0
         self.seconds = 0.0
@@ -254,7 +274,10 @@ class Trainer:
             targets = torch.tensor([ex.targets], device=self.engine.device)
             constant = (ex.filler_segments(self.engine.config.segment_length, tail=cfg.grad_tail)
                         if cfg.truncate else set())
-            loss = self.model.forward_train(ids, targets, constant=constant, repeat=ex.repeat)
+            if self.teacher is not None and ex.memory_segments == 0 and ex.task in ("chat", "text"):
+                loss = self.distill_loss(ids, targets)
+            else:
+                loss = self.model.forward_train(ids, targets, constant=constant, repeat=ex.repeat)
             (loss / cfg.accumulate).backward()
             self.tokens += len(ex.ids)
             rows.append({"task": ex.task, "loss": float(loss.detach()), "tokens": len(ex.ids),
@@ -271,6 +294,17 @@ class Trainer:
                      gate_mean=float(gates.mean()), gate_max=float(gates.max()),
                      tokens_seen=self.tokens, seconds=round(self.seconds, 1))
         return rows
+
+    def distill_loss(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """KL(teacher ‖ model) per scored token of a one-segment example with an empty memory."""
+        with torch.no_grad():
+            h, _ = self.teacher.segment(ids, None)
+            teacher = torch.log_softmax(self.teacher.lm_head(h).float(), -1)
+        h, _ = self.model.segment(ids, None)
+        student = torch.log_softmax(self.model.lm_head(h).float(), -1)
+        scored = targets != -100
+        kl = (teacher.exp() * (teacher - student)).sum(-1)
+        return (kl * scored).sum() / scored.sum().clamp(min=1)
 
     def log(self, rows: list[dict]) -> None:
         cols = ["step", "task", "loss", "tokens", "memory_segments", "lr", "grad_norm", "gate_mean", "gate_max",

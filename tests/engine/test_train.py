@@ -437,3 +437,53 @@ def test_gates_can_be_shut_or_raised_at_the_start_of_a_run(tmp_path, option, exp
         torch.testing.assert_close(layer.self_attn.memory_gate.detach(), expect(torch.linspace(-7, 1, 6) + i))
     (name, value), = option.items()
     assert getattr(TrainConfig.from_json(json.dumps(option)), name) == value
+
+
+class ChatData:
+    """One-segment examples with no memory (the `chat` task's shape): a prompt, then a scored answer."""
+
+    def __init__(self, seed=0):
+        r = random.Random(seed)
+        self.items = []
+        for _ in range(2):
+            seq = [r.randrange(10, 90) for _ in range(12)]
+            self.items.append(Example("chat", seq[:-1], [-100] * 5 + seq[6:], 0))
+
+    def example(self, index):
+        return self.items[index % len(self.items)]
+
+
+def test_examples_without_memory_are_distilled_toward_the_teacher(tmp_path):
+    # a teacher equal to the model the run starts from: nothing to learn, the loss and its gradient are zero
+    same = build_model(tiny_config(), seed=0)
+    t = Trainer(TrainConfig(out=str(tmp_path / "same"), rank=4, alpha=8, accumulate=2, steps=2),
+                engine=Engine(build_model(tiny_config(), seed=0)), data=ChatData(), teacher=same)
+    ex = t.data.example(0)
+    loss = t.distill_loss(torch.tensor([ex.ids]), torch.tensor([ex.targets]))
+    assert abs(float(loss.detach())) < 1e-5
+    # a teacher with an adapter of its own: the model is pulled toward it, step by step
+    teacher = build_model(tiny_config(), seed=0)
+    write_nudged_adapter(teacher, tmp_path / "teacher.safetensors", by=0.2)
+    teacher = build_model(tiny_config(), seed=0)
+    apply_adapter(teacher, tmp_path / "teacher.safetensors")
+    t = Trainer(TrainConfig(out=str(tmp_path / "run"), rank=4, alpha=8, accumulate=2, steps=20, lr=1e-2, warmup=1),
+                engine=Engine(build_model(tiny_config(), seed=0)), data=ChatData(), teacher=teacher)
+    first = sum(r["loss"] for r in t.train_step()) / 2
+    assert first > 1e-3
+    # the loss is KL(teacher ‖ model) over the scored tokens only (the prompt's are not)
+    ids, targets = torch.tensor([ex.ids]), torch.tensor([ex.targets])
+    with torch.no_grad():
+        p = torch.log_softmax(teacher.lm_head(teacher.segment(ids, None)[0]).float(), -1)[0, 5:]
+        q = torch.log_softmax(t.model.lm_head(t.model.segment(ids, None)[0]).float(), -1)[0, 5:]
+        assert float(t.distill_loss(ids, targets)) == pytest.approx(float((p.exp() * (p - q)).sum(-1).mean()), rel=1e-4)
+    for _ in range(18):
+        t.train_step()
+    last = sum(r["loss"] for r in t.train_step()) / 2
+    assert last < 0.5 * first, (first, last)
+    # examples with a memory are scored on their tokens as before, whatever the teacher
+    t.data = RecallData()
+    ex = t.data.example(t.step * 2)
+    with torch.no_grad():
+        expect = float(t.model.forward_train(torch.tensor([ex.ids]), torch.tensor([ex.targets])))
+    rows = t.train_step()
+    assert rows[0]["task"] == "passkey" and rows[0]["loss"] == pytest.approx(expect, rel=1e-4)

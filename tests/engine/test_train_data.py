@@ -24,7 +24,8 @@ def data(smol, tmp_path_factory):
     chat = tmp_path_factory.mktemp("chat") / "chat.jsonl"
     chat.write_text(json.dumps({"prompt": "Give a title to this passage: “The sea was calm.”",
                                 "answer": "A Calm Sea."}) + "\n")
-    return TrainingData(smol.tokenizer, smol.chat, L, DATA, {"lm": 1, "passkey": 1, "needle": 1, "qa": 1, "chat": 1},
+    return TrainingData(smol.tokenizer, smol.chat, L, DATA, {"lm": 1, "passkey": 1, "needle": 1, "qa": 1, "chat": 1,
+                                                                  "text": 1},
                         (1, 3), seed=7, books=2, chat_file=chat)
 
 
@@ -51,14 +52,16 @@ def test_examples_are_a_function_of_the_index(data):
 
 def test_every_task_has_memory_segments_and_scores_only_its_answer(smol, data):
     seen = {}
-    for i in range(60):
+    for i in range(80):
         ex = data.example(i)
         seen.setdefault(ex.task, ex)
         assert len(ex.ids) == len(ex.targets)
         assert ex.memory_segments * L < len(ex.ids) <= (ex.memory_segments + 1) * L
-        assert ex.memory_segments >= (0 if ex.task in ("qa", "chat") else 1)
+        assert ex.memory_segments >= (0 if ex.task in ("qa", "chat", "text") else 1)
         assert ex.scored > 0
-    assert set(seen) == {"lm", "passkey", "needle", "qa", "chat"}
+    assert set(seen) == {"lm", "passkey", "needle", "qa", "chat", "text"}
+    tx = seen["text"]  # book text on its own, half a segment, every token scored
+    assert tx.memory_segments == 0 and len(tx.ids) == L // 2 and tx.targets[:-1] == tx.ids[1:] and tx.scored == L // 2
     lm = seen["lm"]
     assert lm.scored == len(lm.ids) and lm.targets[:-1] == lm.ids[1:]  # next-token targets
     assert lm.filler_segments(L) == set()  # every segment scored: truncation leaves book text whole
