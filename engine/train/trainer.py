@@ -297,14 +297,7 @@ class Trainer:
 
     def distill_loss(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """KL(teacher ‖ model) per scored token of a one-segment example with an empty memory."""
-        with torch.no_grad():
-            h, _ = self.teacher.segment(ids, None)
-            teacher = torch.log_softmax(self.teacher.lm_head(h).float(), -1)
-        h, _ = self.model.segment(ids, None)
-        student = torch.log_softmax(self.model.lm_head(h).float(), -1)
-        scored = targets != -100
-        kl = (teacher.exp() * (teacher - student)).sum(-1)
-        return (kl * scored).sum() / scored.sum().clamp(min=1)
+        return kl_per_token(self.teacher, self.model, ids, targets != -100)
 
     def log(self, rows: list[dict]) -> None:
         cols = ["step", "task", "loss", "tokens", "memory_segments", "lr", "grad_norm", "gate_mean", "gate_max",
@@ -369,6 +362,18 @@ class Trainer:
             for r in rows:
                 r["step"] = int(r["step"])
             self.log(rows)
+
+
+def kl_per_token(teacher: torch.nn.Module, model: torch.nn.Module, ids: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher ‖ model) of the next-token distributions over the `scored` positions of one
+    segment read with an empty memory (the gradient reaches `model` only)."""
+    with torch.no_grad():
+        h, _ = teacher.segment(ids, None)
+        p = torch.log_softmax(teacher.lm_head(h).float(), -1)
+    h, _ = model.segment(ids, None)
+    q = torch.log_softmax(model.lm_head(h).float(), -1)
+    kl = (p.exp() * (p - q)).sum(-1)
+    return (kl * scored).sum() / scored.sum().clamp(min=1)
 
 
 def plot(log_csv: Path, png: Path, smooth: int = 20) -> bool:
