@@ -289,3 +289,32 @@ def test_chat_check_compares_the_base_and_an_adapter(capsys, tmp_path, tiny_mode
     assert rows[1][0].split(",")[-1] != rows[2][0].split(",")[-1]  # two different fingerprints
     data = json.loads(out_json.read_text())
     assert sum(i["kind"] == "instruction" for i in data["items"]) == 2 * 30
+
+
+
+def test_distance_is_zero_for_the_teacher_and_counts_only_the_answers(capsys, tmp_path, tiny_model_dir):
+    from engine import load_model
+    from tests.conftest import write_nudged_adapter
+
+    from app.evals.distance import distance
+
+    adapter = tmp_path / "nudged.safetensors"
+    write_nudged_adapter(load_model(str(tiny_model_dir), adapter=None).model, adapter, by=0.2)
+    out = run_eval(capsys, "distance", "--model", str(tiny_model_dir), "--adapter", f"none,{adapter}",
+                   "--teacher", "none", "--books", "1", "--out", str(tmp_path / "d.json"))
+    rows = table_rows(out)
+    assert rows[0] == ["model", "book text", "the check's answers"]
+    assert rows[1][1:] == ["0.000", "0.000"]  # the teacher against itself
+    assert float(rows[2][1]) > 0 and float(rows[2][2]) > 0
+    result = json.loads((tmp_path / "d.json").read_text())
+    assert result["items"]["none"] == {"book_text": 0.0, "answers": 0.0}
+    # the answer's positions alone: the prompt's tokens before the answer do not count
+    teacher = load_model(str(tiny_model_dir), adapter=None).model
+    other = load_model(str(tiny_model_dir), adapter=adapter).model
+    ids = [20, 21, 22, 23, 24]
+    d = distance(teacher, other, [ids], [(ids, 3)])
+    with torch.no_grad():
+        t = torch.tensor([ids])
+        p = torch.log_softmax(teacher.lm_head(teacher.segment(t, None)[0]).float(), -1)[0, 2:4]
+        q = torch.log_softmax(other.lm_head(other.segment(t, None)[0]).float(), -1)[0, 2:4]
+    assert d["answers"] == pytest.approx(float((p.exp() * (p - q)).sum(-1).mean()), rel=1e-4)

@@ -488,22 +488,3 @@ def test_examples_without_memory_are_distilled_toward_the_teacher(tmp_path):
     rows = t.train_step()
     assert rows[0]["task"] == "passkey" and rows[0]["loss"] == pytest.approx(expect, rel=1e-4)
 
-
-def test_the_distance_to_a_teacher_is_zero_for_the_teacher_and_counts_only_the_answers(tmp_path):
-    from engine.train.distance import distance
-
-    teacher = build_model(tiny_config(), seed=0)
-    books, answered = [[11, 12, 13, 14, 15, 16]], [([20, 21, 22, 23, 24], 3)]
-    assert distance(teacher, build_model(tiny_config(), seed=0), books, answered) == {"book_text": 0.0, "answers": 0.0}
-    other = build_model(tiny_config(), seed=0)
-    write_nudged_adapter(other, tmp_path / "a.safetensors", by=0.2)
-    other = build_model(tiny_config(), seed=0)
-    apply_adapter(other, tmp_path / "a.safetensors")
-    d = distance(teacher, other, books, answered)
-    assert d["book_text"] > 1e-4 and d["answers"] > 1e-4
-    # the answer's positions alone: the prompt's tokens before the answer do not count
-    with torch.no_grad():
-        ids = torch.tensor([answered[0][0]])
-        p = torch.log_softmax(teacher.lm_head(teacher.segment(ids, None)[0]).float(), -1)[0, 2:4]
-        q = torch.log_softmax(other.lm_head(other.segment(ids, None)[0]).float(), -1)[0, 2:4]
-    assert d["answers"] == pytest.approx(float((p.exp() * (p - q)).sum(-1).mean()), rel=1e-4)
