@@ -38,6 +38,7 @@ PASSKEY_QUESTION = "What is the pass key? The pass key is"
 PASSKEY_NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 NEEDLE_SPAN = 32  # tokens from where a needle begins that count as the needle (a passkey sentence: 25)
 TASKS = ("lm", "passkey", "needle", "qa", "chat", "passkey_far", "text")
+DISTILLED = ("chat", "text")  # no memory: with a teacher, trained toward its distribution
 QA_SYSTEM = "You answer questions about the book “{title}”. Answer from the excerpts, briefly and plainly."
 QA_SYSTEM_MEMORY = "You answer questions about the book “{title}”, which you have read. Answer briefly and plainly."
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ..adapter import LoRALinear, add_lora, save_adapter
 from ..engine import Engine
-from .data import TASKS, TrainingData
+from .data import DISTILLED, TASKS, TrainingData
 
 # the data folder beside the checkout (../shared/data); INFINI_SHARED_DATA moves it, e.g. on a machine
 # that receives the data apart from the checkout (scripts/gpu_session.py)
@@ -177,7 +177,6 @@ class Trainer:
         )
         self.teacher = teacher  # a test gives its own; else `cfg.teacher` names an adapter file
         if cfg.teacher and teacher is None:
-            from .. import load_model
             from ..adapter import builtin_adapter
 
             path = builtin_adapter() if cfg.teacher == "shipped" else cfg.teacher
@@ -274,7 +273,7 @@ class Trainer:
             targets = torch.tensor([ex.targets], device=self.engine.device)
             constant = (ex.filler_segments(self.engine.config.segment_length, tail=cfg.grad_tail)
                         if cfg.truncate else set())
-            if self.teacher is not None and ex.memory_segments == 0 and ex.task in ("chat", "text"):
+            if self.teacher is not None and ex.task in DISTILLED:
                 loss = self.distill_loss(ids, targets)
             else:
                 loss = self.model.forward_train(ids, targets, constant=constant, repeat=ex.repeat)

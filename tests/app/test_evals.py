@@ -291,7 +291,6 @@ def test_chat_check_compares_the_base_and_an_adapter(capsys, tmp_path, tiny_mode
     assert sum(i["kind"] == "instruction" for i in data["items"]) == 2 * 30
 
 
-
 def test_distance_is_zero_for_the_teacher_and_counts_only_the_answers(capsys, tmp_path, tiny_model_dir):
     from engine import load_model
     from tests.conftest import write_nudged_adapter

@@ -487,4 +487,3 @@ def test_examples_without_memory_are_distilled_toward_the_teacher(tmp_path):
         expect = float(t.model.forward_train(torch.tensor([ex.ids]), torch.tensor([ex.targets])))
     rows = t.train_step()
     assert rows[0]["task"] == "passkey" and rows[0]["loss"] == pytest.approx(expect, rel=1e-4)
-
