@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .checkpoint import ModelLoadError
-from .model import InfiniTransformer
+from .model import InfiniTransformer, MemoryProjection
 
 ADAPTER_FORMAT = "infini-adapter"
 ADAPTER_VERSION = 1
@@ -87,24 +87,59 @@ def add_lora(model: InfiniTransformer, rank: int, alpha: float, targets=PROJECTI
     return names
 
 
+def add_memory_projection(model: InfiniTransformer, rank: int, alpha: float, train: bool = True) -> None:
+    """Give every layer a `MemoryProjection` (model.py): zero, so the model computes what it did.
+    With `train`, its A factors start random (B stays zero) and it is trainable, with the gates."""
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        device = attn.q_proj.weight.device if not isinstance(attn.q_proj, LoRALinear) else attn.q_proj.base.weight.device
+        mp = MemoryProjection(model.config, rank, alpha).to(device)
+        if train:
+            for name in ("q", "k", "v", "o"):
+                nn.init.kaiming_uniform_(getattr(mp, f"{name}_A"), a=math.sqrt(5))
+            attn.memory_gate.requires_grad_(True)
+        else:
+            mp.requires_grad_(False)
+        attn.memory_proj = mp
+
+
+def memory_projection_rank(model: InfiniTransformer) -> tuple[int, float]:
+    mp = model.model.layers[0].self_attn.memory_proj
+    return (mp.rank, mp.alpha) if mp is not None else (0, 0.0)
+
+
 def trainable_state(model: InfiniTransformer) -> dict[str, torch.Tensor]:
     """What the adapter file holds: every gate and every low-rank factor, float32, by name."""
     return {n: p.detach().float().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_adapter(model: InfiniTransformer, path: str | Path, info: dict | None = None) -> None:
+def save_adapter(model: InfiniTransformer, path: str | Path, info: dict | None = None,
+                 merged: tuple[dict, dict[str, torch.Tensor]] | None = None) -> None:
+    """Write the trainable state. `merged`: (metadata, tensors) of an adapter already merged into the
+    model's weights that the file must carry too (a run that trains only the memory projections on
+    top of it); its LoRA factors and rank are written as its own."""
     lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    state = trainable_state(model)
+    mrank, malpha = memory_projection_rank(model)
+    if merged is not None:
+        if lora:
+            raise ValueError("an adapter merged into the weights cannot be saved beside new LoRA factors")
+        mmeta, mt = merged
+        state = {k: v for k, v in mt.items() if ".lora_" in k} | state
+        lora_meta = {"rank": mmeta.get("rank", 0), "alpha": mmeta.get("alpha", 0)}
+    else:
+        lora_meta = {"rank": lora[0].rank if lora else 0, "alpha": lora[0].alpha if lora else 0}
     meta = {
         "format": ADAPTER_FORMAT,
         "version": ADAPTER_VERSION,
-        "rank": lora[0].rank if lora else 0,
-        "alpha": lora[0].alpha if lora else 0,
+        **lora_meta,
+        **({"memory_rank": mrank, "memory_alpha": malpha} if mrank else {}),
         "layers": model.config.num_hidden_layers,
         "hidden_size": model.config.hidden_size,
         **(info or {}),
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(trainable_state(model), str(path), metadata={ADAPTER_FORMAT: json.dumps(meta, sort_keys=True)})
+    save_file(state, str(path), metadata={ADAPTER_FORMAT: json.dumps(meta, sort_keys=True)})
 
 
 def read_adapter(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -122,15 +157,8 @@ def read_adapter(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def apply_adapter(model: InfiniTransformer, path: str | Path) -> dict:
-    """Merge an adapter into a plain model's weights (gates set, W += s·B·A). Returns its metadata."""
-    meta, tensors = read_adapter(path)
-    cfg = model.config
-    if meta.get("layers") != cfg.num_hidden_layers or meta.get("hidden_size") != cfg.hidden_size:
-        raise AdapterError(
-            f"{path}: the adapter was trained for another model ({meta.get('layers')} layers, hidden "
-            f"{meta.get('hidden_size')}; this one has {cfg.num_hidden_layers}, {cfg.hidden_size})"
-        )
+def merge_lora(model: InfiniTransformer, meta: dict, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """W ← W + s·B·A (in float32) for every pair of LoRA factors among an adapter's tensors."""
     params = dict(model.named_parameters())
     scale = meta["alpha"] / meta["rank"] if meta.get("rank") else 0.0
     with torch.no_grad():
@@ -142,9 +170,28 @@ def apply_adapter(model: InfiniTransformer, path: str | Path) -> dict:
                 if W is None or B is None or W.shape != (B.shape[0], t.shape[1]):
                     raise AdapterError(f"{path}: {base} does not fit this model")
                 W.copy_((W.float() + (B.float() @ t.float()) * scale).to(W.dtype))
-            elif name.endswith(".lora_B"):
+
+
+def apply_adapter(model: InfiniTransformer, path: str | Path) -> dict:
+    """Merge an adapter into a plain model's weights (gates set, W += s·B·A). Returns its metadata."""
+    meta, tensors = read_adapter(path)
+    cfg = model.config
+    if meta.get("layers") != cfg.num_hidden_layers or meta.get("hidden_size") != cfg.hidden_size:
+        raise AdapterError(
+            f"{path}: the adapter was trained for another model ({meta.get('layers')} layers, hidden "
+            f"{meta.get('hidden_size')}; this one has {cfg.num_hidden_layers}, {cfg.hidden_size})"
+        )
+    if any(".memory_proj." in name for name in tensors):
+        if not meta.get("memory_rank"):
+            raise AdapterError(f"{path}: memory projections without their rank")
+        add_memory_projection(model, meta["memory_rank"], meta["memory_alpha"], train=False)
+    merge_lora(model, meta, tensors, path)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if ".lora_" in name:
                 continue
-            elif name in params and params[name].shape == t.shape:
+            if name in params and params[name].shape == t.shape:
                 params[name].copy_(t.to(params[name].dtype))
             else:
                 raise AdapterError(f"{path}: {name} does not fit this model")

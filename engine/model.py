@@ -145,6 +145,34 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos0: i
     return out.view(B, H, T, D)
 
 
+class MemoryProjection(nn.Module):
+    """Low-rank corrections that only the memory path sees: the q, k and v it reads and writes with,
+    and the output projection of what it reads (o acts on g·A_mem + (1 − g)·A_dot linearly, so its
+    memory part can take its own correction). Q, K and V are still the layer's, made from the same
+    input; the correction (rank r, scale α/r, float32) is part of an adapter, like LoRA, but never
+    merged: the local attention keeps the layer's own projections, so a model that learns to read
+    its memory this way answers exactly as before whenever the memory holds nothing (up to each
+    head's 1 − sigmoid(β)). Zero at first: a model with it computes what one without it does."""
+
+    def __init__(self, cfg: InfiniConfig, rank: int, alpha: float):
+        super().__init__()
+        C, H, Hkv, D = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        for name, (n_in, n_out) in {"q": (C, H * D), "k": (C, Hkv * D), "v": (C, Hkv * D), "o": (H * D, C)}.items():
+            setattr(self, f"{name}_A", nn.Parameter(torch.zeros(rank, n_in)))
+            setattr(self, f"{name}_B", nn.Parameter(torch.zeros(n_out, rank)))
+
+    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) → the correction (..., out), float32."""
+        A, B = getattr(self, f"{name}_A"), getattr(self, f"{name}_B")
+        return F.linear(F.linear(x.float(), A.float()), B.float()) * self.scale
+
+    def heads(self, name: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """t (B, heads, T, D) as the memory sees it: t + the correction of x (B, T, C), float32."""
+        B, T, _ = x.shape
+        return t.float() + self.delta(name, x).view(B, T, t.shape[1], t.shape[3]).transpose(1, 2)
+
+
 class InfiniAttention(nn.Module):
     def __init__(self, cfg: InfiniConfig):
         super().__init__()
@@ -156,6 +184,7 @@ class InfiniAttention(nn.Module):
         self.o_proj = nn.Linear(H * D, C, bias=cfg.o_bias)
         # β, one per query head; sigmoid(β) is the weight of the memory read.
         self.memory_gate = nn.Parameter(torch.full((H,), cfg.memory_gate_init))
+        self.memory_proj: MemoryProjection | None = None  # an adapter's, when it has one
 
     def _kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, _ = x.shape
@@ -167,6 +196,8 @@ class InfiniAttention(nn.Module):
         """The segment's contribution to the memory, without computing the layer's output."""
         k, v = self._kv(x)
         M, z = mem if mem is not None else (None, None)
+        if self.memory_proj is not None:
+            k, v = self.memory_proj.heads("k", x, k), self.memory_proj.heads("v", x, v)
         return memory_delta(sigma(k.float()), v.float(), M, z, self.cfg.memory_update)
 
     def forward(
@@ -187,7 +218,8 @@ class InfiniAttention(nn.Module):
         k, v = self._kv(x)  # (B, Hkv, T, D)
         M, z = mem if mem is not None else (None, None)
 
-        if kernels.fused_applies(x, D):  # CUDA (or INFINI_KERNELS=triton): the fused Triton kernels
+        mp = self.memory_proj
+        if mp is None and kernels.fused_applies(x, D):  # CUDA (or INFINI_KERNELS=triton): the fused Triton kernels
             dM, dz = kernels.write_memory(k, v, M, z, self.cfg.memory_update)  # σ inside, pre-rotary k
             k_r, pos0 = apply_rotary(k, cos, sin), 0
             if cache is not None:
@@ -197,8 +229,8 @@ class InfiniAttention(nn.Module):
             return self.o_proj(a.transpose(1, 2).reshape(B, T, H * D)), (dM, dz)
 
         # Memory path: queries and keys *before* rotary, so no position enters M; float32.
-        sk = sigma(k.float())
-        dM, dz = memory_delta(sk, v.float(), M, z, self.cfg.memory_update)
+        q_m, k_m, v_m = (q, k, v) if mp is None else (mp.heads("q", x, q), mp.heads("k", x, k), mp.heads("v", x, v))
+        dM, dz = memory_delta(sigma(k_m.float()), v_m.float(), M, z, self.cfg.memory_update)
 
         # Local path: causal softmax attention inside the segment, with rotary.
         q_r = apply_rotary(q, cos, sin)
@@ -213,10 +245,13 @@ class InfiniAttention(nn.Module):
         if M is None:  # empty memory: the retrieval is zero (not 0/0)
             a = ((1 - g) * a_dot.float()).to(x.dtype)
         else:
-            a_mem = memory_retrieve(sigma(q.float()), M, z)  # (B, H, T, D)
-            a = (g * a_mem + (1 - g) * a_dot.float()).to(x.dtype)
+            read = g * memory_retrieve(sigma(q_m.float()), M, z)  # (B, H, T, D)
+            a = (read + (1 - g) * a_dot.float()).to(x.dtype)
         y = a.transpose(1, 2).reshape(B, T, H * D)  # heads back beside each other: (B, T, H*D)
-        return self.o_proj(y), (dM, dz)
+        out = self.o_proj(y)
+        if mp is not None and M is not None:
+            out = out + mp.delta("o", read.transpose(1, 2).reshape(B, T, H * D)).to(out.dtype)
+        return out, (dM, dz)
 
 
 class DecoderLayer(nn.Module):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..adapter import LoRALinear, add_lora, save_adapter
+from ..adapter import LoRALinear, add_lora, add_memory_projection, builtin_adapter, merge_lora, read_adapter, save_adapter
 from ..engine import Engine
 from .data import DISTILLED, TASKS, TrainingData
 
@@ -83,6 +83,12 @@ class TrainConfig:
     # next-token distribution on their scored tokens (KL(teacher ‖ model)) instead of the one token
     # written: what the memory tasks may not change is held in place over the whole distribution
     teacher: str = ""
+    # memory projections (model.py, `MemoryProjection`): low-rank corrections of q, k, v and o that
+    # only the memory path sees, trained with the gates on top of fixed weights (needs rank 0): the
+    # LoRA factors of `init` ("shipped": the built-in adapter) are merged, frozen and carried into
+    # the saved adapter, so whatever the run learns, an empty memory answers as `init` did
+    memory_rank: int = 0
+    memory_alpha: float = 16.0
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -122,6 +128,10 @@ class Trainer:
         self.engine = engine
         self.model = engine.model
         add_lora(self.model, cfg.rank, cfg.alpha, cfg.targets)
+        if cfg.memory_rank:
+            if cfg.rank:
+                raise ValueError("memory projections train on top of fixed weights: they need rank 0")
+            add_memory_projection(self.model, cfg.memory_rank, cfg.memory_alpha)
         # trainable parameters in float32 whatever the weights' dtype (bf16 base, frozen)
         for m in self.model.modules():
             if isinstance(m, LoRALinear):
@@ -138,24 +148,37 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.mix.get("passkey_far", 0) > 0 and not cfg.truncate:
             raise ValueError("passkey_far examples stand for long haystacks of constant segments: they need truncate")
+        self.merged = None  # (metadata, tensors) of the adapter merged into the weights, carried when saved
         if cfg.init:
-            from ..adapter import read_adapter
-
-            meta, tensors = read_adapter(cfg.init)
+            init = builtin_adapter() if cfg.init == "shipped" else cfg.init
+            if init is None:
+                raise ValueError("init \"shipped\": this installation has no built-in adapter")
+            meta, tensors = read_adapter(init)
             r0 = meta.get("rank") or 0
-            if r0 > cfg.rank:
-                raise ValueError(f"{cfg.init} has rank {r0}, the run asks for {cfg.rank} (it may grow, not shrink)")
+            params = dict(self.model.named_parameters())
+            if r0 and not cfg.rank:  # the init's factors become part of the fixed weights
+                merge_lora(self.model, meta, tensors, init)
+                self.merged = (meta, tensors)
+            elif r0 > cfg.rank:
+                raise ValueError(f"{init} has rank {r0}, the run asks for {cfg.rank} (it may grow, not shrink)")
             # A larger rank grows the factors: the adapter's in the first r0 directions (B rescaled to
             # the run's alpha/rank), the new rows of A random and the new columns of B zero, so the
             # run starts from exactly the adapter's function and the new directions are free to learn.
-            rescale = (meta["alpha"] / r0) / (cfg.alpha / cfg.rank) if r0 else 0.0
-            params = dict(self.model.named_parameters())
+            rescale = (meta["alpha"] / r0) / (cfg.alpha / cfg.rank) if r0 and cfg.rank else 0.0
+            mr0 = meta.get("memory_rank") or 0
+            if mr0 and mr0 != cfg.memory_rank:
+                raise ValueError(f"{init} has memory projections of rank {mr0}; the run asks for {cfg.memory_rank}")
+            mrescale = (meta["memory_alpha"] / mr0) / (cfg.memory_alpha / cfg.memory_rank) if mr0 else 0.0
             with torch.no_grad():
                 for name, t in tensors.items():
+                    if ".lora_" in name and self.merged is not None:
+                        continue
                     if name.endswith(".lora_A"):
                         params[name][:r0].copy_(t)
                     elif name.endswith(".lora_B"):
                         params[name][:, :r0].copy_(t * rescale)
+                    elif ".memory_proj." in name and name.endswith("_B"):
+                        params[name].copy_(t * mrescale)
                     else:
                         params[name].copy_(t)
         with torch.no_grad():  # after `init`: a run may start from an adapter with its gates reset or pruned
@@ -177,8 +200,6 @@ class Trainer:
         )
         self.teacher = teacher  # a test gives its own; else `cfg.teacher` names an adapter file
         if cfg.teacher and teacher is None:
-            from ..adapter import builtin_adapter
-
             path = builtin_adapter() if cfg.teacher == "shipped" else cfg.teacher
             if path is None:
                 raise ValueError("teacher \"shipped\": this installation has no built-in adapter")
@@ -226,7 +247,7 @@ class Trainer:
             for f in old.iterdir():
                 f.unlink()
             old.rmdir()
-        save_adapter(self.model, self.out / "adapter.safetensors", self.adapter_info())
+        save_adapter(self.model, self.out / "adapter.safetensors", self.adapter_info(), merged=self.merged)
 
     def adapter_info(self) -> dict:
         return {"steps": self.step, "tokens": self.tokens, "train_seconds": round(self.seconds),
