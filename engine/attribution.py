@@ -25,7 +25,10 @@ def query_features(engine: Engine, text_or_ids, per_head: bool = False) -> np.nd
 
     def grab(module, args):
         x = args[0]  # the layer's normed input (B, T, C)
-        q = sigma(module.q_proj(x).view(*x.shape[:2], H, D).float())  # (B, T, H, D)
+        q = module.q_proj(x).float()
+        if module.memory_proj is not None:  # the queries the memory is read with (model.py)
+            q = q + module.memory_proj.delta("q", x)
+        q = sigma(q.view(*x.shape[:2], H, D))  # (B, T, H, D)
         feats.append(q.mean(dim=(0, 1)) if per_head else q.mean(dim=(0, 1, 2)))
 
     hooks = [layer.self_attn.register_forward_pre_hook(grab) for layer in engine.model.model.layers]

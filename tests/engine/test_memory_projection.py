@@ -176,3 +176,27 @@ def test_memory_projections_need_fixed_weights_and_a_matching_rank(tmp_path):
     t.run()
     with pytest.raises(ValueError, match="memory projections of rank 4"):
         tiny_trainer(tmp_path / "c", rank=0, memory_rank=2, init=str(tmp_path / "b" / "adapter.safetensors"))
+
+
+def test_memory_attribution_uses_the_queries_the_memory_reads_with():
+    from engine.attribution import query_features
+    from engine.memory import sigma
+
+    e = tiny_engine()
+    ids = [random.Random(8).randrange(97) for _ in range(12)]
+    plain = query_features(e, ids)
+    randomize_memory_projection(e.model, seed=7)
+    got = query_features(e, ids)
+    xs = []
+    hooks = [layer.self_attn.register_forward_pre_hook(lambda m, a: xs.append(a[0])) for layer in e.model.model.layers]
+    with torch.no_grad():
+        e.model.segment(torch.tensor([ids]), None)
+        for h in hooks:
+            h.remove()
+        want = []
+        for layer, x in zip(e.model.model.layers, xs):
+            attn = layer.self_attn
+            q = attn.q_proj(x).view(1, len(ids), 6, 8).transpose(1, 2)
+            want.append(sigma(attn.memory_proj.heads("q", x, q)).mean(dim=(0, 1, 2)))
+    torch.testing.assert_close(torch.from_numpy(got), torch.stack(want), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(torch.from_numpy(got), torch.from_numpy(plain), atol=1e-3)
