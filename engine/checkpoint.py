@@ -121,6 +121,9 @@ def export_hf_directory(model: InfiniTransformer, directory: Path, tokenizer_jso
     d["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     (directory / "config.json").write_text(json.dumps(d, indent=2) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if any(".memory_proj." in k for k in state):  # no Hugging Face folder has a place for them
+        raise ValueError("this model's adapter has memory projections, which only an adapter file holds: "
+                         "export the model without the adapter and keep the adapter file beside it")
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})

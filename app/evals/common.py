@@ -76,7 +76,8 @@ def base_engine(e: eng.Engine, window: int = BASE_WINDOW) -> eng.Engine:
     model's native window: a plain transformer that sees `window` tokens and nothing else."""
     cfg = dataclasses.replace(e.config, segment_length=window)
     model = InfiniTransformer.for_loading(cfg)
-    model.load_state_dict(e.model.state_dict())
+    # an adapter's memory projections (engine/model.py) serve only the memory path, shut here
+    model.load_state_dict({k: v for k, v in e.model.state_dict().items() if ".memory_proj." not in k})
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.memory_gate.fill_(-100.0)

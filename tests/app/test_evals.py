@@ -317,3 +317,23 @@ def test_distance_is_zero_for_the_teacher_and_counts_only_the_answers(capsys, tm
         p = torch.log_softmax(teacher.lm_head(teacher.segment(t, None)[0]).float(), -1)[0, 2:4]
         q = torch.log_softmax(other.lm_head(other.segment(t, None)[0]).float(), -1)[0, 2:4]
     assert d["answers"] == pytest.approx(float((p.exp() * (p - q)).sum(-1).mean()), rel=1e-4)
+
+
+def test_the_shut_memory_copy_of_a_model_with_memory_projections(tiny_reader):
+    """`base_engine` (the memory shut, one long window) takes a model whose adapter has memory
+    projections: they serve only the memory path, so the copy reads as the model's local attention."""
+    import copy
+
+    from app.evals.common import base_engine
+    from engine import Engine
+    from engine.adapter import add_memory_projection
+
+    plain = base_engine(tiny_reader, window=64)
+    model = copy.deepcopy(tiny_reader.model)
+    add_memory_projection(model, rank=2, alpha=4)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.memory_proj.q_B.fill_(0.3)
+    e = Engine(model, tiny_reader.tokenizer, "tiny", tiny_reader.tokenizer_json, tiny_reader.chat)
+    ids = torch.randint(10, 5000, (50,), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(base_engine(e, window=64).logits(ids), plain.logits(ids), rtol=1e-5, atol=1e-5)

@@ -101,6 +101,8 @@ def test_the_adapter_file_carries_the_projections_and_changes_the_fingerprint(tm
         got = back.forward_train(ids[None, :-1], ids[None, 1:], grad_checkpoint=False)
     assert float(got) == pytest.approx(float(want), rel=1e-5)
     assert Engine(back).fingerprint != plain_fp
+    with pytest.raises(ValueError, match="memory projections"):
+        Engine(back).export_hf(tmp_path / "folder")
 
 
 def test_a_graft_computes_one_adapter_s_local_attention_and_the_other_s_memory(tmp_path):
