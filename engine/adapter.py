@@ -92,8 +92,7 @@ def add_memory_projection(model: InfiniTransformer, rank: int, alpha: float, tra
     With `train`, its A factors start random (B stays zero) and it is trainable, with the gates."""
     for layer in model.model.layers:
         attn = layer.self_attn
-        device = attn.q_proj.weight.device if not isinstance(attn.q_proj, LoRALinear) else attn.q_proj.base.weight.device
-        mp = MemoryProjection(model.config, rank, alpha).to(device)
+        mp = MemoryProjection(model.config, rank, alpha).to(attn.memory_gate.device)
         if train:
             for name in ("q", "k", "v", "o"):
                 nn.init.kaiming_uniform_(getattr(mp, f"{name}_A"), a=math.sqrt(5))

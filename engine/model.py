@@ -197,7 +197,8 @@ class InfiniAttention(nn.Module):
         k, v = self._kv(x)
         M, z = mem if mem is not None else (None, None)
         if self.memory_proj is not None:
-            k, v = self.memory_proj.heads("k", x, k), self.memory_proj.heads("v", x, v)
+            xf = x.float()
+            k, v = self.memory_proj.heads("k", xf, k), self.memory_proj.heads("v", xf, v)
         return memory_delta(sigma(k.float()), v.float(), M, z, self.cfg.memory_update)
 
     def forward(
@@ -229,7 +230,8 @@ class InfiniAttention(nn.Module):
             return self.o_proj(a.transpose(1, 2).reshape(B, T, H * D)), (dM, dz)
 
         # Memory path: queries and keys *before* rotary, so no position enters M; float32.
-        q_m, k_m, v_m = (q, k, v) if mp is None else (mp.heads("q", x, q), mp.heads("k", x, k), mp.heads("v", x, v))
+        xf = x.float() if mp is not None else x  # the projections' input, converted once
+        k_m, v_m = (k, v) if mp is None else (mp.heads("k", xf, k), mp.heads("v", xf, v))
         dM, dz = memory_delta(sigma(k_m.float()), v_m.float(), M, z, self.cfg.memory_update)
 
         # Local path: causal softmax attention inside the segment, with rotary.
@@ -245,6 +247,7 @@ class InfiniAttention(nn.Module):
         if M is None:  # empty memory: the retrieval is zero (not 0/0)
             a = ((1 - g) * a_dot.float()).to(x.dtype)
         else:
+            q_m = q if mp is None else mp.heads("q", xf, q)
             read = g * memory_retrieve(sigma(q_m.float()), M, z)  # (B, H, T, D)
             a = (read + (1 - g) * a_dot.float()).to(x.dtype)
         y = a.transpose(1, 2).reshape(B, T, H * D)  # heads back beside each other: (B, T, H*D)

@@ -72,9 +72,9 @@ def graft(a: str | Path, b: str | Path, out: str | Path) -> dict:
             if base + ".lora_A" in ta:
                 parts_a.append(ta[base + ".lora_A"])
                 parts_b.append(-sa * ta[base + ".lora_B"])
-            A = torch.cat(parts_a, 0) if parts_a else None
-            if A is None:
+            if not parts_a:
                 raise AdapterError(f"neither adapter changes {base}")
+            A = torch.cat(parts_a, 0)
             out_t[pre + "_A"] = torch.cat([A, A.new_zeros(ra + rb - A.shape[0], A.shape[1])], 0)
             Bm = torch.cat(parts_b, 1)
             out_t[pre + "_B"] = torch.cat([Bm, Bm.new_zeros(Bm.shape[0], ra + rb - Bm.shape[1])], 1)
