@@ -53,6 +53,10 @@ class Options:
     threads: int | None = None
     wait_quiet: float = 0.0  # seconds to wait at most, before each run, for the other programs to calm down
     cfg: InfiniConfig | None = None  # the random model's shape; default InfiniConfig() (SmolLM2-135M)
+    # the `adapters` section: adapter files read side by side with the model without them
+    adapters: tuple[str, ...] = ()
+    adapter_base: str = "builtin"  # "builtin" (beside the shipped adapter) or "random" (beside none)
+    repeats: int = 2  # alternating runs of each in the `adapters` section
     log: Callable[[str], None] = print
 
 
@@ -295,9 +299,14 @@ def _child_ingest(spec: dict):
     if spec["model"] == "random":
         _as_load_model_does()
         cfg = InfiniConfig.from_hf_dict(spec["config"])
-        e = engine.Engine(engine.build_model(cfg, dtype=torch.bfloat16, seed=0))
+        model = engine.build_model(cfg, seed=0)
+        if spec.get("adapter"):
+            from .adapter import apply_adapter
+
+            apply_adapter(model, spec["adapter"])
+        e = engine.Engine(model.to(torch.bfloat16))
     else:
-        e = engine.load_model(spec["model"], device="cpu", dtype="bfloat16")
+        e = engine.load_model(spec["model"], device="cpu", dtype="bfloat16", adapter=spec.get("adapter") or "auto")
     cfg = e.config
     n = spec["length"]
     ids = torch.randint(0, cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(0))
@@ -521,6 +530,51 @@ def builtin_section(opts: Options, peak: float) -> list[Table]:
     return [t for t in (speed, memory, gen) if t is not None]
 
 
+def adapters_section(opts: Options, peak: float) -> list[Table]:
+    """Each adapter beside the model without it (the built-in model with its shipped adapter, or the
+    random model with none), at each length: the runs alternate, base then each adapter, `repeats`
+    times, so that other programs' load falls on all of them alike; rows give the mean of the repeats
+    and the ratio to the base's mean."""
+    random_base = opts.adapter_base == "random"
+    cfg = opts.cfg or InfiniConfig()
+    names = ["shipped adapter" if not random_base else "no adapter"] + [Path(a).name for a in opts.adapters]
+    decode = 0 if random_base else opts.decode_tokens
+    columns = ["adapter", "tokens", "tokens/s", "vs base", "tokens/s (best segment)", "vs base (best segment)",
+               "MFU alongside", "CPU pressure"]
+    if decode:
+        columns += ["time to first token (s)", "decode tokens/s", "decode vs base"]
+    base_name = "the random model" if random_base else "the built-in model"
+    speed = Table(f"Adapters side by side on {base_name}: ingest and answering, bf16", columns, notes=[
+        f"Each cell is the mean of {opts.repeats} runs; the runs alternate (base, then each adapter, and again), "
+        "each in a fresh subprocess. 'vs base': this row's rate over the base's at the same length. MFU counts "
+        "the base model's useful FLOPs in every row (an adapter's own low-rank products are not counted)."])
+    for n in opts.lengths:
+        runs = {k: [] for k in names}
+        for rep in range(opts.repeats):
+            for name, adapter in zip(names, [None, *opts.adapters]):
+                opts.log(f"  {name}, ingest of {n} tokens ({rep + 1}/{opts.repeats})…")
+                spec = {"job": "ingest", "model": "random" if random_base else "builtin", "length": n,
+                        "adapter": adapter, "decode_tokens": decode}
+                if random_base:
+                    spec["config"] = cfg.to_hf_dict()
+                runs[name].append(measure(spec, opts))
+        mean = {k: {f: sum(r[f] for r in v) / len(v) for f in ("seconds", "piece_min_s", "probe_tflops",
+                                                                   "cpu_pressure", "ttft", "decode_tps")
+                    if f in v[0]} for k, v in runs.items()}
+        run_cfg = InfiniConfig.from_hf_dict(runs[names[0]][0]["config"])
+        flops, piece = ingest_flops(run_cfg, n), min(n, run_cfg.segment_length)
+        base = mean[names[0]]
+        for name in names:
+            m = mean[name]
+            row = [name, _tokens(n), n / m["seconds"], base["seconds"] / m["seconds"], piece / m["piece_min_s"],
+                   base["piece_min_s"] / m["piece_min_s"], _pct(flops / m["seconds"] / 1e12 / m["probe_tflops"]),
+                   _pct(m["cpu_pressure"])]
+            if decode:
+                row += [m["ttft"], m["decode_tps"], m["decode_tps"] / base["decode_tps"]]
+            speed.rows.append(row)
+    return [speed]
+
+
 def peers_section(opts: Options, peak: float) -> list[Table]:
     """Side by side at equal lengths: this engine (built-in model), transformers on the same
     weights (one forward over the whole context, as far as the model's context reaches), and
@@ -706,6 +760,8 @@ def run(opts: Options, command: str | None = None) -> str:
         tables += builtin_section(opts, peak)
     if "peers" in opts.sections:
         tables += peers_section(opts, peak)
+    if "adapters" in opts.sections or opts.adapters:
+        tables += adapters_section(opts, peak)
     head = ["## Benchmark", ""]
     if command:
         head += ["```", command, "```", ""]
@@ -721,7 +777,8 @@ def _ints(s: str) -> tuple[int, ...]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m engine.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sections", default="random", help="comma-separated: random, builtin, peers (default random)")
+    p.add_argument("--sections", default="random",
+                   help="comma-separated: random, builtin, peers, adapters (default random)")
     p.add_argument("--lengths", type=_ints, help="token counts for random and builtin (default 8192,32768,131072)")
     p.add_argument("--peer-lengths", type=_ints, default=(8192,), help="token counts for peers (default 8192)")
     p.add_argument("--decode-tokens", type=int, default=64, help="new tokens for the decode rate (default 64)")
@@ -729,6 +786,9 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each run, wait up to this long for the other programs to leave the cores")
+    p.add_argument("--adapters", help="comma-separated adapter files, measured beside the built-in model with its "
+                   "shipped adapter (the adapters section; use --sections adapters for that alone)")
+    p.add_argument("--repeats", type=int, default=2, help="alternating runs of each in the adapters section (default 2)")
     p.add_argument("--out", help="also write the markdown to this file")
     p.add_argument("--profile", type=int, metavar="SEGMENTS", help="time the parts of an ingest and exit")
     p.add_argument("--profile-ops", type=int, default=0, metavar="N", help="with --profile: top N operators")
@@ -752,6 +812,7 @@ def main(argv=None) -> None:
             sections=tuple(s.strip() for s in a.sections.split(",")), peer_lengths=a.peer_lengths,
             decode_tokens=8 if a.quick and a.decode_tokens == 64 else a.decode_tokens, quick=a.quick,
             threads=a.threads, wait_quiet=a.wait_quiet, log=log,
+            adapters=tuple(x for x in (a.adapters or "").split(",") if x), repeats=a.repeats,
         )
         md = run(opts, command.strip())
     print(md)

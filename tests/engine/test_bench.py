@@ -76,3 +76,31 @@ def test_profile_breakdown_on_a_tiny_model():
         assert part in parts
     assert all(_number(r[1]) >= 0 for r in rows)
     assert abs(sum(_number(r[2]) for r in rows if r[0] != "total (wall)") - 100) < 1  # shares add up
+
+
+def test_adapters_side_by_side_on_a_tiny_model(tmp_path):
+    """An adapter with memory projections, measured beside the model without it: one row each, the
+    base's ratio exactly 1, the adapter's a positive ratio."""
+    import torch
+
+    from engine import build_model
+    from engine.adapter import add_memory_projection, save_adapter
+
+    cfg = tiny_config(segment_length=32)
+    model = build_model(cfg, seed=0)
+    add_memory_projection(model, rank=2, alpha=4)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.memory_proj.q_B.normal_(0, 0.1)
+    save_adapter(model, tmp_path / "proj.safetensors")
+    opts = Options(lengths=(96,), cfg=cfg, quick=True, sections=("adapters",), adapters=(str(tmp_path / "proj.safetensors"),),
+                   adapter_base="random", repeats=1, log=lambda s: None)
+    md = run(opts, command="python -m engine.bench --sections adapters")
+    header, rows = _table(md, "Adapters side by side on the random model")
+    assert header[:4] == ["adapter", "tokens", "tokens/s", "vs base"]
+    assert [r[0] for r in rows] == ["no adapter", "proj.safetensors"]
+    assert [r[1] for r in rows] == ["96", "96"]
+    base, other = (dict(zip(header, r)) for r in rows)
+    assert _number(base["vs base"]) == 1 and _number(base["vs base (best segment)"]) == 1
+    assert _number(other["vs base"]) > 0 and _number(other["tokens/s"]) > 0
+    assert "decode tokens/s" not in header  # the random model has no tokenizer to answer with
