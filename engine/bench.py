@@ -788,7 +788,8 @@ def main(argv=None) -> None:
                    help="before each run, wait up to this long for the other programs to leave the cores")
     p.add_argument("--adapters", help="comma-separated adapter files, measured beside the built-in model with its "
                    "shipped adapter (the adapters section; use --sections adapters for that alone)")
-    p.add_argument("--repeats", type=int, default=2, help="alternating runs of each in the adapters section (default 2)")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="alternating runs of each in the adapters section (default 2)")
     p.add_argument("--out", help="also write the markdown to this file")
     p.add_argument("--profile", type=int, metavar="SEGMENTS", help="time the parts of an ingest and exit")
     p.add_argument("--profile-ops", type=int, default=0, metavar="N", help="with --profile: top N operators")

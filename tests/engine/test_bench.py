@@ -93,8 +93,8 @@ def test_adapters_side_by_side_on_a_tiny_model(tmp_path):
         for layer in model.model.layers:
             layer.self_attn.memory_proj.q_B.normal_(0, 0.1)
     save_adapter(model, tmp_path / "proj.safetensors")
-    opts = Options(lengths=(96,), cfg=cfg, quick=True, sections=("adapters",), adapters=(str(tmp_path / "proj.safetensors"),),
-                   adapter_base="random", repeats=1, log=lambda s: None)
+    opts = Options(lengths=(96,), cfg=cfg, quick=True, sections=("adapters",),
+                   adapters=(str(tmp_path / "proj.safetensors"),), adapter_base="random", repeats=1, log=lambda s: None)
     md = run(opts, command="python -m engine.bench --sections adapters")
     header, rows = _table(md, "Adapters side by side on the random model")
     assert header[:4] == ["adapter", "tokens", "tokens/s", "vs base"]
