@@ -299,12 +299,13 @@ def _child_ingest(spec: dict):
     if spec["model"] == "random":
         _as_load_model_does()
         cfg = InfiniConfig.from_hf_dict(spec["config"])
-        model = engine.build_model(cfg, seed=0)
-        if spec.get("adapter"):
+        model = engine.build_model(cfg, dtype=torch.bfloat16, seed=0)
+        if spec.get("adapter"):  # as load_model applies one: merged, then everything in the model's dtype
             from .adapter import apply_adapter
 
             apply_adapter(model, spec["adapter"])
-        e = engine.Engine(model.to(torch.bfloat16))
+            model.to(torch.bfloat16)
+        e = engine.Engine(model)
     else:
         e = engine.load_model(spec["model"], device="cpu", dtype="bfloat16", adapter=spec.get("adapter") or "auto")
     cfg = e.config
@@ -317,7 +318,8 @@ def _child_ingest(spec: dict):
         clock = Clock(probe)
         mem = e.ingest(ids, e.new_memory(), progress=clock.lap)
         out = clock.result()
-        out.update(peak_run=_status("VmHWM"), snapshot_bytes=len(mem.to_bytes()), config=cfg.to_hf_dict())
+        out.update(peak_run=_status("VmHWM"), snapshot_bytes=len(mem.to_bytes()), config=cfg.to_hf_dict(),
+                   fingerprint=e.fingerprint)
         if spec.get("decode_tokens"):
             out.update(_generate(e, mem, spec["decode_tokens"]))
         return out
@@ -539,14 +541,15 @@ def adapters_section(opts: Options, peak: float) -> list[Table]:
     cfg = opts.cfg or InfiniConfig()
     names = ["shipped adapter" if not random_base else "no adapter"] + [Path(a).name for a in opts.adapters]
     decode = 0 if random_base else opts.decode_tokens
-    columns = ["adapter", "tokens", "tokens/s", "vs base", "tokens/s (best segment)", "vs base (best segment)",
+    columns = ["adapter", "weights", "tokens", "tokens/s", "vs base", "tokens/s (best segment)", "vs base (best segment)",
                "MFU alongside", "CPU pressure"]
     if decode:
         columns += ["time to first token (s)", "decode tokens/s", "decode vs base"]
     base_name = "the random model" if random_base else "the built-in model"
     speed = Table(f"Adapters side by side on {base_name}: ingest and answering, bf16", columns, notes=[
         f"Each cell is the mean of {opts.repeats} runs; the runs alternate (base, then each adapter, and again), "
-        "each in a fresh subprocess. 'vs base': this row's rate over the base's at the same length. MFU counts "
+        "each in a fresh subprocess. 'weights': the loaded model's fingerprint (what the snapshots of its memory "
+        "are stamped with). 'vs base': this row's rate over the base's at the same length. MFU counts "
         "the base model's useful FLOPs in every row (an adapter's own low-rank products are not counted)."])
     for n in opts.lengths:
         runs = {k: [] for k in names}
@@ -566,7 +569,7 @@ def adapters_section(opts: Options, peak: float) -> list[Table]:
         base = mean[names[0]]
         for name in names:
             m = mean[name]
-            row = [name, _tokens(n), n / m["seconds"], base["seconds"] / m["seconds"], piece / m["piece_min_s"],
+            row = [name, runs[name][0]["fingerprint"][:8], _tokens(n), n / m["seconds"], base["seconds"] / m["seconds"], piece / m["piece_min_s"],
                    base["piece_min_s"] / m["piece_min_s"], _pct(flops / m["seconds"] / 1e12 / m["probe_tflops"]),
                    _pct(m["cpu_pressure"])]
             if decode:

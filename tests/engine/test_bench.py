@@ -97,10 +97,11 @@ def test_adapters_side_by_side_on_a_tiny_model(tmp_path):
                    adapters=(str(tmp_path / "proj.safetensors"),), adapter_base="random", repeats=1, log=lambda s: None)
     md = run(opts, command="python -m engine.bench --sections adapters")
     header, rows = _table(md, "Adapters side by side on the random model")
-    assert header[:4] == ["adapter", "tokens", "tokens/s", "vs base"]
+    assert header[:5] == ["adapter", "weights", "tokens", "tokens/s", "vs base"]
     assert [r[0] for r in rows] == ["no adapter", "proj.safetensors"]
-    assert [r[1] for r in rows] == ["96", "96"]
     base, other = (dict(zip(header, r)) for r in rows)
+    assert base["tokens"] == other["tokens"] == "96"
+    assert base["weights"] != other["weights"]  # the adapter was applied: its projections change the fingerprint
     assert _number(base["vs base"]) == 1 and _number(base["vs base (best segment)"]) == 1
     assert _number(other["vs base"]) > 0 and _number(other["tokens/s"]) > 0
     assert "decode tokens/s" not in header  # the random model has no tokenizer to answer with
