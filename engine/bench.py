@@ -539,10 +539,12 @@ def adapters_section(opts: Options, peak: float) -> list[Table]:
     and the ratio to the base's mean."""
     random_base = opts.adapter_base == "random"
     cfg = opts.cfg or InfiniConfig()
-    names = ["shipped adapter" if not random_base else "no adapter"] + [Path(a).name for a in opts.adapters]
+    files = [Path(a).name for a in opts.adapters]  # the full path where two files share a name
+    files = files if len(set(files)) == len(files) else list(opts.adapters)
+    names = ["shipped adapter" if not random_base else "no adapter"] + files
     decode = 0 if random_base else opts.decode_tokens
-    columns = ["adapter", "weights", "tokens", "tokens/s", "vs base", "tokens/s (best segment)", "vs base (best segment)",
-               "MFU alongside", "CPU pressure"]
+    columns = ["adapter", "weights", "tokens", "tokens/s", "vs base", "tokens/s (best segment)",
+               "vs base (best segment)", "MFU alongside", "CPU pressure"]
     if decode:
         columns += ["time to first token (s)", "decode tokens/s", "decode vs base"]
     base_name = "the random model" if random_base else "the built-in model"
@@ -552,24 +554,24 @@ def adapters_section(opts: Options, peak: float) -> list[Table]:
         "are stamped with). 'vs base': this row's rate over the base's at the same length. MFU counts "
         "the base model's useful FLOPs in every row (an adapter's own low-rank products are not counted)."])
     for n in opts.lengths:
-        runs = {k: [] for k in names}
+        runs = [[] for _ in names]  # per row, its repeats
         for rep in range(opts.repeats):
-            for name, adapter in zip(names, [None, *opts.adapters]):
+            for i, (name, adapter) in enumerate(zip(names, [None, *opts.adapters])):
                 opts.log(f"  {name}, ingest of {n} tokens ({rep + 1}/{opts.repeats})…")
                 spec = {"job": "ingest", "model": "random" if random_base else "builtin", "length": n,
                         "adapter": adapter, "decode_tokens": decode}
                 if random_base:
                     spec["config"] = cfg.to_hf_dict()
-                runs[name].append(measure(spec, opts))
-        mean = {k: {f: sum(r[f] for r in v) / len(v) for f in ("seconds", "piece_min_s", "probe_tflops",
-                                                                   "cpu_pressure", "ttft", "decode_tps")
-                    if f in v[0]} for k, v in runs.items()}
-        run_cfg = InfiniConfig.from_hf_dict(runs[names[0]][0]["config"])
+                runs[i].append(measure(spec, opts))
+        mean = [{f: sum(r[f] for r in v) / len(v) for f in ("seconds", "piece_min_s", "probe_tflops",
+                                                            "cpu_pressure", "ttft", "decode_tps")
+                 if f in v[0]} for v in runs]
+        run_cfg = InfiniConfig.from_hf_dict(runs[0][0]["config"])
         flops, piece = ingest_flops(run_cfg, n), min(n, run_cfg.segment_length)
-        base = mean[names[0]]
-        for name in names:
-            m = mean[name]
-            row = [name, runs[name][0]["fingerprint"][:8], _tokens(n), n / m["seconds"], base["seconds"] / m["seconds"], piece / m["piece_min_s"],
+        base = mean[0]
+        for name, m, v in zip(names, mean, runs):
+            row = [name, v[0]["fingerprint"][:8], _tokens(n), n / m["seconds"],
+                   base["seconds"] / m["seconds"], piece / m["piece_min_s"],
                    base["piece_min_s"] / m["piece_min_s"], _pct(flops / m["seconds"] / 1e12 / m["probe_tflops"]),
                    _pct(m["cpu_pressure"])]
             if decode:

@@ -92,16 +92,22 @@ def test_adapters_side_by_side_on_a_tiny_model(tmp_path):
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.memory_proj.q_B.normal_(0, 0.1)
-    save_adapter(model, tmp_path / "proj.safetensors")
-    opts = Options(lengths=(96,), cfg=cfg, quick=True, sections=("adapters",),
-                   adapters=(str(tmp_path / "proj.safetensors"),), adapter_base="random", repeats=1, log=lambda s: None)
+    save_adapter(model, tmp_path / "a" / "adapter.safetensors")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.memory_proj.q_B.mul_(2)
+    save_adapter(model, tmp_path / "b" / "adapter.safetensors")
+    files = (str(tmp_path / "a" / "adapter.safetensors"), str(tmp_path / "b" / "adapter.safetensors"))
+    opts = Options(lengths=(96,), cfg=cfg, quick=True, sections=("adapters",), adapters=files,
+                   adapter_base="random", repeats=1, log=lambda s: None)
     md = run(opts, command="python -m engine.bench --sections adapters")
     header, rows = _table(md, "Adapters side by side on the random model")
     assert header[:5] == ["adapter", "weights", "tokens", "tokens/s", "vs base"]
-    assert [r[0] for r in rows] == ["no adapter", "proj.safetensors"]
-    base, other = (dict(zip(header, r)) for r in rows)
-    assert base["tokens"] == other["tokens"] == "96"
-    assert base["weights"] != other["weights"]  # the adapter was applied: its projections change the fingerprint
+    assert [r[0] for r in rows] == ["no adapter", *files]  # files of one name: named by their paths
+    base, *others = (dict(zip(header, r)) for r in rows)
+    assert all(r["tokens"] == "96" for r in [base, *others])
+    # each adapter was applied, each its own: the projections change the weights' fingerprint
+    assert len({r["weights"] for r in [base, *others]}) == 3
     assert _number(base["vs base"]) == 1 and _number(base["vs base (best segment)"]) == 1
-    assert _number(other["vs base"]) > 0 and _number(other["tokens/s"]) > 0
+    assert all(_number(r["vs base"]) > 0 and _number(r["tokens/s"]) > 0 for r in others)
     assert "decode tokens/s" not in header  # the random model has no tokenizer to answer with
