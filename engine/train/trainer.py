@@ -54,6 +54,10 @@ class TrainConfig:
     # gradient large enough to open within a short run (σ'(−6) is 0.0025, σ'(−3) 0.045); heads above
     # it keep their value
     gate_floor: float | None = None
+    # every β is held at or below this, at the start and after every step, so that each head keeps at
+    # least 1 − sigmoid(cap) of its local attention (0: half); the memory's share of a head's output can
+    # still grow through the memory projection of o, which acts on the read alone
+    gate_cap: float | None = None
     weight_decay: float = 0.01  # LoRA factors only; never the gates
     warmup: int = 10
     clip: float = 1.0
@@ -190,6 +194,7 @@ class Trainer:
                     g.masked_fill_(g < cfg.gate_shut_below, self.engine.config.memory_gate_init)
                 if cfg.gate_floor is not None:
                     g.clamp_(min=cfg.gate_floor)
+        self.cap_gates()
         self.opt = torch.optim.AdamW([
             {"params": lora, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
             {"params": gates, "lr": cfg.gate_lr, "weight_decay": 0.0, "base_lr": cfg.gate_lr},
@@ -305,6 +310,7 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.clip))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        self.cap_gates()
         self.model.eval()
         self.seconds += time.perf_counter() - t0
         self.step += 1
@@ -314,6 +320,12 @@ class Trainer:
                      gate_mean=float(gates.mean()), gate_max=float(gates.max()),
                      tokens_seen=self.tokens, seconds=round(self.seconds, 1))
         return rows
+
+    def cap_gates(self) -> None:
+        if self.cfg.gate_cap is not None:
+            with torch.no_grad():
+                for layer in self.model.model.layers:
+                    layer.self_attn.memory_gate.clamp_(max=self.cfg.gate_cap)
 
     def distill_loss(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """KL(teacher ‖ model) per scored token of a one-segment example with an empty memory."""

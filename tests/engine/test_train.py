@@ -45,8 +45,8 @@ class RecallData:
 
 def tiny_trainer(tmp_path, steps=6, **kw):
     kw = {"lr": 3e-3, **kw}
-    kw = {"rank": 4, "alpha": 8, **kw}
-    cfg = TrainConfig(out=str(tmp_path), steps=steps, accumulate=2, gate_lr=3e-2,
+    kw = {"rank": 4, "alpha": 8, "gate_lr": 3e-2, **kw}
+    cfg = TrainConfig(out=str(tmp_path), steps=steps, accumulate=2,
                       warmup=2, save_every=2, **kw)
     model = build_model(tiny_config(), seed=0)
     return Trainer(cfg, engine=Engine(model), data=RecallData())
@@ -424,6 +424,8 @@ def test_the_shipped_adapter_s_runs_follow_each_other():
     ({"gate_shut_below": -1.0}, lambda g: torch.where(g < -1.0, torch.full_like(g, -6.0), g)),
     # a floor raises only the gates below it
     ({"gate_floor": -3.0}, lambda g: g.clamp(min=-3.0)),
+    # a cap lowers only the gates above it
+    ({"gate_cap": 0.0}, lambda g: g.clamp(max=0.0)),
 ])
 def test_gates_can_be_shut_or_raised_at_the_start_of_a_run(tmp_path, option, expect):
     first = tiny_trainer(tmp_path / "first", steps=2)
@@ -437,6 +439,19 @@ def test_gates_can_be_shut_or_raised_at_the_start_of_a_run(tmp_path, option, exp
         torch.testing.assert_close(layer.self_attn.memory_gate.detach(), expect(torch.linspace(-7, 1, 6) + i))
     (name, value), = option.items()
     assert getattr(TrainConfig.from_json(json.dumps(option)), name) == value
+
+
+def test_a_gate_cap_holds_through_training(tmp_path):
+    def gates(t):
+        return torch.cat([layer.self_attn.memory_gate.detach() for layer in t.model.model.layers])
+
+    free = tiny_trainer(tmp_path / "free", steps=6, gate_lr=0.1)
+    free.run(resume=False)
+    capped = tiny_trainer(tmp_path / "capped", steps=6, gate_lr=0.1, gate_cap=-5.8)
+    capped.run(resume=False)
+    assert gates(free).max() > -5.7  # without the cap the recall task opens some gates past it
+    assert gates(capped).max() == pytest.approx(-5.8)  # with it they stop there
+    assert (gates(capped) < -5.8).any()  # and the cap does not set the others
 
 
 class ChatData:
