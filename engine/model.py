@@ -149,7 +149,8 @@ class MemoryProjection(nn.Module):
     """Low-rank corrections that only the memory path sees: the q, k and v it reads and writes with,
     and the output projection of what it reads (o acts on g·A_mem + (1 − g)·A_dot linearly, so its
     memory part can take its own correction). Q, K and V are still the layer's, made from the same
-    input; the correction (rank r, scale α/r, float32) is part of an adapter, like LoRA, but never
+    input; the correction (rank r, scale α/r, float32; at inference its products run in the model's
+    dtype, like the layer's own) is part of an adapter, like LoRA, but never
     merged: the local attention keeps the layer's own projections, so a model that learns to read
     its memory this way answers exactly as before whenever the memory holds nothing (up to each
     head's 1 − sigmoid(β)). Zero at first: a model with it computes what one without it does."""
@@ -162,15 +163,21 @@ class MemoryProjection(nn.Module):
             setattr(self, f"{name}_A", nn.Parameter(torch.zeros(rank, n_in)))
             setattr(self, f"{name}_B", nn.Parameter(torch.zeros(n_out, rank)))
 
-    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in) → the correction (..., out), float32."""
+    def delta(self, name: str, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """x (..., in) → the correction (..., out), float32; the two thin products run in `dtype`."""
         A, B = getattr(self, f"{name}_A"), getattr(self, f"{name}_B")
-        return F.linear(F.linear(x.float(), A.float()), B.float()) * self.scale
+        return F.linear(F.linear(x.to(dtype), A.to(dtype)), B.to(dtype)).float() * self.scale
 
-    def heads(self, name: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def heads(self, name: str, x: torch.Tensor, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """t (B, heads, T, D) as the memory sees it: t + the correction of x (B, T, C), float32."""
         B, T, _ = x.shape
-        return t.float() + self.delta(name, x).view(B, T, t.shape[1], t.shape[3]).transpose(1, 2)
+        return t.float() + self.delta(name, x, dtype).view(B, T, t.shape[1], t.shape[3]).transpose(1, 2)
+
+    @staticmethod
+    def product_dtype(x: torch.Tensor) -> torch.dtype:
+        """The products' dtype: float32 while training; otherwise the model's own (bf16 on a CPU with
+        fast bf16 and on CUDA), as the layer's q, k and v are made, the sum with them still float32."""
+        return torch.float32 if torch.is_grad_enabled() else x.dtype
 
 
 class InfiniAttention(nn.Module):
@@ -196,9 +203,10 @@ class InfiniAttention(nn.Module):
         """The segment's contribution to the memory, without computing the layer's output."""
         k, v = self._kv(x)
         M, z = mem if mem is not None else (None, None)
-        if self.memory_proj is not None:
-            xf = x.float()
-            k, v = self.memory_proj.heads("k", xf, k), self.memory_proj.heads("v", xf, v)
+        mp = self.memory_proj
+        if mp is not None:
+            pd = mp.product_dtype(x)
+            k, v = mp.heads("k", x, k, pd), mp.heads("v", x, v, pd)
         return memory_delta(sigma(k.float()), v.float(), M, z, self.cfg.memory_update)
 
     def forward(
@@ -230,8 +238,8 @@ class InfiniAttention(nn.Module):
             return self.o_proj(a.transpose(1, 2).reshape(B, T, H * D)), (dM, dz)
 
         # Memory path: queries and keys *before* rotary, so no position enters M; float32.
-        xf = x.float() if mp is not None else x  # the projections' input, converted once
-        k_m, v_m = (k, v) if mp is None else (mp.heads("k", xf, k), mp.heads("v", xf, v))
+        pd = mp.product_dtype(x) if mp is not None else None
+        k_m, v_m = (k, v) if mp is None else (mp.heads("k", x, k, pd), mp.heads("v", x, v, pd))
         dM, dz = memory_delta(sigma(k_m.float()), v_m.float(), M, z, self.cfg.memory_update)
 
         # Local path: causal softmax attention inside the segment, with rotary.
@@ -247,13 +255,13 @@ class InfiniAttention(nn.Module):
         if M is None:  # empty memory: the retrieval is zero (not 0/0)
             a = ((1 - g) * a_dot.float()).to(x.dtype)
         else:
-            q_m = q if mp is None else mp.heads("q", xf, q)
+            q_m = q if mp is None else mp.heads("q", x, q, pd)
             read = g * memory_retrieve(sigma(q_m.float()), M, z)  # (B, H, T, D)
             a = (read + (1 - g) * a_dot.float()).to(x.dtype)
         y = a.transpose(1, 2).reshape(B, T, H * D)  # heads back beside each other: (B, T, H*D)
         out = self.o_proj(y)
         if mp is not None and M is not None:
-            out = out + mp.delta("o", read.transpose(1, 2).reshape(B, T, H * D)).to(out.dtype)
+            out = out + mp.delta("o", read.transpose(1, 2).reshape(B, T, H * D), pd).to(out.dtype)
         return out, (dM, dz)
 
 

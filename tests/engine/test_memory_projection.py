@@ -202,3 +202,34 @@ def test_memory_attribution_uses_the_queries_the_memory_reads_with():
             want.append(sigma(attn.memory_proj.heads("q", x, q)).mean(dim=(0, 1, 2)))
     torch.testing.assert_close(torch.from_numpy(got), torch.stack(want), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(torch.from_numpy(got), torch.from_numpy(plain), atol=1e-3)
+
+
+def test_at_inference_the_projections_run_in_the_model_s_dtype(monkeypatch):
+    from engine.model import MemoryProjection
+
+    model = build_model(tiny_config(), seed=0)
+    randomize_memory_projection(model, seed=2, by=0.3)
+    ids = torch.randint(0, 97, (40,), generator=torch.Generator().manual_seed(5))
+    exact = Engine(model).logits(ids)  # float32 throughout
+    e = Engine(model.to(torch.bfloat16))
+    asked = []
+    real = MemoryProjection.delta
+
+    def spy(self, name, x, dtype=torch.float32):
+        asked.append(dtype)
+        return real(self, name, x, dtype)
+
+    monkeypatch.setattr(MemoryProjection, "delta", spy)
+    with torch.inference_mode():
+        fast = e.logits(ids)
+    assert asked and set(asked) == {torch.bfloat16}  # q, k, v and o of every layer, in bf16
+    # as near the float32 model as bf16 weights allow (the memory is still added up in float32)
+    assert (fast - exact).abs().max() < 0.1 * exact.abs().max()
+    assert fast.argmax(-1).eq(exact.argmax(-1)).float().mean() > 0.9
+    asked.clear()
+    x = torch.randn(2, 7, model.config.hidden_size, dtype=torch.bfloat16)
+    mp = e.model.model.layers[0].self_attn.memory_proj
+    assert mp.product_dtype(x) == torch.float32  # while training (gradient on): float32
+    loss = e.model.forward_train(ids[None], ids[None])
+    loss.backward()
+    assert set(asked) == {torch.float32}
