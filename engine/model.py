@@ -173,11 +173,14 @@ class MemoryProjection(nn.Module):
         B, T, _ = x.shape
         return t.float() + self.delta(name, x, dtype).view(B, T, t.shape[1], t.shape[3]).transpose(1, 2)
 
+    BF16_ROWS = 16  # below this many tokens (decoding) float32 products are the faster (docs/performance.md)
+
     @staticmethod
     def product_dtype(x: torch.Tensor) -> torch.dtype:
-        """The products' dtype: float32 while training; otherwise the model's own (bf16 on a CPU with
-        fast bf16 and on CUDA), as the layer's q, k and v are made, the sum with them still float32."""
-        return torch.float32 if torch.is_grad_enabled() else x.dtype
+        """The products' dtype for x (B, T, C): float32 while training and for a few tokens at a time;
+        otherwise the model's own (bf16 on a CPU with fast bf16 and on CUDA), as the layer's q, k and v
+        are made, the sum with them still float32."""
+        return torch.float32 if torch.is_grad_enabled() or x.shape[-2] < MemoryProjection.BF16_ROWS else x.dtype
 
 
 class InfiniAttention(nn.Module):

@@ -209,7 +209,7 @@ def test_at_inference_the_projections_run_in_the_model_s_dtype(monkeypatch):
 
     model = build_model(tiny_config(), seed=0)
     randomize_memory_projection(model, seed=2, by=0.3)
-    ids = torch.randint(0, 97, (40,), generator=torch.Generator().manual_seed(5))
+    ids = torch.randint(0, 97, (48,), generator=torch.Generator().manual_seed(5))  # whole segments
     exact = Engine(model).logits(ids)  # float32 throughout
     e = Engine(model.to(torch.bfloat16))
     asked = []
@@ -230,6 +230,9 @@ def test_at_inference_the_projections_run_in_the_model_s_dtype(monkeypatch):
     x = torch.randn(2, 7, model.config.hidden_size, dtype=torch.bfloat16)
     mp = e.model.model.layers[0].self_attn.memory_proj
     assert mp.product_dtype(x) == torch.float32  # while training (gradient on): float32
+    with torch.inference_mode():
+        assert mp.product_dtype(x[:, :1]) == torch.float32  # and for one token at a time (decoding)
+        assert mp.product_dtype(x.repeat(1, 3, 1)) == torch.bfloat16
     loss = e.model.forward_train(ids[None], ids[None])
     loss.backward()
     assert set(asked) == {torch.float32}
