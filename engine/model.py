@@ -149,8 +149,8 @@ class MemoryProjection(nn.Module):
     """Low-rank corrections that only the memory path sees: the q, k and v it reads and writes with,
     and the output projection of what it reads (o acts on g·A_mem + (1 − g)·A_dot linearly, so its
     memory part can take its own correction). Q, K and V are still the layer's, made from the same
-    input; the correction (rank r, scale α/r, float32; at inference its products run in the model's
-    dtype, like the layer's own) is part of an adapter, like LoRA, but never
+    input; the correction (rank r, scale α/r, float32; without gradient, for 16 tokens or more, its
+    products run in the model's dtype, like the layer's own) is part of an adapter, like LoRA, but never
     merged: the local attention keeps the layer's own projections, so a model that learns to read
     its memory this way answers exactly as before whenever the memory holds nothing (up to each
     head's 1 − sigmoid(β)). Zero at first: a model with it computes what one without it does."""
@@ -177,9 +177,10 @@ class MemoryProjection(nn.Module):
 
     @staticmethod
     def product_dtype(x: torch.Tensor) -> torch.dtype:
-        """The products' dtype for x (B, T, C): float32 while training and for a few tokens at a time;
+        """The products' dtype for x (B, T, C): float32 under gradient and for a few tokens at a time;
         otherwise the model's own (bf16 on a CPU with fast bf16 and on CUDA), as the layer's q, k and v
-        are made, the sum with them still float32."""
+        are made, the sum with them still float32. Without gradient means inference, and also the
+        constant segments of truncated back-propagation (`forward_train`), written as inference would."""
         return torch.float32 if torch.is_grad_enabled() or x.shape[-2] < MemoryProjection.BF16_ROWS else x.dtype
 
 
