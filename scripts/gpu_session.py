@@ -42,7 +42,8 @@ DATA_FILES = ("gutenberg/train-000.jsonl.xz", "gutenberg/valid.jsonl.xz", "fairy
 # importable here, missing from the machine's image (its torch, numpy, tokenizers, safetensors,
 # triton, matplotlib, pyyaml, regex, click, joblib, tqdm are used as they are)
 WHEELS = ("gguf", "platformdirs", "SQLAlchemy", "rouge_score", "nltk", "defusedxml")
-EVALS = "passkey --lengths 32K --keys 10; ppl --books 3 --segments 8; chat"
+EVALS = ("passkey --lengths 32K --keys 10; ppl --books 3 --segments 8; chat; passkey --lengths 128K --keys 10; "
+         "passkey --lengths 1M --keys 3")
 
 
 def stage_dir() -> Path:
@@ -280,7 +281,7 @@ def train(args) -> int:
     log = out / "train.log"
     env = environment(st)
     if args.kernels == "auto":
-        _, text = run_logged([sys.executable, __file__, "check", "--device", args.device], env, log, 240)
+        _, text = run_logged([sys.executable, __file__, "check", "--device", args.device], env, log, 120)
         args.kernels = "triton" if "kernels: triton" in text else "reference"
     env["INFINI_KERNELS"] = args.kernels
     run = st / "run"
@@ -300,16 +301,19 @@ def train(args) -> int:
     results = {}
     for line in [e.strip() for e in args.evals.split(";") if e.strip()]:
         name = line.split()[0]
+        name = next(n for n in (name, *(f"{name}-{k}" for k in range(2, 99))) if n not in results)
         if left < 30:
             print(f"no time left for eval {name}", flush=True)
             continue
         cmd = [sys.executable, "-m", "app.evals", *shlex.split(line), "--device", args.device,
                "--adapter", str(adapter), "--out", str(st / f"eval-{name}.json")]
+        results[name] = None  # not run to its end (killed on the time left) unless its table replaces this
         rc, text = run_logged(cmd, dict(env), log, left - 15)
         if rc and args.kernels == "triton":  # the inference kernels failing here: the PyTorch path
             rc, text = run_logged(cmd, dict(env, INFINI_KERNELS="reference"), log, left - 15)
         if (st / f"eval-{name}.json").is_file():
             results[name] = json.loads((st / f"eval-{name}.json").read_text())
+        (out / "evals.json").write_text(json.dumps(results, indent=1))  # what is done comes back if the call is cut
         left = args.total_minutes * 60 - (time.monotonic() - t_start)
     (out / "evals.json").write_text(json.dumps(results, indent=1))
     print(f"done in {(time.monotonic() - t_start) / 60:.1f} min; in {out}: "
