@@ -10,6 +10,6 @@ The engine calls the functions below; they pick Triton or PyTorch (see `dispatch
 import the engine, and importing this package does not import triton.
 """
 
-from .dispatch import decode_token, fused_applies, mode, segment_attention, use_triton, write_memory
+from .dispatch import decode_token, fused_applies, kernel_failures, mode, segment_attention, use_triton, write_memory
 
-__all__ = ["decode_token", "fused_applies", "mode", "segment_attention", "use_triton", "write_memory"]
+__all__ = ["decode_token", "fused_applies", "kernel_failures", "mode", "segment_attention", "use_triton", "write_memory"]

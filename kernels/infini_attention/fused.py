@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ..utils import autotune_configs, check_device, dot_precision, length_bucket, memory_read_precision, mma, sigma
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). BLOCK_M, BLOCK_N and D/2 must be >= 16 (tl.dot).
 FWD_CONFIGS = [

@@ -1,5 +1,6 @@
 """kernels.dispatch: which implementation runs, and that importing it never imports triton."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -100,3 +101,57 @@ def test_gradients_flow_through_the_dispatch(seed, monkeypatch):
     dM, dz = kernels.write_memory(leaves[1], leaves[2], leaves[3], leaves[4], "delta")
     (a.square().sum() + dM.square().sum() * 1e-4 + dz.sum()).backward()
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in leaves)
+
+
+def _broken_segment_kernel(monkeypatch, error):
+    """The segment kernel failing as Triton fails on a GPU it cannot build for; the calls counted."""
+    from kernels import dispatch
+    from kernels.infini_attention import fused
+
+    tries = []
+
+    def broken(*args, **kwargs):
+        tries.append(1)
+        raise error
+
+    monkeypatch.setattr(dispatch, "_FAILED", {})
+    monkeypatch.setattr(dispatch, "use_triton", lambda x: True)  # what auto answers for CUDA tensors
+    monkeypatch.setattr(fused, "infini_attention_fwd", broken)
+    return tries
+
+
+def test_a_kernel_triton_cannot_build_falls_back_to_the_reference_under_auto(monkeypatch, caplog):
+    from triton.runtime.errors import OutOfResources
+
+    tries = _broken_segment_kernel(monkeypatch, OutOfResources(262144, 232448, "shared memory"))
+    monkeypatch.setenv("INFINI_KERNELS", "auto")
+    q, k, v, M, z, beta, cos, sin = _inputs(0, T=24)
+    ref = attention_naive.infini_attention(q, k, v, M, z, beta, cos, sin, 0)
+    with caplog.at_level(logging.WARNING, logger="kernels.dispatch"):
+        first = kernels.segment_attention(q, k, v, M, z, beta, cos, sin)
+        second = kernels.segment_attention(q, k, v, M, z, beta, cos, sin)
+    assert torch.equal(first, ref) and torch.equal(second, ref)
+    assert len(tries) == 1  # after the failure the reference runs at once
+    assert list(kernels.kernel_failures()) == ["segment"]
+    assert "OutOfResources" in kernels.kernel_failures()["segment"]
+    assert sum("failed on this machine" in r.getMessage() for r in caplog.records) == 1
+    # the other kernels still run fused (here: the interpreter)
+    dM, dz = kernels.write_memory(k, v, M, z, "delta")
+    dM_ref, dz_ref = update_naive.memory_update(k, v, M, z, "delta")
+    assert rel_err(dM, dM_ref) < BOUNDS[torch.float32] and rel_err(dz, dz_ref) < BOUNDS[torch.float32]
+    assert "memory write" not in kernels.kernel_failures()
+
+
+def test_forced_triton_and_errors_of_other_kinds_are_raised(monkeypatch):
+    from triton.runtime.errors import OutOfResources
+
+    q, k, v, M, z, beta, cos, sin = _inputs(0, T=8)
+    _broken_segment_kernel(monkeypatch, OutOfResources(262144, 232448, "shared memory"))
+    monkeypatch.setenv("INFINI_KERNELS", "triton")
+    with pytest.raises(OutOfResources):
+        kernels.segment_attention(q, k, v, M, z, beta, cos, sin)
+    _broken_segment_kernel(monkeypatch, ValueError("a bug of ours, not the GPU's"))
+    monkeypatch.setenv("INFINI_KERNELS", "auto")
+    with pytest.raises(ValueError, match="bug of ours"):
+        kernels.segment_attention(q, k, v, M, z, beta, cos, sin)
+    assert kernels.kernel_failures() == {}
