@@ -428,7 +428,10 @@ class InfiniTransformer(nn.Module):
     def _segment_loss(self, idx, targets, *mem_flat):
         mem = list(zip(mem_flat[0::2], mem_flat[1::2])) if mem_flat else None
         h, deltas = self.segment(idx, mem)
+        scored = targets != -100
+        if not bool(scored.all()):  # the vocabulary's logits only where a token is scored (a passkey: 6 of 2,048)
+            h, targets = h[scored], targets[scored]
         logits = self.lm_head(h).float()
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
         new = add_delta(mem, deltas)
         return (loss, *[t for pair in new for t in pair])

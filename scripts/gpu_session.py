@@ -248,7 +248,34 @@ def check(args) -> int:
         print(f"triton against reference: loss {abs(l1 - l0):.2e} apart, gradients within {worst:.2e} (relative)")
         ok = abs(l1 - l0) < 2e-2 * abs(l0) and worst < 5e-2 and s1 <= s0
     print(f"kernels: {'triton' if ok else 'reference'}")
+    if results and (args.device == "cuda" or args.profile):
+        os.environ["INFINI_KERNELS"] = "triton" if ok else "reference"
+        profile(t, ids, targets)
     return 0
+
+
+def profile(t, ids, targets, rows: int = 15) -> None:
+    """Where one training micro-step's time goes on the GPU: the busiest operators and how much of
+    the step the GPU was busy at all (a 135M model at batch 1 may leave it mostly idle)."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cuda = ids.is_cuda
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    t.opt.zero_grad(set_to_none=True)
+    sync()
+    with torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        t0 = time.perf_counter()
+        t.model.forward_train(ids, targets).backward()
+        sync()
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in events) / 1e6
+    print(f"profile ({os.environ['INFINI_KERNELS']}): step {wall:.3f} s, GPU busy {busy:.3f} s ({busy / wall:.0%}), "
+          f"{sum(e.count for e in events if e.self_device_time_total > 0):,} GPU operator calls", flush=True)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    print(events.table(sort_by=key, row_limit=rows, max_name_column_width=60), flush=True)
 
 
 def run_logged(cmd: list[str], env: dict, log: Path, timeout: float) -> tuple[int, str]:
@@ -332,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     verbs.add_parser("stage", help="there: keep what this call brought").set_defaults(func=stage_verb)
     c = verbs.add_parser("check", help="there: Triton kernels against the PyTorch path on one training step")
     c.add_argument("--device", default="cuda")
+    c.add_argument("--profile", action="store_true", help="profile one step on the CPU too (always on CUDA)")
     c.set_defaults(func=check)
     t = verbs.add_parser("train", help="there, the last call: train, evaluate, results in $OUT")
     t.add_argument("recipe", nargs="?", help="a recipe (default: the one packed); its `out` becomes the stage's")

@@ -502,3 +502,44 @@ def test_examples_without_memory_are_distilled_toward_the_teacher(tmp_path):
         expect = float(t.model.forward_train(torch.tensor([ex.ids]), torch.tensor([ex.targets])))
     rows = t.train_step()
     assert rows[0]["task"] == "passkey" and rows[0]["loss"] == pytest.approx(expect, rel=1e-4)
+
+
+def test_the_loss_takes_logits_only_where_tokens_are_scored():
+    """The sequence loss computes the vocabulary's logits only at scored positions: the same loss and
+    the same gradients as cross-entropy over every position with the unscored ones ignored."""
+    model = build_model(tiny_config(), seed=0)
+    r = random.Random(3)
+    ids = torch.tensor([[r.randrange(97) for _ in range(2 * L + 7)]])
+    targets = torch.tensor([[r.randrange(97) for _ in range(2 * L + 7)]])
+    targets[0, : L + 3] = -100  # segment 0 unscored, segment 1 partly, the last short one wholly scored
+    targets[0, L + 9] = -100
+    for layer in model.model.layers:
+        layer.self_attn.memory_gate.data.fill_(0.5)  # the memory counts
+
+    def full(ids, targets):  # every position's logits, the unscored ignored
+        total, mem = 0.0, None
+        for s in range(0, ids.shape[1], L):
+            h, deltas = model.segment(ids[:, s : s + L], mem)
+            logits = model.lm_head(h).float()
+            total = total + torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), targets[:, s : s + L].flatten(), ignore_index=-100, reduction="sum")
+            mem = [(d[0] if mem is None else m[0] + d[0], d[1] if mem is None else m[1] + d[1])
+                   for m, d in zip(mem or [None] * len(deltas), deltas)]
+        return total / (targets != -100).sum()
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    want = full(ids, targets)
+    want_grads = torch.autograd.grad(want, params)
+    got = model.forward_train(ids, targets)
+    got_grads = torch.autograd.grad(got, params)
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        assert torch.allclose(g, w, rtol=1e-4, atol=1e-6)
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[:-1].numel()))
+    with torch.no_grad():
+        model.forward_train(ids, targets)
+    hook.remove()
+    assert rows == [0, L - 4, 7]  # nothing of segment 0, the 12 scored of segment 1, all 7 of the last
+    nothing = torch.full_like(targets, -100)  # nothing scored: zero, not NaN
+    assert float(model.forward_train(ids, nothing)) == 0.0
