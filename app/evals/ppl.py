@@ -123,7 +123,8 @@ def run(args) -> dict:
         per.append({"segment": i + 1, "ppl_memory": ppl(on[one]), "ppl_shut": ppl(off[one]), "ppl_empty": ppl(empty[one]),
                     **({"ppl_full_context": ppl(whole[one])} if full is not None else {})})
         rows.append(row(i + 1, one))
-    rows.append(row(f"4–{args.segments}", slice(3, args.segments)))
+    if args.segments >= 4:  # after the first few segments: the figure the targets speak of (none before)
+        rows.append(row(f"4–{args.segments}", slice(3, args.segments)))
     head = ["segment", "memory on", "memory shut", "gain", "memory empty", "gain"]
     if full is not None:
         head += [f"full context ({full.config.segment_length:,})", "gain"]

@@ -214,6 +214,9 @@ def test_ppl_per_segment(capsys, tmp_path, tiny_model_dir):
     assert first["ppl_memory"] == pytest.approx(first["ppl_empty"], rel=1e-6)
     assert any(p["ppl_memory"] != pytest.approx(p["ppl_empty"], rel=1e-6) for p in data["per_segment"][1:])
     assert all(p["ppl_memory"] > 1 for p in data["per_segment"])
+    # fewer than four segments: no summary row over segments that were not read (it printed 1.00)
+    short = run_eval(capsys, *"ppl --books 1 --segments 2".split(), "--model", str(tiny_model_dir))
+    assert [r[0] for r in table_rows(short)[1:]] == ["1", "2"]
 
 
 def test_segment_nll_carries_the_memory_or_reads_each_segment_alone(tiny_reader):
