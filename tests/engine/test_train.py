@@ -542,4 +542,4 @@ def test_the_loss_takes_logits_only_where_tokens_are_scored():
     hook.remove()
     assert rows == [0, L - 4, 7]  # nothing of segment 0, the 12 scored of segment 1, all 7 of the last
     nothing = torch.full_like(targets, -100)  # nothing scored: zero, not NaN
-    assert float(model.forward_train(ids, nothing)) == 0.0
+    assert float(model.forward_train(ids, nothing).detach()) == 0.0
