@@ -41,7 +41,6 @@ def record_launches() -> list[Launch]:
     empty and full, forward and backward, prompt and decode) with launches recorded, not run."""
     import triton.runtime.autotuner as autotuner
 
-    from . import utils
     from .decode import fused as decode
     from .infini_attention import fused as attention
     from .infini_attention import fused_backward as backward
@@ -84,7 +83,6 @@ def record_launches() -> list[Launch]:
         autotuner.Autotuner.run = saved_run
         for m, check in saved_checks.items():
             m.check_device = check
-    assert utils  # imported for its side effect of failing early when triton is missing
     return launches
 
 
