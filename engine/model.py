@@ -373,8 +373,12 @@ class InfiniTransformer(nn.Module):
 
     def forward_train(self, idx: torch.Tensor, targets: torch.Tensor, grad_checkpoint: bool = True,
                       constant: frozenset[int] | set[int] = frozenset(),
-                      repeat: dict[int, int] | None = None) -> torch.Tensor:
-        """Mean cross-entropy over a sequence of several segments, idx/targets (B, N).
+                      repeat: dict[int, int | list[int]] | None = None, per_row: bool = False) -> torch.Tensor:
+        """Mean cross-entropy over sequences of several segments, idx/targets (B, N): each row's mean
+        over its scored tokens, then the mean over rows (`per_row`: the B row means themselves).
+        Rows of a batch share their segments' boundaries; a shorter row is padded at its end with
+        targets of -100, which its real tokens never see (causal attention, the last segment's write
+        is never read).
 
         The memory is never detached inside the sequence, so the loss of a late segment reaches the
         weights through every earlier segment's keys and values. With `grad_checkpoint`, each
@@ -392,9 +396,10 @@ class InfiniTransformer(nn.Module):
         segment's (dM, dz) r times: the memory a haystack of r identical segments would leave, read at
         the cost of one. It trains retrieval at the distances of a million-token haystack of repeated
         filler on a CPU; the writes of r real copies differ only by what each read of the memory before
-        it changes in the layers above (nothing, while the gates below are shut).
+        it changes in the layers above (nothing, while the gates below are shut). r may be a list of
+        B counts, one per row.
         """
-        repeat = {i: r for i, r in (repeat or {}).items() if r != 1}
+        repeat = {i: r for i, r in (repeat or {}).items() if (r != 1 if isinstance(r, int) else any(x != 1 for x in r))}
         if repeat and not set(repeat) <= set(constant):
             raise ValueError("only constant segments can be repeated")
         if repeat and self.config.memory_update != "linear":
@@ -402,8 +407,8 @@ class InfiniTransformer(nn.Module):
         L = self.config.segment_length
         n_layers = self.config.num_hidden_layers
         mem_flat: list[torch.Tensor] = []
-        total = idx.new_zeros((), dtype=torch.float32)
-        count = (targets != -100).sum()
+        total = torch.zeros(idx.shape[0], dtype=torch.float32, device=idx.device)
+        count = (targets != -100).sum(dim=1)
         for i, s in enumerate(range(0, idx.shape[1], L)):
             args = (idx[:, s : s + L], targets[:, s : s + L], *mem_flat)
             if i in constant and (torch.is_grad_enabled() or i in repeat):
@@ -413,7 +418,8 @@ class InfiniTransformer(nn.Module):
                 with torch.no_grad():
                     _, deltas = self.segment(args[0], mem, write_only=True)
                     if i in repeat:
-                        deltas = [(dM * repeat[i], dz * repeat[i]) for dM, dz in deltas]
+                        r = torch.as_tensor(repeat[i], dtype=torch.float32, device=idx.device).reshape(-1)
+                        deltas = [(dM * r.view(-1, 1, 1, 1), dz * r.view(-1, 1, 1)) for dM, dz in deltas]
                 mem_flat = [t for pair in add_delta(mem, deltas) for t in pair]
                 continue
             if grad_checkpoint and torch.is_grad_enabled():
@@ -423,15 +429,18 @@ class InfiniTransformer(nn.Module):
             total = total + out[0]
             mem_flat = list(out[1:])
             assert len(mem_flat) == 2 * n_layers
-        return total / count.clamp(min=1)
+        rows = total / count.clamp(min=1)
+        return rows if per_row else rows.mean()
 
     def _segment_loss(self, idx, targets, *mem_flat):
         mem = list(zip(mem_flat[0::2], mem_flat[1::2])) if mem_flat else None
         h, deltas = self.segment(idx, mem)
         scored = targets != -100
+        row = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1).expand_as(targets)
         if not bool(scored.all()):  # the vocabulary's logits only where a token is scored (a passkey: 6 of 2,048)
-            h, targets = h[scored], targets[scored]
+            h, targets, row = h[scored], targets[scored], row[scored]
         logits = self.lm_head(h).float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        loss = per_token.new_zeros(idx.shape[0]).index_add(0, row.reshape(-1), per_token)  # (B,) sums
         new = add_delta(mem, deltas)
         return (loss, *[t for pair in new for t in pair])

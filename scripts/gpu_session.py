@@ -251,6 +251,13 @@ def check(args) -> int:
     if results and (args.device == "cuda" or args.profile):
         os.environ["INFINI_KERNELS"] = "triton" if ok else "reference"
         profile(t, ids, targets)
+    sizes = args.speed if args.speed is not None else ("1,8" if args.device == "cuda" else "")
+    if results and sizes:  # sequences side by side (TrainConfig.batch): how much a step gains
+        from engine.train import speed
+
+        sizes = tuple(int(x) for x in sizes.split(","))
+        rows = speed.measure(t, sizes, max(sizes), rounds=1)
+        print(f"batches of lm, {len(ex.ids):,} tokens a sequence:\n" + speed.table(rows), flush=True)
     return 0
 
 
@@ -308,7 +315,7 @@ def train(args) -> int:
     log = out / "train.log"
     env = environment(st)
     if args.kernels == "auto":
-        _, text = run_logged([sys.executable, __file__, "check", "--device", args.device], env, log, 120)
+        _, text = run_logged([sys.executable, __file__, "check", "--device", args.device], env, log, 180)
         args.kernels = "triton" if "kernels: triton" in text else "reference"
     env["INFINI_KERNELS"] = args.kernels
     run = st / "run"
@@ -360,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     c = verbs.add_parser("check", help="there: Triton kernels against the PyTorch path on one training step")
     c.add_argument("--device", default="cuda")
     c.add_argument("--profile", action="store_true", help="profile one step on the CPU too (always on CUDA)")
+    c.add_argument("--speed", metavar="SIZES", help="batch sizes to time a step with (default on CUDA: 1,8)")
     c.set_defaults(func=check)
     t = verbs.add_parser("train", help="there, the last call: train, evaluate, results in $OUT")
     t.add_argument("recipe", nargs="?", help="a recipe (default: the one packed); its `out` becomes the stage's")

@@ -200,20 +200,41 @@ class TrainingData:
         rng = random.Random(self.seed * 1_000_003 + index)
         task = rng.choices(self.tasks, self.weights)[0]
         n = rng.randint(self.min_seg, self.max_seg)
-        return getattr(self, "_" + task)(rng, n)
+        return getattr(self, "_" + task)(rng, n, rng)
 
-    def _lm(self, rng, n) -> Example:
-        ids = self.book_tokens(rng, n * self.L + rng.randint(self.L // 4, self.L) + 1)
+    def batch(self, index: int, size: int) -> list[Example]:
+        """`size` examples that can run side by side (`collate`): one task and number of segments
+        drawn for all, and the draws that place things among the segments (the passkey's depth, a
+        far haystack's length and the key's segment in it, where a story is told) shared; the rest
+        (books, keys, questions, lengths inside the last segment) drawn for each. A function of
+        (seed, index, size) alone; not the examples `example()` gives (a run keeps one batch size)."""
+        rng = random.Random(self.seed * 1_000_003 + index)
+        task = rng.choices(self.tasks, self.weights)[0]
+        n = rng.randint(self.min_seg, self.max_seg)
+        layout = rng.getstate()
+        out = []
+        for j in range(size):
+            lay = random.Random()
+            lay.setstate(layout)  # every row draws the same layout
+            row = random.Random((self.seed * 1_000_003 + index) * 1_024 + j + 1)
+            out.append(getattr(self, "_" + task)(row, n, lay))
+        return out
+
+    # Each task takes `rng` for what is drawn per example and `lay` for what places things among the
+    # segments (the same object when examples come one by one).
+
+    def _lm(self, rng, n, lay) -> Example:
+        ids = self.book_tokens(rng, n * self.L + lay.randint(self.L // 4, self.L) + 1)  # one length in a batch: no pad
         return self._assemble("lm", ids[: n * self.L], ids[n * self.L :], [])
 
-    def _text(self, rng, n) -> Example:
+    def _text(self, rng, n, lay) -> Example:
         ids = self.book_tokens(rng, self.L // 2 + 1)
         return self._assemble("text", [], ids, [])
 
-    def _passkey(self, rng, n) -> Example:
+    def _passkey(self, rng, n, lay) -> Example:
         key = str(rng.randint(10_000, 99_999))
         filler = self.book_tokens(rng, n * self.L) if rng.random() < 0.5 else None
-        hay, question = passkey_ids(self.tok, key, n * self.L, rng.random(), filler)
+        hay, question = passkey_ids(self.tok, key, n * self.L, lay.random(), filler)
         hay = hay[: n * self.L]
         if len(hay) < n * self.L:
             hay = hay + self.enc(" " + FILLER) * self.L
@@ -223,15 +244,15 @@ class TrainingData:
         # the key and the full stop after it, as the needle sentence has it: the model learns to stop
         return self._assemble("passkey", hay, tail + question, self.enc(f" {key}."), find(hay, self.enc(" The pass key is")))
 
-    def _passkey_far(self, rng, n) -> Example:
+    def _passkey_far(self, rng, n, lay) -> Example:
         """A passkey in a haystack of the paper's filler `far_tokens` long (log-uniform), built of a
         few real segments: the first (the introduction), up to two of filler before the key's
         segment and up to two after it, each of those standing for its share of the filler segments
         of the whole haystack (`repeat`). Trained with `truncate`, at the cost of at most seven segments."""
         key = str(rng.randint(10_000, 99_999))
         L, (lo, hi) = self.L, self.far_tokens
-        total = max(2, int(math.exp(rng.uniform(math.log(lo), math.log(hi)))) // L)  # the haystack's segments
-        kv = min(total - 1, int(rng.random() * total))  # the key's segment in it
+        total = max(2, int(math.exp(lay.uniform(math.log(lo), math.log(hi)))) // L)  # the haystack's segments
+        kv = min(total - 1, int(lay.random() * total))  # the key's segment in it
         before, after = max(0, kv - 1), total - 1 - kv  # pure filler segments around it
         a, b = min(2, before), min(2, after)
         ks = 1 + a if kv > 0 else 0  # the key's segment in the example
@@ -254,16 +275,18 @@ class TrainingData:
         ex.repeat = repeat
         return ex
 
-    def _needle(self, rng, n) -> Example:
+    def _needle(self, rng, n, lay) -> Example:
         fact, question, answer = self.babi[rng.randrange(len(self.babi))]
         fact_ids = self.enc(" " + fact)
         hay = self.book_tokens(rng, n * self.L - len(fact_ids))
-        at = rng.randrange(len(hay))
+        # in a batch, the fact at the same depth in every row (so the same segments can run without
+        # gradient); one by one, the draw it always was
+        at = int(lay.random() * len(hay)) if lay is not rng else rng.randrange(len(hay))
         hay = hay[:at] + fact_ids + hay[at:]
         prompt = self.chat_ids([{"role": "user", "content": question}])
         return self._assemble("needle", hay, prompt, self.enc(f"In the {answer}.") + self.end, at)
 
-    def _chat(self, rng, n) -> Example:
+    def _chat(self, rng, n, lay) -> Example:
         item = self.chat_items[rng.randrange(len(self.chat_items))]
         prompt = self.chat_ids([{"role": "user", "content": item["prompt"]}])
         answer = self.enc(item["answer"])
@@ -271,14 +294,14 @@ class TrainingData:
         answer = answer[: self.L - len(prompt) - 1] + (self.end if complete else [])
         return self._assemble("chat", [], prompt[: self.L // 2], answer)
 
-    def _qa(self, rng, n) -> Example:
+    def _qa(self, rng, n, lay) -> Example:
         story = self.stories[rng.randrange(len(self.stories))]
         q = story["questions"][rng.randrange(len(story["questions"]))]
         title = story["story"].replace("-", " ").title()
         a = q["answer"].strip()
         answer = self.enc(a[:1].upper() + a[1:] + ("" if a[-1:] in ".!?" else ".")) + self.end
         text = story["text"]
-        if rng.random() < 0.5:  # the excerpt in the local window, as `infini ask` re-reads it
+        if lay.random() < 0.5:  # the excerpt in the local window, as `infini ask` re-reads it
             excerpt = _excerpt(text, q["answer"], q["question"], 2000)
             user = f"Excerpts from the book:\n\n{excerpt}\n\nQuestion: {q['question']}"
             prompt = self.chat_ids([{"role": "system", "content": QA_SYSTEM.format(title=title)},
@@ -293,6 +316,36 @@ class TrainingData:
         prompt = self.chat_ids([{"role": "system", "content": QA_SYSTEM_MEMORY.format(title=title)},
                                 {"role": "user", "content": q["question"]}])
         return self._assemble("qa", hay, prompt, answer)
+
+
+@dataclass
+class Batch:
+    """Examples side by side: ids and targets padded to one length (the pad's targets -100), the
+    segments that may run without gradient in every row, and per-row repeat counts."""
+    examples: list[Example]
+    ids: list[list[int]]
+    targets: list[list[int]]
+    constant: set[int]
+    repeat: dict[int, list[int]]
+
+
+def collate(examples: list[Example], L: int, truncate: bool = False, tail: int = 0, pad: int = 0) -> Batch:
+    """Stack examples whose segments line up (the same number, only the last one of different
+    lengths, as `TrainingData.batch` draws them). With `truncate`, a segment runs without gradient
+    only where it may in every row (`Example.filler_segments`); a segment repeated in some row must be
+    one of those, and is written once in the rows that do not repeat it."""
+    counts = {-(-len(ex.ids) // L) for ex in examples}
+    if len(counts) != 1:
+        raise ValueError(f"examples of {sorted(counts)} segments cannot run side by side")
+    width = max(len(ex.ids) for ex in examples)
+    ids = [ex.ids + [pad] * (width - len(ex.ids)) for ex in examples]
+    targets = [ex.targets + [-100] * (width - len(ex.targets)) for ex in examples]
+    constant = set.intersection(*(ex.filler_segments(L, tail=tail) for ex in examples)) if truncate else set()
+    keys = set().union(*(ex.repeat for ex in examples))
+    if not keys <= constant:
+        raise ValueError(f"segments {sorted(keys - constant)} are repeated in one example and differentiated in another")
+    repeat = {i: [ex.repeat.get(i, 1) for ex in examples] for i in sorted(keys)}
+    return Batch(examples, ids, targets, constant, repeat)
 
 
 def _excerpt(text: str, answer: str, question: str, chars: int) -> str:

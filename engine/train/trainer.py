@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ..adapter import LoRALinear, add_lora, add_memory_projection, builtin_adapter, merge_lora, read_adapter, save_adapter
 from ..engine import Engine
-from .data import DISTILLED, TASKS, TrainingData
+from .data import DISTILLED, TASKS, TrainingData, collate
 
 # the data folder beside the checkout (../shared/data); INFINI_SHARED_DATA moves it, e.g. on a machine
 # that receives the data apart from the checkout (scripts/gpu_session.py)
@@ -37,7 +37,11 @@ class TrainConfig:
     model: str = "builtin"
     data: str = str(SHARED_DATA)
     steps: int = 300
-    accumulate: int = 4  # sequences per optimiser step
+    accumulate: int = 4  # forward passes per optimiser step (of `batch` sequences each)
+    # sequences side by side in one forward pass (one task and layout, `TrainingData.batch`): a GPU
+    # runs B of them in about the time of one, the operators being launched once for all; 1 draws the
+    # examples one by one (`TrainingData.example`), as every run before it did
+    batch: int = 1
     segment_length: int = 0  # 0: the model's own
     memory_segments: tuple[int, int] = (1, 3)  # whole segments before the scored one, drawn per example
     mix: dict = field(default_factory=lambda: {"lm": 0.2, "passkey": 0.3, "needle": 0.2, "qa": 0.3})
@@ -150,6 +154,8 @@ class Trainer:
                 else:
                     lora.append(p)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.batch < 1:
+            raise ValueError(f"batch must be at least 1, not {cfg.batch}")
         if cfg.mix.get("passkey_far", 0) > 0 and not cfg.truncate:
             raise ValueError("passkey_far examples stand for long haystacks of constant segments: they need truncate")
         self.merged = None  # (metadata, tensors) of the adapter merged into the weights, carried when saved
@@ -294,19 +300,20 @@ class Trainer:
         rows = []
         t0 = time.perf_counter()
         for micro in range(cfg.accumulate):
-            ex = self.data.example(self.step * cfg.accumulate + micro)
-            ids = torch.tensor([ex.ids], device=self.engine.device)
-            targets = torch.tensor([ex.targets], device=self.engine.device)
-            constant = (ex.filler_segments(self.engine.config.segment_length, tail=cfg.grad_tail)
-                        if cfg.truncate else set())
-            if self.teacher is not None and ex.task in DISTILLED:
-                loss = self.distill_loss(ids, targets)
+            index = self.step * cfg.accumulate + micro
+            examples = [self.data.example(index)] if cfg.batch == 1 else self.data.batch(index, cfg.batch)
+            b = collate(examples, self.engine.config.segment_length, cfg.truncate, cfg.grad_tail)
+            ids = torch.tensor(b.ids, device=self.engine.device)
+            targets = torch.tensor(b.targets, device=self.engine.device)
+            if self.teacher is not None and examples[0].task in DISTILLED:
+                losses = self.distill_loss(ids, targets)
             else:
-                loss = self.model.forward_train(ids, targets, constant=constant, repeat=ex.repeat)
-            (loss / cfg.accumulate).backward()
-            self.tokens += len(ex.ids)
-            rows.append({"task": ex.task, "loss": float(loss.detach()), "tokens": len(ex.ids),
-                         "memory_segments": ex.memory_segments + sum(r - 1 for r in ex.repeat.values())})
+                losses = self.model.forward_train(ids, targets, constant=b.constant, repeat=b.repeat, per_row=True)
+            (losses.mean() / cfg.accumulate).backward()
+            for ex, loss in zip(examples, losses.detach().tolist()):
+                self.tokens += len(ex.ids)
+                rows.append({"task": ex.task, "loss": loss, "tokens": len(ex.ids),
+                             "memory_segments": ex.memory_segments + sum(r - 1 for r in ex.repeat.values())})
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.clip))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -328,8 +335,8 @@ class Trainer:
                     layer.self_attn.memory_gate.clamp_(max=self.cfg.gate_cap)
 
     def distill_loss(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """KL(teacher ‖ model) per scored token of a one-segment example with an empty memory."""
-        return kl_per_token(self.teacher, self.model, ids, targets != -100)
+        """KL(teacher ‖ model) per scored token of one-segment examples with an empty memory, (B,)."""
+        return kl_per_token(self.teacher, self.model, ids, targets != -100, per_row=True)
 
     def log(self, rows: list[dict]) -> None:
         cols = ["step", "task", "loss", "tokens", "memory_segments", "lr", "grad_norm", "gate_mean", "gate_max",
@@ -396,15 +403,18 @@ class Trainer:
             self.log(rows)
 
 
-def kl_per_token(teacher: torch.nn.Module, model: torch.nn.Module, ids: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+def kl_per_token(teacher: torch.nn.Module, model: torch.nn.Module, ids: torch.Tensor, scored: torch.Tensor,
+                 per_row: bool = False) -> torch.Tensor:
     """Mean KL(teacher ‖ model) of the next-token distributions over the `scored` positions of one
-    segment read with an empty memory (the gradient reaches `model` only)."""
+    segment read with an empty memory (the gradient reaches `model` only); `per_row`: each row's."""
     with torch.no_grad():
         h, _ = teacher.segment(ids, None)
         p = torch.log_softmax(teacher.lm_head(h).float(), -1)
     h, _ = model.segment(ids, None)
     q = torch.log_softmax(model.lm_head(h).float(), -1)
     kl = (p.exp() * (p - q)).sum(-1)
+    if per_row:
+        return (kl * scored).sum(-1) / scored.sum(-1).clamp(min=1)
     return (kl * scored).sum() / scored.sum().clamp(min=1)
 
 

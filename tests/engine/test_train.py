@@ -543,3 +543,106 @@ def test_the_loss_takes_logits_only_where_tokens_are_scored():
     assert rows == [0, L - 4, 7]  # nothing of segment 0, the 12 scored of segment 1, all 7 of the last
     nothing = torch.full_like(targets, -100)  # nothing scored: zero, not NaN
     assert float(model.forward_train(ids, nothing).detach()) == 0.0
+
+
+def test_rows_of_a_batch_train_as_they_would_one_by_one():
+    """Three sequences side by side (last segments of different lengths, padded; one segment
+    without gradient; a segment repeated in two rows, once in the third) give each row's own loss,
+    and the gradient of the batch is the mean of the rows' gradients."""
+    model = build_model(tiny_config(), seed=0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.memory_gate.fill_(0.0)  # the memory read counts
+    r = random.Random(4)
+    rows = []
+    for last in (6, 11, 16):
+        ids = [r.randrange(10, 90) for _ in range(3 * L + last)]
+        targets = [-100] * (3 * L) + ids[1 : last + 1]
+        targets[3 * L] = -100  # one unscored token in the last segment
+        rows.append((ids, targets))
+    constant, counts = {0, 1}, [3, 1, 5]
+
+    def grads():
+        out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out
+
+    singles, single_grads = [], []
+    for (ids, targets), c in zip(rows, counts):
+        loss = model.forward_train(torch.tensor([ids]), torch.tensor([targets]), constant=constant, repeat={1: c})
+        loss.backward()
+        singles.append(float(loss.detach()))
+        single_grads.append(grads())
+    width = max(len(i) for i, _ in rows)
+    ids = torch.tensor([i + [0] * (width - len(i)) for i, _ in rows])
+    targets = torch.tensor([t + [-100] * (width - len(t)) for _, t in rows])
+    per_row = model.forward_train(ids, targets, constant=constant, repeat={1: counts}, per_row=True)
+    assert per_row.shape == (3,)
+    assert per_row.detach().tolist() == pytest.approx(singles, rel=1e-5)
+    assert len(set(singles)) == 3  # the rows differ: a mixed-up row would be seen
+    per_row.mean().backward()
+    batched = grads()
+    assert set(batched) == set(single_grads[0])
+    for n, g in batched.items():
+        want = sum(s[n] for s in single_grads) / 3
+        assert torch.allclose(g, want, rtol=1e-4, atol=1e-6), n
+    # the default reduction is the mean of the rows, not of their tokens (the rows score 5, 10, 15)
+    mean = model.forward_train(ids, targets, constant=constant, repeat={1: counts})
+    assert float(mean.detach()) == pytest.approx(sum(singles) / 3, rel=1e-5)
+
+
+class BatchedRecallData(RecallData):
+    """RecallData drawn in batches of the same layout (`TrainingData.batch`'s contract)."""
+
+    def __init__(self, pool=6):
+        super().__init__(pool=pool)
+
+    def batch(self, index, size):
+        return [self.items[(index * size + j) % len(self.items)] for j in range(size)]
+
+
+def test_a_run_in_batches_trains_resumes_and_logs_every_sequence(tmp_path):
+    def trainer(out):
+        cfg = TrainConfig(out=str(out), steps=6, accumulate=2, batch=3, warmup=2, save_every=2, lr=1e-2,
+                          rank=4, alpha=8, gate_lr=3e-2)
+        return Trainer(cfg, engine=Engine(build_model(tiny_config(), seed=0)), data=BatchedRecallData())
+
+    whole = trainer(tmp_path / "whole")
+    whole.run()
+    log = list(csv.DictReader(open(tmp_path / "whole" / "log.csv")))
+    assert len(log) == 6 * 2 * 3 and int(log[-1]["tokens_seen"]) == 36 * (L + 6)
+    assert len({r["loss"] for r in log if r["step"] == "1"}) > 1  # each sequence its own loss
+    first = sum(float(r["loss"]) for r in log[:6]) / 6
+    last = sum(float(r["loss"]) for r in log[-6:]) / 6
+    assert last < first
+    part = trainer(tmp_path / "part")
+
+    def crash(t):
+        if t.step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        part.run(on_step=crash)
+    resumed = trainer(tmp_path / "part")
+    resumed.run()
+    a, b = dict(whole.model.named_parameters()), dict(resumed.model.named_parameters())
+    for n, p in a.items():
+        assert torch.equal(p, b[n]), n
+    with pytest.raises(ValueError, match="batch"):
+        Trainer(TrainConfig(out=str(tmp_path / "bad"), batch=0), engine=Engine(build_model(tiny_config(), seed=0)),
+                data=BatchedRecallData())
+
+
+def test_the_speed_table_counts_fewer_operators_for_sequences_side_by_side(tmp_path):
+    from engine.train import speed
+
+    cfg = TrainConfig(out=str(tmp_path), steps=10, accumulate=4, rank=4, alpha=8, warmup=1)
+    t = Trainer(cfg, engine=Engine(build_model(tiny_config(), seed=0)), data=BatchedRecallData())
+    rows = speed.measure(t, (1, 4), 4, rounds=1, log=lambda *a, **k: None)
+    one, four = rows
+    assert one["tokens"] == four["tokens"] == 4 * (L + 6) and one["passes"] == 4 and four["passes"] == 1
+    assert four["operators"] < 0.4 * one["operators"]  # launched once for four sequences, not four times
+    lines = speed.table(rows).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| 1 × 4 | 88 |") and "| 1.00 |" in lines[2]
+    with pytest.raises(ValueError, match="split"):
+        speed.measure(t, (1, 3), 4)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine.train.data import FILLER, TrainingData, passkey_ids
+from engine.train.data import FILLER, Example, TrainingData, collate, passkey_ids
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data")
@@ -115,6 +115,56 @@ def test_far_passkeys_stand_for_long_haystacks_of_filler(smol):
             words = lambda t: set(re.findall(r"[a-z]+", t.lower()))
             assert words(decode(smol, ex.ids[j * L : (j + 1) * L])) <= words(FILLER)
     assert max(lengths) > 4 * min(lengths) and len(key_segments) > 1
+
+
+def test_batches_share_their_layout_and_differ_in_their_content(data):
+    seen = set()
+    for i in range(30):
+        rows = data.batch(i, 3)
+        assert rows == data.batch(i, 3)  # a function of (seed, index, size)
+        task = rows[0].task
+        seen.add(task)
+        assert {ex.task for ex in rows} == {task} and len({ex.memory_segments for ex in rows}) == 1
+        if task != "chat":  # (the fixture's chat file holds one item)
+            assert len({tuple(ex.ids) for ex in rows}) == 3  # three sequences, not one thrice
+        b = collate(rows, L, truncate=True)
+        n = rows[0].memory_segments + 1
+        assert all(len(x) == len(b.ids[0]) == len(t) for x, t in zip(b.ids, b.targets))
+        for ex, x, t in zip(rows, b.ids, b.targets):
+            assert x[: len(ex.ids)] == ex.ids and t[: len(ex.targets)] == ex.targets
+            assert set(t[len(ex.targets):]) <= {-100}  # the pad is never scored
+        assert b.constant <= set(range(n - 1))
+        if task == "lm":  # book text of one length in every row: nothing padded
+            assert len({len(ex.ids) for ex in rows}) == 1
+        if task in ("passkey", "needle"):  # the needle at one depth in every row: its segment (or two) keep
+            where = {ex.needle_at // L for ex in rows}
+            assert max(where) - min(where) <= 1 and where.isdisjoint(b.constant)
+            assert len(b.constant) >= n - 4
+    assert seen == {"lm", "passkey", "needle", "qa", "chat", "text"}
+
+
+def test_far_passkeys_in_a_batch_stand_for_the_same_haystack(smol):
+    d = TrainingData(smol.tokenizer, smol.chat, L, DATA, {"passkey_far": 1}, seed=5, books=1,
+                     far_tokens=(4_096, 65_536))
+    for i in range(10):
+        rows = d.batch(i, 4)
+        keys = {decode(smol, [t for t in ex.targets if t != -100]) for ex in rows}
+        assert len(keys) == 4  # a key each
+        assert all(ex.repeat == rows[0].repeat for ex in rows) and len({ex.needle_at // L for ex in rows}) == 1
+        b = collate(rows, L, truncate=True, tail=1)
+        assert b.constant == rows[0].filler_segments(L, tail=1)  # nothing more differentiated than one alone
+        assert b.repeat == {j: [r] * 4 for j, r in rows[0].repeat.items()}
+
+
+def test_examples_that_do_not_line_up_are_refused():
+    a = Example("lm", [1] * 40, [2] * 40, 2)
+    b = Example("lm", [1] * 50, [2] * 50, 3)
+    with pytest.raises(ValueError, match="side by side"):
+        collate([a, b], 16)
+    far = Example("passkey_far", [1] * 40, [-100] * 39 + [3], 2, repeat={1: 9})
+    near = Example("passkey", [1] * 40, [-100] * 39 + [3], 2, needle_at=18)
+    with pytest.raises(ValueError, match="repeated"):
+        collate([far, near], 16, truncate=True)
 
 
 def test_selfdistill_own_questions_are_written_and_answered_by_the_base_model(tmp_path):
