@@ -194,6 +194,27 @@ class Engine:
         return self._to_memory(layers, memory, n)
 
     @torch.inference_mode()
+    def ingest_many(self, rows: Sequence[Sequence[int]], memory: Memory) -> list[Memory]:
+        """Several token sequences of one length, each read on top of the same memory, side by side:
+        row j's memory is what `ingest(rows[j], memory)` gives (to rounding: the products see B rows
+        at once), and each segment is one pass of B rows. On a GPU that is about the time of one row
+        (the evaluations read many haystacks that differ in a few tokens); on a CPU, about B times it."""
+        ids = [self._ids(r) for r in rows]
+        if not ids or len({len(r) for r in ids}) != 1:
+            raise ValueError("ingest_many reads rows of one length (and at least one)")
+        ids = torch.stack(ids)
+        B, n = ids.shape
+        layers = self._as_layers(memory)
+        if layers is not None:  # one memory for every row to start from
+            layers = [(M.expand(B, *M.shape[1:]).contiguous(), z.expand(B, *z.shape[1:]).contiguous()) for M, z in layers]
+        L = self.config.segment_length
+        for s in range(0, n, L):
+            _, deltas = self.model.segment(ids[:, s : s + L], layers, write_only=True)
+            layers = add_delta(layers, deltas)
+        return [self._to_memory(None if layers is None else [(M[j : j + 1], z[j : j + 1]) for M, z in layers],
+                                memory, n) for j in range(B)]
+
+    @torch.inference_mode()
     def logits(self, token_ids, memory: Memory | None = None) -> torch.Tensor:
         """Float32 logits (len(token_ids), vocab) for every position, processing the tokens in
         segments from the given (or an empty) memory. The given memory is not modified."""

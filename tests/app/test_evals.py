@@ -169,6 +169,28 @@ def test_passkey_grid(capsys, tmp_path, tiny_model_dir):
     assert rows[-1][-1] == f"{100 * sum(share) / len(share):.0f}%"
 
 
+def test_passkey_keys_read_side_by_side_give_the_same_answers(capsys, tmp_path, tiny_model_dir, monkeypatch):
+    """`--batch`: the keys of a depth read together from the earliest one's boundary; the same keys
+    are asked of the same memories as one by one. (The tiny model's memory is all but shut, so its
+    answer here is a digest of the memory it was given: a row read from the wrong boundary, or
+    given another row's memory, answers differently.)"""
+    from app.evals import passkey
+    from app.evals.passkey import _groups
+
+    monkeypatch.setattr(passkey, "answer", lambda e, memory, q: f"{float(memory.M[-1].double().sum()):.6g}")
+    got = {}
+    for batch in (1, 3):
+        out_json = tmp_path / f"passkey-{batch}.json"
+        run_eval(capsys, *f"passkey --lengths 300 --keys 3 --batch {batch}".split(), "--model", str(tiny_model_dir),
+                 "--out", str(out_json))
+        got[batch] = [(it["depth"], it["key"], it["answer"]) for it in json.loads(out_json.read_text())["items"]]
+    assert got[3] == got[1] and len(got[1]) == 9
+    assert len({a for _, _, a in got[1]}) == 9  # every key its own memory
+    plan = [(d,) for d in ["start"] * 3 + ["middle"] * 3 + ["end"] * 3]
+    assert _groups(plan, 2) == [[0, 1], [2], [3, 4], [5], [6, 7], [8]]  # a group never spans two depths
+    assert _groups(plan, 1) == [[i] for i in range(9)]
+
+
 @pytest.mark.parametrize("key, answer, want", [
     ("84384", "84384.", (True, True, True, 1.0)),
     ("60494", "6049494", (False, True, True, 1.0)),  # found, not stopped

@@ -235,3 +235,24 @@ def test_blocked_attention_trains_after_running_in_inference_mode():
     q.requires_grad_(True)
     blocked_attention(q, k, v, 0, block=128).sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("rule", ["linear", "delta"])
+def test_rows_read_side_by_side_get_each_its_own_memory(rule):
+    """`ingest_many`: every row's memory is what reading it alone on top of the same memory gives."""
+    e = tiny_engine(memory_update=rule)
+    g = torch.Generator().manual_seed(5)
+    start = e.ingest(torch.randint(0, 97, (40,), generator=g).tolist(), e.new_memory())
+    rows = [torch.randint(0, 97, (37,), generator=g).tolist() for _ in range(3)]
+    for base in (start, e.new_memory()):
+        many = e.ingest_many(rows, base)
+        assert len(many) == 3
+        for row, got in zip(rows, many):
+            want = e.ingest(row, base)
+            assert got.tokens == want.tokens == base.tokens + 37 and got.fingerprint == want.fingerprint
+            for a, b in zip(got.M + got.z, want.M + want.z):
+                assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(many[0].M[-1], many[1].M[-1])  # the rows are not mixed up
+    assert start.tokens == 40  # the memory read from is not changed
+    with pytest.raises(ValueError, match="one length"):
+        e.ingest_many([rows[0], rows[1][:-1]], start)
