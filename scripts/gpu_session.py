@@ -256,8 +256,8 @@ def check(args) -> int:
     if results and sizes:  # sequences side by side (TrainConfig.batch): how much a step gains
         from engine.train import speed
 
-        sizes = tuple(int(x) for x in sizes.split(","))
-        rows = speed.measure(t, sizes, max(sizes), rounds=1)
+        sizes = [int(x) for x in sizes.split(",")]
+        rows = speed.measure(t, [(b, k) for b in sizes for k in (0, 2)], max(sizes), rounds=1)
         print(f"batches of lm, {len(ex.ids):,} tokens a sequence:\n" + speed.table(rows), flush=True)
     return 0
 

@@ -1,12 +1,14 @@
-"""How fast the trainer goes with sequences side by side (`TrainConfig.batch`), measured in one
-process on the built-in model: the same number of sequences per optimiser step, drawn one by one
-(batch 1, `accumulate` passes) or in batches (fewer passes of B each), alternating, best of the
-rounds; and how many operators one optimiser step launches (the profiler's count), which batching
-divides by B per sequence. On a GPU a 135M model at batch 1 waits on launches, not arithmetic
-(docs/training.md, "The first GPU session"); on a CPU the products are already large and batching
-gains little. Prints a markdown table; nothing asserts a timing.
+"""How fast the trainer goes with sequences side by side (`TrainConfig.batch`) and with activations
+kept instead of recomputed (`TrainConfig.keep_activations`), measured in one process on the built-in
+model: the same number of sequences per optimiser step for every variant, alternating, best of the
+rounds; how many operators one optimiser step launches (the profiler's count), which batching
+divides by B per sequence; and the step's peak memory. On a GPU a 135M model at batch 1 waits on
+launches, not arithmetic (docs/training.md, "The first GPU session"); on a CPU the products are
+already large and batching gains little, while every recomputed segment costs its forward pass
+again. Prints a markdown table; nothing asserts a timing.
 
-    python -m engine.train.speed                          # CPU: segments of 512, 4 sequences a step (~6 min)
+    python -m engine.train.speed                                   # CPU: batches of 1, 2, 4 (4.5 min)
+    python -m engine.train.speed --sizes 1 --keep 0,2 --segment-length 2048
     python -m engine.train.speed --device cuda --segment-length 2048 --sizes 1,4,8 --sequences 8
 """
 
@@ -36,16 +38,39 @@ def operator_calls(t: Trainer) -> int:
     return sum(e.count for e in events if e.key.startswith("aten::"))
 
 
-def measure(t: Trainer, sizes: tuple[int, ...], sequences: int, rounds: int = 2, log=print) -> list[dict]:
-    """For each batch size: the best time of an optimiser step of `sequences` sequences, its tokens
-    and operator calls. Every size starts from step 0 (the same schedule); a warm-up step first."""
-    if any(sequences % b for b in sizes):
-        raise ValueError(f"{sequences} sequences a step do not split into batches of {sizes}")
+def peak_memory(t: Trainer) -> float:
+    """MiB at the peak of one optimiser step: the GPU's allocations on CUDA, else the process's RSS
+    (its high-water mark reset first, /proc/self/clear_refs; 0 where Linux's /proc is missing)."""
+    if t.engine.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        t.train_step()
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        t.train_step()
+        with open("/proc/self/status") as f:
+            return int(f.read().split("VmHWM:")[1].split()[0]) / 1024
+    except OSError:
+        return 0.0
+
+
+def measure(t: Trainer, variants: list[tuple[int, int]], sequences: int, rounds: int = 2, log=print) -> list[dict]:
+    """For each variant (batch size, segments whose activations are kept): the best time of an
+    optimiser step of `sequences` sequences, its tokens, the operators it runs and its peak memory.
+    Every variant starts from step 0 (the same examples for the same batch size); a warm-up round
+    first."""
+    if any(sequences % b for b, _ in variants):
+        raise ValueError(f"{sequences} sequences a step do not split into batches of {[b for b, _ in variants]}")
     cuda = t.engine.device.type == "cuda"
-    best = {b: (float("inf"), 0) for b in sizes}
+
+    def setup(b: int, keep: int) -> None:
+        t.cfg.batch, t.cfg.accumulate, t.cfg.keep_activations, t.step = b, sequences // b, keep, 0
+
+    best = {v: (float("inf"), 1) for v in variants}
     for rnd in range(rounds + 1):  # round 0 warms up (allocator, kernels' autotuning)
-        for b in sizes:
-            t.cfg.batch, t.cfg.accumulate, t.step = b, sequences // b, 0
+        for v in variants:
+            setup(*v)
             if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -54,26 +79,30 @@ def measure(t: Trainer, sizes: tuple[int, ...], sequences: int, rounds: int = 2,
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             tokens = sum(r["tokens"] for r in rows)
-            log(f"round {rnd}, batch {b}: {dt:.2f} s, {tokens:,} tokens", flush=True)
-            if rnd and dt / tokens < best[b][0] / max(1, best[b][1]):
-                best[b] = (dt, tokens)
+            log(f"round {rnd}, batch {v[0]}, activations kept {v[1]}: {dt:.2f} s, {tokens:,} tokens", flush=True)
+            if rnd and dt / tokens < best[v][0] / best[v][1]:
+                best[v] = (dt, tokens)
     out = []
-    for b in sizes:
-        t.cfg.batch, t.cfg.accumulate, t.step = b, sequences // b, 0
-        dt, tokens = best[b]
-        out.append({"batch": b, "passes": sequences // b, "seconds": dt, "tokens": tokens,
-                    "tokens_per_s": tokens / dt, "operators": operator_calls(t)})
+    for b, keep in variants:
+        setup(b, keep)
+        operators = operator_calls(t)
+        setup(b, keep)
+        dt, tokens = best[(b, keep)]
+        out.append({"batch": b, "passes": sequences // b, "keep": keep, "seconds": dt, "tokens": tokens,
+                    "tokens_per_s": tokens / dt, "operators": operators, "peak_mib": peak_memory(t)})
     return out
 
 
 def table(rows: list[dict]) -> str:
     base = rows[0]
-    lines = ["| batch × passes | tokens a step | step (s) | tokens/s | × batch " + str(base["batch"]) +
-             " | operators a step | operators a sequence |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| batch × passes | activations kept | tokens a step | step (s) | tokens/s | × first row "
+             "| operators a step | operators a sequence | peak memory (MiB) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         seqs = r["batch"] * r["passes"]
-        lines.append(f"| {r['batch']} × {r['passes']} | {r['tokens']:,} | {r['seconds']:.2f} | {r['tokens_per_s']:,.0f} "
-                     f"| {r['tokens_per_s'] / base['tokens_per_s']:.2f} | {r['operators']:,} | {r['operators'] // seqs:,} |")
+        lines.append(f"| {r['batch']} × {r['passes']} | {r['keep']} | {r['tokens']:,} | {r['seconds']:.2f} "
+                     f"| {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f} | {r['operators']:,} "
+                     f"| {r['operators'] // seqs:,} | {r['peak_mib']:,.0f} |")
     return "\n".join(lines)
 
 
@@ -83,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segment-length", type=int, default=512)
     p.add_argument("--memory-segments", type=int, default=1, help="segments in the memory before the scored one")
     p.add_argument("--sizes", default="1,2,4", help="batch sizes, comma-separated (the first is the baseline)")
+    p.add_argument("--keep", default="0", help="segments whose activations are kept, comma-separated (each with each size)")
     p.add_argument("--sequences", type=int, default=4, help="sequences per optimiser step")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--task", default="lm")
@@ -92,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                       segment_length=a.segment_length, memory_segments=(a.memory_segments, a.memory_segments),
                       truncate=a.task.startswith("passkey"), seed=3, warmup=1)
     t = Trainer(cfg)
-    rows = measure(t, tuple(int(x) for x in a.sizes.split(",")), a.sequences, a.rounds)
+    variants = [(int(b), int(k)) for b in a.sizes.split(",") for k in a.keep.split(",")]
+    rows = measure(t, variants, a.sequences, a.rounds)
     print(f"\n{a.task}, segments of {t.engine.config.segment_length} tokens ({a.memory_segments} in the memory), "
           f"{a.sequences} sequences a step, {t.engine.device} ({t.engine.dtype}), best of {a.rounds}\n")
     print(table(rows))

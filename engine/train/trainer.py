@@ -42,6 +42,11 @@ class TrainConfig:
     # runs B of them in about the time of one, the operators being launched once for all; 1 draws the
     # examples one by one (`TrainingData.example`), as every run before it did
     batch: int = 1
+    # the last k segments of a sequence that run with gradient keep their activations for the backward
+    # pass instead of recomputing them (gradient checkpointing, the rest): each saves about a third of
+    # its backward-and-recompute time and holds one segment's activations (measured in
+    # docs/performance.md, "Training: activations kept"); 0 recomputes every segment
+    keep_activations: int = 0
     segment_length: int = 0  # 0: the model's own
     memory_segments: tuple[int, int] = (1, 3)  # whole segments before the scored one, drawn per example
     mix: dict = field(default_factory=lambda: {"lm": 0.2, "passkey": 0.3, "needle": 0.2, "qa": 0.3})
@@ -308,7 +313,8 @@ class Trainer:
             if self.teacher is not None and examples[0].task in DISTILLED:
                 losses = self.distill_loss(ids, targets)
             else:
-                losses = self.model.forward_train(ids, targets, constant=b.constant, repeat=b.repeat, per_row=True)
+                losses = self.model.forward_train(ids, targets, constant=b.constant, repeat=b.repeat, per_row=True,
+                                                  keep_activations=cfg.keep_activations)
             (losses.mean() / cfg.accumulate).backward()
             for ex, loss in zip(examples, losses.detach().tolist()):
                 self.tokens += len(ex.ids)

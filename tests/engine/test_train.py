@@ -638,11 +638,44 @@ def test_the_speed_table_counts_fewer_operators_for_sequences_side_by_side(tmp_p
 
     cfg = TrainConfig(out=str(tmp_path), steps=10, accumulate=4, rank=4, alpha=8, warmup=1)
     t = Trainer(cfg, engine=Engine(build_model(tiny_config(), seed=0)), data=BatchedRecallData())
-    rows = speed.measure(t, (1, 4), 4, rounds=1, log=lambda *a, **k: None)
-    one, four = rows
-    assert one["tokens"] == four["tokens"] == 4 * (L + 6) and one["passes"] == 4 and four["passes"] == 1
+    rows = speed.measure(t, [(1, 0), (4, 0), (1, 2)], 4, rounds=1, log=lambda *a, **k: None)
+    one, four, kept = rows
+    assert one["tokens"] == four["tokens"] == kept["tokens"] == 4 * (L + 6)
+    assert (one["passes"], four["passes"], kept["keep"]) == (4, 1, 2)
     assert four["operators"] < 0.4 * one["operators"]  # launched once for four sequences, not four times
+    assert kept["operators"] < one["operators"]  # no forward pass recomputed
+    assert all(r["peak_mib"] > 0 for r in rows)
     lines = speed.table(rows).splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| 1 × 4 | 88 |") and "| 1.00 |" in lines[2]
+    assert len(lines) == 5 and lines[2].startswith("| 1 × 4 | 0 | 88 |") and "| 1.00 |" in lines[2]
     with pytest.raises(ValueError, match="split"):
-        speed.measure(t, (1, 3), 4)
+        speed.measure(t, [(1, 0), (3, 0)], 4)
+
+
+def test_kept_activations_give_the_same_gradients_without_recomputing():
+    """`keep_activations`: the last k differentiated segments are not recomputed in the backward
+    pass (one call of `segment` each instead of two), and the loss and gradients are the same."""
+    model = build_model(tiny_config(), seed=0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.memory_gate.fill_(0.0)
+    r = random.Random(6)
+    ids = torch.tensor([[r.randrange(10, 90) for _ in range(4 * L + 6)]])
+    targets = ids.roll(-1, 1).masked_fill(torch.arange(ids.shape[1]) < 2 * L, -100)  # segments 2-4 scored
+    calls = []
+    segment = model.segment
+    model.segment = lambda idx, mem, *a, **k: calls.append(idx.shape[1]) or segment(idx, mem, *a, **k)
+
+    def run(keep):
+        calls.clear()
+        model.zero_grad(set_to_none=True)
+        loss = model.forward_train(ids, targets, constant={1}, keep_activations=keep)
+        loss.backward()
+        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}, list(calls)
+
+    loss0, g0, calls0 = run(0)
+    assert len(calls0) == 1 + 2 * 4  # the constant segment once, four differentiated ones twice
+    for keep, runs in ((2, 1 + 2 * 2 + 2), (9, 1 + 4)):
+        loss, g, c = run(keep)
+        assert len(c) == runs and loss == pytest.approx(loss0, rel=1e-6)
+        for n in g0:
+            assert torch.allclose(g[n], g0[n], rtol=1e-5, atol=1e-7), n
