@@ -249,8 +249,8 @@ def check(args) -> int:
         print(f"triton against reference: loss {abs(l1 - l0):.2e} apart, gradients within {worst:.2e} (relative)")
         ok = abs(l1 - l0) < 2e-2 * abs(l0) and worst < 5e-2 and s1 <= s0
     print(f"kernels: {'triton' if ok else 'reference'}")
+    os.environ["INFINI_KERNELS"] = "triton" if ok else "reference"  # what follows runs on the chosen path
     if results and (args.device == "cuda" or args.profile):
-        os.environ["INFINI_KERNELS"] = "triton" if ok else "reference"
         profile(t, ids, targets)
     sizes = args.speed if args.speed is not None else ("1,8" if args.device == "cuda" else "")
     if results and sizes:  # sequences side by side (TrainConfig.batch): how much a step gains
