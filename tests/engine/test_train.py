@@ -679,3 +679,24 @@ def test_kept_activations_give_the_same_gradients_without_recomputing():
         assert len(c) == runs and loss == pytest.approx(loss0, rel=1e-6)
         for n in g0:
             assert torch.allclose(g[n], g0[n], rtol=1e-5, atol=1e-7), n
+
+
+
+def test_the_training_command_runs_again_on_huge_pages(monkeypatch):
+    """`python -m engine.train` starts itself again with THP_MEM_ALLOC_ENABLE=1 (PyTorch reads it
+    once, before the process's first tensor), unless the caller chose a value."""
+    import os
+    import sys
+
+    from engine.train import __main__ as cmd
+
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda path, args: calls.append((path, args)))
+    monkeypatch.setattr(sys, "argv", ["/x/engine/train/__main__.py", "--config", "r.json"])
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    cmd.with_huge_pages()
+    assert calls == [(sys.executable, [sys.executable, "-m", "engine.train", "--config", "r.json"])]
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")  # the caller's choice stands, nothing runs again
+    cmd.with_huge_pages()
+    assert len(calls) == 1 and os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
