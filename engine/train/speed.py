@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from ..bench import _reset_peak, _status
 from .trainer import TrainConfig, Trainer, threads_from_env
 
 
@@ -40,19 +41,14 @@ def operator_calls(t: Trainer) -> int:
 
 def peak_memory(t: Trainer) -> float:
     """MiB at the peak of one optimiser step: the GPU's allocations on CUDA, else the process's RSS
-    (its high-water mark reset first, /proc/self/clear_refs; 0 where Linux's /proc is missing)."""
+    (its high-water mark reset first, as engine.bench does; 0 where Linux's /proc is missing)."""
     if t.engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         t.train_step()
         return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        t.train_step()
-        with open("/proc/self/status") as f:
-            return int(f.read().split("VmHWM:")[1].split()[0]) / 1024
-    except OSError:
-        return 0.0
+    _reset_peak()
+    t.train_step()
+    return _status("VmHWM") / 2**20
 
 
 def measure(t: Trainer, variants: list[tuple[int, int]], sequences: int, rounds: int = 2, log=print) -> list[dict]:
