@@ -374,7 +374,7 @@ class InfiniTransformer(nn.Module):
     def forward_train(self, idx: torch.Tensor, targets: torch.Tensor, grad_checkpoint: bool = True,
                       constant: frozenset[int] | set[int] = frozenset(),
                       repeat: dict[int, int | list[int]] | None = None, per_row: bool = False,
-                      keep_activations: int = 0) -> torch.Tensor:
+                      keep_activations: int = 0, teacher: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Mean cross-entropy over sequences of several segments, idx/targets (B, N): each row's mean
         over its scored tokens, then the mean over rows (`per_row`: the B row means themselves).
         Rows of a batch share their segments' boundaries; a shorter row is padded at its end with
@@ -401,6 +401,11 @@ class InfiniTransformer(nn.Module):
         filler on a CPU; the writes of r real copies differ only by what each read of the memory before
         it changes in the layers above (nothing, while the gates below are shut). r may be a list of
         B counts, one per row.
+
+        `teacher` {segment index: hidden states (B, T, C)}: those segments' scored tokens are trained
+        toward the next-token distribution that the same vocabulary head gives for the teacher's
+        hidden states (KL(teacher ‖ model), per token) instead of the token written; e.g. a model
+        that read the segment with the text before it in its window (the trainer's `context_teacher`).
         """
         repeat = {i: r for i, r in (repeat or {}).items() if (r != 1 if isinstance(r, int) else any(x != 1 for x in r))}
         if repeat and not set(repeat) <= set(constant):
@@ -417,7 +422,7 @@ class InfiniTransformer(nn.Module):
         differentiated = [i for i in range(-(-idx.shape[1] // L)) if not runs_constant(i)]
         kept = set(differentiated[len(differentiated) - keep_activations:]) if keep_activations > 0 else set()
         for i, s in enumerate(range(0, idx.shape[1], L)):
-            args = (idx[:, s : s + L], targets[:, s : s + L], *mem_flat)
+            args = (idx[:, s : s + L], targets[:, s : s + L], (teacher or {}).get(i), *mem_flat)
             if runs_constant(i):
                 if bool((args[1] != -100).any()):
                     raise ValueError(f"segment {i} is scored: it cannot run without gradient")
@@ -439,15 +444,75 @@ class InfiniTransformer(nn.Module):
         rows = total / count.clamp(min=1)
         return rows if per_row else rows.mean()
 
-    def _segment_loss(self, idx, targets, *mem_flat):
+    def _segment_loss(self, idx, targets, teacher, *mem_flat):
         mem = list(zip(mem_flat[0::2], mem_flat[1::2])) if mem_flat else None
         h, deltas = self.segment(idx, mem)
         scored = targets != -100
         row = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1).expand_as(targets)
         if not bool(scored.all()):  # the vocabulary's logits only where a token is scored (a passkey: 6 of 2,048)
             h, targets, row = h[scored], targets[scored], row[scored]
-        logits = self.lm_head(h).float()
-        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+            teacher = teacher[scored] if teacher is not None else None
+        C = h.shape[-1]
+        per_token = head_loss(h.reshape(-1, C), self.lm_head.weight, targets.reshape(-1),
+                              teacher.reshape(-1, C) if teacher is not None else None)
         loss = per_token.new_zeros(idx.shape[0]).index_add(0, row.reshape(-1), per_token)  # (B,) sums
         new = add_delta(mem, deltas)
         return (loss, *[t for pair in new for t in pair])
+
+
+HEAD_CHUNK = 512  # rows of the vocabulary's logits made at a time by `head_loss`
+CHUNKED_HEAD = True  # False: autograd's way whatever the head (python -m engine.train.speed --heads compares)
+
+
+class _HeadLoss(torch.autograd.Function):
+    """Per-token loss of the frozen vocabulary head, chunk by chunk: the loss's gradient with respect
+    to the hidden states is made in the forward pass and kept (N × C), the logits never are (N × V:
+    49,152 floats a token for SmolLM2, some 1.6 GB a segment of 2,048 with their softmax and casts)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, teacher, need_grad):
+        losses = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+        grad = torch.empty(h.shape, dtype=torch.float32, device=h.device) if need_grad else None
+        for s in range(0, h.shape[0], HEAD_CHUNK):
+            e = min(s + HEAD_CHUNK, h.shape[0])
+            logq = F.linear(h[s:e], weight).float().log_softmax(-1)
+            if teacher is None:  # cross-entropy of the token written
+                t = targets[s:e].unsqueeze(1)
+                losses[s:e] = -logq.gather(1, t).squeeze(1)
+                if need_grad:
+                    g = logq.exp_().scatter_add_(1, t, torch.full_like(t, -1, dtype=logq.dtype))
+            else:  # KL(teacher ‖ model) of the next-token distributions
+                logp = F.linear(teacher[s:e], weight).float().log_softmax(-1)
+                p = logp.exp()
+                losses[s:e] = (p * (logp - logq)).sum(-1)
+                if need_grad:
+                    g = logq.exp_().sub_(p)
+            if need_grad:
+                grad[s:e] = g.to(h.dtype) @ weight  # as autograd would: the logits' gradient in h's dtype
+        ctx.save_for_backward(grad)
+        ctx.h_dtype = h.dtype
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        (grad,) = ctx.saved_tensors
+        return (grad_losses.unsqueeze(1) * grad).to(ctx.h_dtype), None, None, None, None
+
+
+def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token loss (N,) of hidden states h (N, C) through the vocabulary head `weight` (V, C):
+    the cross-entropy of `targets` (N,), or with `teacher` hidden states (N, C) KL(teacher ‖ model)
+    of the two next-token distributions, the teacher's made by the same head. With the head frozen
+    (training changes attention only) the gradient reaches h alone and the logits are made a chunk at
+    a time, never kept for the backward pass; a head that trains (a test's model) takes autograd's
+    way, every logit kept."""
+    if teacher is not None:
+        teacher = teacher.detach().to(h.dtype)
+    if torch.is_grad_enabled() and (weight.requires_grad or not CHUNKED_HEAD):
+        logq = F.linear(h, weight).float().log_softmax(-1)
+        if teacher is None:
+            return F.nll_loss(logq, targets, reduction="none")
+        with torch.no_grad():
+            logp = F.linear(teacher, weight).float().log_softmax(-1)
+        return (logp.exp() * (logp - logq)).sum(-1)
+    return _HeadLoss.apply(h, weight, targets, teacher, torch.is_grad_enabled() and h.requires_grad)

@@ -102,6 +102,12 @@ class TrainConfig:
     # the saved adapter, so whatever the run learns, an empty memory answers as `init` did
     memory_rank: int = 0
     memory_alpha: float = 16.0
+    # book text (`lm`) trained toward a teacher that reads each segment with the tokens before it in
+    # one window of softmax attention, this many (0: off; 8,192 is SmolLM2's native window): the
+    # weights of `teacher` (else of `init`, else the base model) with every gate shut. Where reading
+    # the earlier text changes the next token's distribution, the memory is shown what it should
+    # bring, over the whole vocabulary, instead of one sampled token (KL(teacher ‖ model) per token)
+    context_teacher: int = 0
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -221,10 +227,24 @@ class Trainer:
                 raise ValueError("teacher \"shipped\": this installation has no built-in adapter")
             self.teacher = load_model(cfg.model, device=str(engine.device), dtype=self.model.model.embed_tokens.weight.dtype,
                                       adapter=path, segment_length=engine.config.segment_length).model
-        if self.teacher is not None:
-            self.teacher.eval()
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+        self.context_teacher = None
+        if cfg.context_teacher:
+            path = cfg.teacher or cfg.init or None
+            path = builtin_adapter() if path == "shipped" else path
+            if (cfg.teacher or cfg.init) and path is None:
+                raise ValueError("context_teacher from \"shipped\": this installation has no built-in adapter")
+            window = max(cfg.context_teacher, engine.config.segment_length)
+            self.context_teacher = load_model(cfg.model, device=str(engine.device),
+                                              dtype=self.model.model.embed_tokens.weight.dtype,
+                                              adapter=path, segment_length=window).model
+            with torch.no_grad():
+                for layer in self.context_teacher.model.layers:
+                    layer.self_attn.memory_gate.fill_(-100.0)  # shut: a plain transformer over its window
+        for t in (self.teacher, self.context_teacher):
+            if t is not None:
+                t.eval()
+                for p in t.parameters():
+                    p.requires_grad_(False)
         self.step = 0
         self.tokens = 0
         self.seconds = 0.0
@@ -313,8 +333,9 @@ class Trainer:
             if self.teacher is not None and examples[0].task in DISTILLED:
                 losses = self.distill_loss(ids, targets)
             else:
+                teacher = self.context_hidden(ids) if self.context_teacher is not None and examples[0].task == "lm" else None
                 losses = self.model.forward_train(ids, targets, constant=b.constant, repeat=b.repeat, per_row=True,
-                                                  keep_activations=cfg.keep_activations)
+                                                  keep_activations=cfg.keep_activations, teacher=teacher)
             (losses.mean() / cfg.accumulate).backward()
             for ex, loss in zip(examples, losses.detach().tolist()):
                 self.tokens += len(ex.ids)
@@ -343,6 +364,23 @@ class Trainer:
     def distill_loss(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """KL(teacher ‖ model) per scored token of one-segment examples with an empty memory, (B,)."""
         return kl_per_token(self.teacher, self.model, ids, targets != -100, per_row=True)
+
+    @torch.no_grad()
+    def context_hidden(self, ids: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The context teacher's final hidden states for every segment of ids (B, N): each segment
+        read with the tokens before it, as many as the teacher's window holds (one pass when the
+        whole sequence fits)."""
+        L, W, N = self.engine.config.segment_length, self.context_teacher.config.segment_length, ids.shape[1]
+        if N <= W:
+            h, _ = self.context_teacher.segment(ids, None)
+            return {i: h[:, s : s + L] for i, s in enumerate(range(0, N, L))}
+        out = {}
+        for i, s in enumerate(range(0, N, L)):
+            end = min(s + L, N)
+            start = max(0, end - W)
+            h, _ = self.context_teacher.segment(ids[:, start:end], None)
+            out[i] = h[:, s - start :]
+        return out
 
     def log(self, rows: list[dict]) -> None:
         cols = ["step", "task", "loss", "tokens", "memory_segments", "lr", "grad_norm", "gate_mean", "gate_max",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import engine.model
 from engine import Engine, build_model, load_model
 from engine.adapter import AdapterError, LoRALinear, add_lora, apply_adapter, read_adapter, save_adapter
 from engine.train.__main__ import parse
@@ -504,7 +505,7 @@ def test_examples_without_memory_are_distilled_toward_the_teacher(tmp_path):
     assert rows[0]["task"] == "passkey" and rows[0]["loss"] == pytest.approx(expect, rel=1e-4)
 
 
-def test_the_loss_takes_logits_only_where_tokens_are_scored():
+def test_the_loss_takes_logits_only_where_tokens_are_scored(monkeypatch):
     """The sequence loss computes the vocabulary's logits only at scored positions: the same loss and
     the same gradients as cross-entropy over every position with the unscored ones ignored."""
     model = build_model(tiny_config(), seed=0)
@@ -536,10 +537,10 @@ def test_the_loss_takes_logits_only_where_tokens_are_scored():
     for g, w in zip(got_grads, want_grads):
         assert torch.allclose(g, w, rtol=1e-4, atol=1e-6)
     rows = []
-    hook = model.lm_head.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[:-1].numel()))
+    real = engine.model.head_loss
+    monkeypatch.setattr(engine.model, "head_loss", lambda h, *a: rows.append(h.shape[0]) or real(h, *a))
     with torch.no_grad():
         model.forward_train(ids, targets)
-    hook.remove()
     assert rows == [0, L - 4, 7]  # nothing of segment 0, the 12 scored of segment 1, all 7 of the last
     nothing = torch.full_like(targets, -100)  # nothing scored: zero, not NaN
     assert float(model.forward_train(ids, nothing).detach()) == 0.0
@@ -638,15 +639,17 @@ def test_the_speed_table_counts_fewer_operators_for_sequences_side_by_side(tmp_p
 
     cfg = TrainConfig(out=str(tmp_path), steps=10, accumulate=4, rank=4, alpha=8, warmup=1)
     t = Trainer(cfg, engine=Engine(build_model(tiny_config(), seed=0)), data=BatchedRecallData())
-    rows = speed.measure(t, [(1, 0), (4, 0), (1, 2)], 4, rounds=1, log=lambda *a, **k: None)
-    one, four, kept = rows
-    assert one["tokens"] == four["tokens"] == kept["tokens"] == 4 * (L + 6)
+    rows = speed.measure(t, [(1, 0), (4, 0), (1, 2), (1, 0, "autograd")], 4, rounds=1, log=lambda *a, **k: None)
+    one, four, kept, autograd = rows
+    assert one["tokens"] == four["tokens"] == kept["tokens"] == autograd["tokens"] == 4 * (L + 6)
+    assert (one["head"], autograd["head"]) == ("chunked", "autograd") and engine.model.CHUNKED_HEAD
     assert (one["passes"], four["passes"], kept["keep"]) == (4, 1, 2)
     assert four["operators"] < 0.4 * one["operators"]  # launched once for four sequences, not four times
     assert kept["operators"] < one["operators"]  # no forward pass recomputed
     assert all(r["peak_mib"] > 0 for r in rows)
     lines = speed.table(rows).splitlines()
-    assert len(lines) == 5 and lines[2].startswith("| 1 × 4 | 0 | 88 |") and "| 1.00 |" in lines[2]
+    assert len(lines) == 6 and lines[2].startswith("| 1 × 4 | 0 | chunked | 88 |") and "| 1.00 |" in lines[2]
+    assert lines[5].startswith("| 1 × 4 | 0 | autograd | 88 |")
     with pytest.raises(ValueError, match="split"):
         speed.measure(t, [(1, 0), (3, 0)], 4)
 
@@ -700,3 +703,102 @@ def test_the_training_command_runs_again_on_huge_pages(monkeypatch):
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")  # the caller's choice stands, nothing runs again
     cmd.with_huge_pages()
     assert len(calls) == 1 and os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+
+
+@pytest.mark.parametrize("kl", [False, True])
+def test_a_frozen_head_s_loss_keeps_no_logits_and_gives_autograd_s_values(kl):
+    """With the vocabulary head frozen, the loss is made a chunk of logits at a time and only the
+    hidden states' gradient (N × C) is kept for the backward pass, never the logits (N × V): the same
+    losses and gradients as autograd through every logit, cross-entropy and KL to a teacher alike."""
+    from engine.model import HEAD_CHUNK, head_loss
+
+    g = torch.Generator().manual_seed(0)
+    N, C, V = HEAD_CHUNK + 300, 24, 5000  # two chunks, the second partial
+    weight = torch.randn(V, C, generator=g) * 0.3
+    h0 = torch.randn(N, C, generator=g)
+    targets = torch.randint(0, V, (N,), generator=g)
+    teacher = torch.randn(N, C, generator=g) if kl else None
+    w = torch.rand(N, generator=g)
+
+    def run(head):
+        h = h0.clone().requires_grad_()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            losses = head_loss(h, head, targets, teacher)
+        (losses * w).sum().backward()
+        return losses.detach(), h.grad, max(saved)
+
+    want, want_grad, autograd_kept = run(weight.clone().requires_grad_())  # autograd's way
+    got, got_grad, kept = run(weight)  # frozen: chunked
+    assert autograd_kept >= N * V  # the logits
+    assert kept == N * C
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-7)
+    if kl:
+        assert float(got.min()) >= -1e-6  # a KL
+    with torch.no_grad():  # no gradient asked: the same losses
+        torch.testing.assert_close(head_loss(h0, weight, targets, teacher), want, rtol=1e-5, atol=1e-6)
+
+
+class BookData:
+    """`lm` examples of three segments and `tail` tokens, every token scored."""
+
+    def __init__(self, seed=0, pool=3, tail=5):
+        r = random.Random(seed)
+        self.items = []
+        for _ in range(pool):
+            seq = [r.randrange(10, 90) for _ in range(3 * L + tail + 1)]
+            self.items.append(Example("lm", seq[:-1], seq[1:], 3))
+
+    def example(self, index):
+        return self.items[index % len(self.items)]
+
+
+def test_book_text_learns_from_a_teacher_that_reads_the_text_before_it(tmp_path):
+    """`context_teacher`: the plain model (every gate shut) reading each segment together with the
+    tokens before it in a window of that many; the `lm` loss is KL from it."""
+    base = build_model(tiny_config(), seed=0)
+    Engine(base).export_hf(tmp_path / "model")
+
+    def trainer(out, window, data=None, **kw):
+        cfg = TrainConfig(out=str(tmp_path / out), model=str(tmp_path / "model"), context_teacher=window, rank=4,
+                          alpha=8, accumulate=1, steps=30, lr=1e-2, gate_lr=5e-2, warmup=1, dtype="float32", **kw)
+        e = load_model(tmp_path / "model", device="cpu", dtype="float32", adapter=None)
+        return Trainer(cfg, engine=e, data=data or BookData())
+
+    # a window of one segment, the model's memory shut, whole segments: the teacher reads what the
+    # model reads, nothing to learn
+    t = trainer("same", L, BookData(tail=0), gate_init=-100.0)
+    assert t.context_teacher.config.segment_length == L
+    assert all(float(layer.self_attn.memory_gate.max()) == -100.0 for layer in t.context_teacher.model.layers)
+    assert abs(t.train_step()[0]["loss"]) < 1e-5
+
+    # a window of two segments: each segment is read with the one before it (the last, short one with
+    # the tail of the one before), hidden states for every token of the sequence
+    t = trainer("run", 2 * L)
+    ids = torch.tensor([t.data.example(0).ids])
+    hidden = t.context_hidden(ids)
+    assert sorted(hidden) == [0, 1, 2, 3]
+    for i, (start, end) in enumerate([(0, L), (0, 2 * L), (L, 3 * L), (L + 5, 3 * L + 5)]):
+        with torch.no_grad():
+            h, _ = t.context_teacher.segment(ids[:, start:end], None)
+        first = i * L - start
+        assert torch.equal(hidden[i], h[:, first:]), i
+    assert hidden[3].shape[1] == 5
+    # the loss logged is KL(teacher ‖ model) over every token; the model starts with its memory nearly
+    # shut, so the first segment, with nothing before it, is already almost the teacher's
+    ex = t.data.example(0)
+    with torch.no_grad():
+        expect = t.model.forward_train(ids, torch.tensor([ex.targets]), teacher=hidden)
+        first_segment = t.model.forward_train(ids[:, :L], torch.tensor([ex.targets[:L]]), teacher={0: hidden[0]})
+    assert float(first_segment) < 1e-3 < float(expect)
+    first = t.train_step()[0]["loss"]
+    assert first == pytest.approx(float(expect), rel=1e-4)
+    losses = [t.train_step()[0]["loss"] for _ in range(29)]
+    assert sum(losses[-3:]) / 3 < 0.7 * first, (first, losses)
+    # other tasks keep their cross-entropy
+    t.data = RecallData()
+    ex = t.data.example(t.step)
+    with torch.no_grad():
+        expect = float(t.model.forward_train(torch.tensor([ex.ids]), torch.tensor([ex.targets])))
+    assert t.train_step()[0]["loss"] == pytest.approx(expect, rel=1e-4)
