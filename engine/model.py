@@ -499,7 +499,8 @@ class _HeadLoss(torch.autograd.Function):
         return (grad_losses.unsqueeze(1) * grad).to(ctx.h_dtype), None, None, None, None
 
 
-def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
+def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+              teacher: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token loss (N,) of hidden states h (N, C) through the vocabulary head `weight` (V, C):
     the cross-entropy of `targets` (N,), or with `teacher` hidden states (N, C) KL(teacher ‖ model)
     of the two next-token distributions, the teacher's made by the same head. With the head frozen

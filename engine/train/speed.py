@@ -90,8 +90,8 @@ def measure(t: Trainer, variants: list[tuple], sequences: int, rounds: int = 2, 
         operators = operator_calls(t)
         setup(b, keep, head)
         dt, tokens = best[(b, keep, head)]
-        out.append({"batch": b, "passes": sequences // b, "keep": keep, "head": head, "seconds": dt, "tokens": tokens,
-                    "tokens_per_s": tokens / dt, "operators": operators, "peak_mib": peak_memory(t)})
+        out.append({"batch": b, "passes": sequences // b, "keep": keep, "head": head, "seconds": dt,
+                    "tokens": tokens, "tokens_per_s": tokens / dt, "operators": operators, "peak_mib": peak_memory(t)})
     model_module.CHUNKED_HEAD = True
     return out
 
@@ -103,7 +103,8 @@ def table(rows: list[dict]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         seqs = r["batch"] * r["passes"]
-        lines.append(f"| {r['batch']} × {r['passes']} | {r['keep']} | {r.get('head', 'chunked')} | {r['tokens']:,} | {r['seconds']:.2f} "
+        lines.append(f"| {r['batch']} × {r['passes']} | {r['keep']} | {r.get('head', 'chunked')} | {r['tokens']:,} "
+                     f"| {r['seconds']:.2f} "
                      f"| {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f} | {r['operators']:,} "
                      f"| {r['operators'] // seqs:,} | {r['peak_mib']:,.0f} |")
     return "\n".join(lines)
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1,2,4", help="batch sizes, comma-separated (the first is the baseline)")
     p.add_argument("--keep", default="0", help="segments whose activations are kept, comma-separated (each with each size)")
     p.add_argument("--heads", default="chunked",
-                   help="loss heads, comma-separated: chunked (logits never kept), autograd (every logit kept, as before)")
+                   help="loss heads, comma-separated: chunked (logits never kept), "
+                        "autograd (every logit kept, as before)")
     p.add_argument("--sequences", type=int, default=4, help="sequences per optimiser step")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--task", default="lm")
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                       segment_length=a.segment_length, memory_segments=(a.memory_segments, a.memory_segments),
                       truncate=a.task.startswith("passkey"), seed=3, warmup=1)
     t = Trainer(cfg)
-    variants = [(int(b), int(k), h) for b in a.sizes.split(",") for k in a.keep.split(",") for h in a.heads.split(",")]
+    variants = [(int(b), int(k), h)
+                for b in a.sizes.split(",") for k in a.keep.split(",") for h in a.heads.split(",")]
     rows = measure(t, variants, a.sequences, a.rounds)
     print(f"\n{a.task}, segments of {t.engine.config.segment_length} tokens ({a.memory_segments} in the memory), "
           f"{a.sequences} sequences a step, {t.engine.device} ({t.engine.dtype}), best of {a.rounds}\n")

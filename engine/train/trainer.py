@@ -333,7 +333,8 @@ class Trainer:
             if self.teacher is not None and examples[0].task in DISTILLED:
                 losses = self.distill_loss(ids, targets)
             else:
-                teacher = self.context_hidden(ids) if self.context_teacher is not None and examples[0].task == "lm" else None
+                by_context = self.context_teacher is not None and examples[0].task == "lm"
+                teacher = self.context_hidden(ids) if by_context else None
                 losses = self.model.forward_train(ids, targets, constant=b.constant, repeat=b.repeat, per_row=True,
                                                   keep_activations=cfg.keep_activations, teacher=teacher)
             (losses.mean() / cfg.accumulate).backward()
