@@ -463,9 +463,19 @@ def kl_per_token(teacher: torch.nn.Module, model: torch.nn.Module, ids: torch.Te
     return (kl * scored).sum() / scored.sum().clamp(min=1)
 
 
+def per_step(rows: list[dict], task: str) -> list[tuple[int, float]]:
+    """(step, mean loss of the task's sequences in that step) for the steps that had any: one point
+    per step, however many sequences a step trains (a batch logs each of its rows)."""
+    sums: dict[int, list[float]] = {}
+    for r in rows:
+        if r["task"] == task:
+            sums.setdefault(int(r["step"]), []).append(float(r["loss"]))
+    return [(step, sum(v) / len(v)) for step, v in sorted(sums.items())]
+
+
 def plot(log_csv: Path, png: Path, smooth: int = 20) -> bool:
-    """Loss per task against optimiser steps (a moving average), and the mean gate; False when
-    matplotlib is missing (it is an optional dependency: `pip install .[train]`)."""
+    """Loss per task against optimiser steps (the mean of the step's sequences, then a moving average),
+    and the mean gate; False when matplotlib is missing (an optional dependency: `pip install .[train]`)."""
     try:
         import matplotlib
 
@@ -479,13 +489,13 @@ def plot(log_csv: Path, png: Path, smooth: int = 20) -> bool:
         return False
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[3, 1])
     for task in TASKS:
-        pts = [(int(r["step"]), float(r["loss"])) for r in rows if r["task"] == task]
+        pts = per_step(rows, task)
         if not pts:
             continue
         xs, ys = zip(*pts)
         k = max(1, min(smooth, len(ys) // 5))
         avg = [sum(ys[max(0, i - k + 1) : i + 1]) / len(ys[max(0, i - k + 1) : i + 1]) for i in range(len(ys))]
-        ax.plot(xs, avg, label=f"{task} (n={len(ys)})")
+        ax.plot(xs, avg, label=f"{task} ({len(ys)} steps)")
     ax.set_ylabel("loss (moving average)")
     ax.set_yscale("log")
     ax.legend()

@@ -349,6 +349,17 @@ def test_plot_draws_the_log(tmp_path):
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_plot_draws_one_point_a_step_per_task():
+    from engine.train.trainer import per_step
+
+    rows = [{"step": "1", "task": "lm", "loss": "0.2"}, {"step": "1", "task": "lm", "loss": "0.4"},
+            {"step": "1", "task": "qa", "loss": "2.0"}, {"step": "2", "task": "lm", "loss": "0.1"},
+            {"step": "3", "task": "qa", "loss": "1.0"}, {"step": "3", "task": "qa", "loss": "3.0"}]
+    assert per_step(rows, "lm") == [(1, pytest.approx(0.3)), (2, pytest.approx(0.1))]
+    assert per_step(rows, "qa") == [(1, 2.0), (3, 2.0)]
+    assert per_step(rows, "chat") == []
+
+
 def test_a_run_can_start_from_an_adapter(tmp_path):
     first = tiny_trainer(tmp_path / "first", steps=4)
     first.run()
