@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ..adapter import LoRALinear, add_lora, add_memory_projection, builtin_adapter, merge_lora, read_adapter, save_adapter
 from ..engine import Engine
+from ..model import head_loss
 from .data import DISTILLED, TASKS, TrainingData, collate
 
 # the data folder beside the checkout (../shared/data); INFINI_SHARED_DATA moves it, e.g. on a machine
@@ -451,13 +452,13 @@ class Trainer:
 def kl_per_token(teacher: torch.nn.Module, model: torch.nn.Module, ids: torch.Tensor, scored: torch.Tensor,
                  per_row: bool = False) -> torch.Tensor:
     """Mean KL(teacher ‖ model) of the next-token distributions over the `scored` positions of one
-    segment read with an empty memory (the gradient reaches `model` only); `per_row`: each row's."""
+    segment read with an empty memory (the gradient reaches `model` only); `per_row`: each row's.
+    Teacher and model are adapters of one base model: one vocabulary head (`head_loss`) serves both."""
     with torch.no_grad():
-        h, _ = teacher.segment(ids, None)
-        p = torch.log_softmax(teacher.lm_head(h).float(), -1)
+        ht, _ = teacher.segment(ids, None)
     h, _ = model.segment(ids, None)
-    q = torch.log_softmax(model.lm_head(h).float(), -1)
-    kl = (p.exp() * (p - q)).sum(-1)
+    C = h.shape[-1]
+    kl = head_loss(h.reshape(-1, C), model.lm_head.weight, ids.reshape(-1), ht.reshape(-1, C)).view(ids.shape)
     if per_row:
         return (kl * scored).sum(-1) / scored.sum(-1).clamp(min=1)
     return (kl * scored).sum() / scored.sum().clamp(min=1)
