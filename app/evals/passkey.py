@@ -10,14 +10,21 @@ the same tokens give the same memory); each key then costs only the rest of the 
 `--batch K` reads K keys of one depth side by side (`Engine.ingest_many`), each from the boundary
 before the earliest of them: on a GPU about K times faster, on a CPU a little slower (the rows
 whose key lies later also read the segments between); the same keys, the same answers.
+
+With `--out FILE.json` the file is rewritten after every key, and `--resume` continues a run that
+was stopped: the keys already in the file (the same model, lengths, depths, keys per cell, seed
+and filler) are kept and only the rest are read, so a row of hours (512K, 1M on a CPU) can be
+measured over several sittings.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -37,7 +44,36 @@ def add_arguments(p) -> None:
     p.add_argument("--filler", choices=["paper", "book"], default="paper")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="keys of one depth read side by side (a GPU: 10)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the keys already measured in --out FILE.json (same model and grid) and read the rest")
     add_segment_length(p)
+
+
+PLAN_ARGS = ("lengths", "depths", "keys", "seed", "filler")  # what decides the keys and their haystacks
+
+
+def _resumed(args, e) -> tuple[dict[int, dict], float]:
+    """The items of an earlier, stopped run of the same grid in `args.out`, by their place in the
+    plan, and the seconds it took; nothing when not resuming or no file is there yet."""
+    if not args.resume:
+        return {}, 0.0
+    if not args.out:
+        raise SystemExit("--resume needs --out FILE.json: the file the earlier run wrote")
+    path = Path(args.out)
+    if not path.exists():
+        return {}, 0.0
+    old = json.loads(path.read_text(encoding="utf-8"))
+    mine = vars(args)
+    theirs = old.get("args", {})
+    differ = [k for k in PLAN_ARGS if theirs.get(k) != mine.get(k)]
+    if old.get("eval") != "passkey" or differ or old.get("fingerprint") != e.fingerprint:
+        what = ", ".join(differ) or ("the model" if old.get("eval") == "passkey" else "the evaluation")
+        raise SystemExit(f"--resume: {path} holds another run ({what} differ); give another --out or drop --resume")
+    if int(old.get("segment_length", e.config.segment_length)) != e.config.segment_length:
+        raise SystemExit(f"--resume: {path} was read with segments of {old['segment_length']} tokens")
+    if any("index" not in it for it in old.get("items", [])):
+        raise SystemExit(f"--resume: {path} was written before runs could be resumed; give another --out")
+    return {it["index"]: it for it in old.get("items", [])}, float(old.get("seconds", 0.0))
 
 
 def _book_filler(e, tokens: int) -> list[int]:
@@ -84,30 +120,42 @@ def run(args) -> dict:
     L = e.config.segment_length
     lengths = [parse_tokens(x) for x in args.lengths.split(",")]
     depths = [d.strip() for d in args.depths.split(",")]
+    earlier, earlier_seconds = _resumed(args, e)
     t_start = time.perf_counter()
-    items = []
+    items: list[dict] = []
+    index = 0  # an item's place in the whole grid's plan, the same in every sitting
     for N in lengths:
         filler = _book_filler(e, N) if args.filler == "book" else None
-        plan = []  # (depth name, key, haystack with the key, question, first token index that differs)
+        plan = []  # (depth name, key, haystack with the key, question)
         for depth in depths:
             lo, hi = DEPTHS[depth]
             for _ in range(args.keys):
                 key = str(rng.randint(10_000, 99_999))
                 hay, question = passkey_ids(e.tokenizer, key, N, rng.uniform(lo, hi), filler)
                 plan.append((depth, key, hay, question))
+        first, index = index, index + len(plan)
+        kept = [earlier[first + i] for i in range(len(plan)) if first + i in earlier]
+        items += kept
+        if kept:
+            print(f"{token_label(N):>5} {len(kept)} of {len(plan)} keys kept from {args.out}", flush=True)
+        todo = [i for i in range(len(plan)) if first + i not in earlier]
+        if not todo:
+            continue
         # the shared prefix: the haystack as far as every key's own segment, read once
         plain, _ = passkey_ids(e.tokenizer, "00000", N, 1.0, filler)  # the key at the very end
-        starts = []  # per planned item: the segment boundary before its key
-        for _depth, _key, hay, _q in plan:
-            differ = next(i for i, (a, b) in enumerate(zip(hay, plain)) if a != b)
-            starts.append(differ // L * L)
+        starts = {}  # per planned item still to read: the segment boundary before its key
+        for i in todo:
+            hay = plan[i][2]
+            differ = next(j for j, (a, b) in enumerate(zip(hay, plain)) if a != b)
+            starts[i] = differ // L * L
         snapshots, mem, pos = {}, e.new_memory(), 0
-        for b in sorted(set(starts)):
+        for b in sorted(set(starts.values())):
             if b > pos:
                 mem = e.ingest(plain[pos:b], mem)
                 pos = b
             snapshots[b] = mem
-        for group in _groups(plan, max(1, args.batch)):
+        for group in _groups([plan[i] for i in todo], max(1, args.batch)):
+            group = [todo[g] for g in group]
             t0 = time.perf_counter()
             b = min(starts[i] for i in group)
             if len(group) == 1:
@@ -119,12 +167,24 @@ def run(args) -> dict:
                 depth, key, hay, q = plan[i]
                 out = answer(e, memory, q)
                 sc = score(key, out)
-                done.append({"length": N, "depth": depth, "key": key, "answer": out, **sc, "tokens": len(hay)})
+                done.append({"index": first + i, "length": N, "depth": depth, "key": key, "answer": out, **sc,
+                             "tokens": len(hay)})
                 mark = "ok" if sc["correct"] else "digits" if sc["key_digits"] else "order" if sc["same_digits"] else "--"
                 print(f"{token_label(N):>5} {depth:6} {key} → {out!r:16} {mark}", flush=True)
             seconds = round((time.perf_counter() - t0) / len(group), 1)  # a key's share of its group
             items += [d | {"seconds": seconds} for d in done]
+            if args.out:  # a stopped run keeps every key measured so far (`--resume`)
+                write_json(args.out, _result(args, e, lengths, depths, items, earlier_seconds + time.perf_counter()
+                                             - t_start, complete=False))
         del snapshots
+    items.sort(key=lambda it: it["index"])
+    result = _result(args, e, lengths, depths, items, earlier_seconds + time.perf_counter() - t_start, complete=True)
+    write_json(args.out, result)
+    return result
+
+
+def _result(args, e, lengths: list[int], depths: list[str], items: list[dict], secs: float, complete: bool) -> dict:
+    L = e.config.segment_length
     headers = ["length"] + depths + ["all"]
     tables = []
     for field, what in (("correct", "the number answered is the key"),
@@ -145,8 +205,6 @@ def run(args) -> dict:
             rows.append(row)
         tables.append(Table(f"Passkey retrieval, {what}; {args.filler} filler, {args.keys} keys per cell "
                             f"({e.source}; segments of {L} tokens)", headers, rows))
-    secs = time.perf_counter() - t_start
-    result = {"eval": "passkey", "model": e.source, "fingerprint": e.fingerprint, "args": vars(args) | {"func": None},
-              "items": items, "tables": tables, "seconds": secs}
-    write_json(args.out, result)
-    return result
+    return {"eval": "passkey", "model": e.source, "fingerprint": e.fingerprint, "segment_length": L,
+            "args": vars(args) | {"func": None}, "complete": complete, "items": items, "tables": tables,
+            "seconds": secs}

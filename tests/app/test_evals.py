@@ -191,6 +191,54 @@ def test_passkey_keys_read_side_by_side_give_the_same_answers(capsys, tmp_path, 
     assert _groups(plan, 1) == [[i] for i in range(9)]
 
 
+def test_a_stopped_passkey_run_resumes_where_it_stopped(capsys, tmp_path, tiny_model_dir, monkeypatch):
+    """`--resume`: the file written after every key keeps what a stopped run measured; the same
+    command with `--resume` reads only the rest and ends with the grid an unbroken run gives."""
+    from app.evals import passkey
+
+    real = passkey.answer
+    asked = []
+
+    def counting(e, memory, q):
+        asked.append(1)
+        if stop_after is not None and len(asked) > stop_after:
+            raise KeyboardInterrupt  # the session ends mid-run
+        return real(e, memory, q)
+
+    monkeypatch.setattr(passkey, "answer", counting)
+    grid = [*"passkey --lengths 200,300 --keys 2".split(), "--model", str(tiny_model_dir)]
+    stop_after = None
+    whole = tmp_path / "whole.json"
+    run_eval(capsys, *grid, "--out", str(whole))
+    assert len(asked) == 12
+
+    parts = tmp_path / "parts.json"
+    asked.clear()
+    stop_after = 8  # all of 200 and two keys of 300
+    with pytest.raises(KeyboardInterrupt):
+        main([*grid, "--out", str(parts), "--threads", "1"])
+    capsys.readouterr()
+    stopped = json.loads(parts.read_text())
+    assert stopped["complete"] is False and len(stopped["items"]) == 8
+
+    # another grid in the same file is refused and leaves it as it was
+    with pytest.raises(SystemExit, match="keys"):
+        main([*"passkey --lengths 200,300 --keys 3".split(), "--model", str(tiny_model_dir), "--out", str(parts),
+              "--resume", "--threads", "1"])
+    assert json.loads(parts.read_text()) == stopped
+
+    asked.clear()
+    stop_after = None
+    out = run_eval(capsys, *grid, "--out", str(parts), "--resume")
+    assert len(asked) == 4  # only the keys not yet measured
+    assert "8 of 6" not in out and "2 of 6 keys kept" in out and "6 of 6 keys kept" in out
+    a, b = json.loads(whole.read_text()), json.loads(parts.read_text())
+    same = ("index", "length", "depth", "key", "answer", "correct", "digit_share")
+    assert [{k: it[k] for k in same} for it in b["items"]] == [{k: it[k] for k in same} for it in a["items"]]
+    assert b["complete"] is True and b["tables"] == a["tables"]
+    assert b["seconds"] > stopped["seconds"]
+
+
 @pytest.mark.parametrize("key, answer, want", [
     ("84384", "84384.", (True, True, True, 1.0)),
     ("60494", "6049494", (False, True, True, 1.0)),  # found, not stopped
