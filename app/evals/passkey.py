@@ -65,7 +65,10 @@ def _resumed(args, e) -> tuple[dict[int, dict], float]:
     old = json.loads(path.read_text(encoding="utf-8"))
     mine = vars(args)
     theirs = old.get("args", {})
-    differ = [k for k in PLAN_ARGS if theirs.get(k) != mine.get(k)]
+    grid = {"lengths": lambda v: [parse_tokens(x) for x in str(v).split(",")],  # "256K" is 262144
+            "depths": lambda v: [d.strip() for d in str(v).split(",")]}
+    same = lambda k: grid.get(k, lambda v: v)(theirs.get(k)) == grid.get(k, lambda v: v)(mine.get(k))  # noqa: E731
+    differ = [k for k in PLAN_ARGS if not same(k)]
     if old.get("eval") != "passkey" or differ or old.get("fingerprint") != e.fingerprint:
         what = ", ".join(differ) or ("the model" if old.get("eval") == "passkey" else "the evaluation")
         raise SystemExit(f"--resume: {path} holds another run ({what} differ); give another --out or drop --resume")

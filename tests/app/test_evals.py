@@ -229,7 +229,9 @@ def test_a_stopped_passkey_run_resumes_where_it_stopped(capsys, tmp_path, tiny_m
 
     asked.clear()
     stop_after = None
-    out = run_eval(capsys, *grid, "--out", str(parts), "--resume")
+    # the same grid written another way ("0.29296875K" is 300 tokens) resumes it
+    same_grid = [*"passkey --lengths 200,0.29296875K --keys 2".split(), "--model", str(tiny_model_dir)]
+    out = run_eval(capsys, *same_grid, "--out", str(parts), "--resume")
     assert len(asked) == 4  # only the keys not yet measured
     assert "8 of 6" not in out and "2 of 6 keys kept" in out and "6 of 6 keys kept" in out
     a, b = json.loads(whole.read_text()), json.loads(parts.read_text())
