@@ -60,9 +60,16 @@ def test_chunked_generation_path_equals_logits():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("projections", [False, True], ids=["plain", "memory-projections"])
 @pytest.mark.parametrize("t", [5, 20, 33])
-def test_no_leakage_from_future_tokens(t):
+def test_no_leakage_from_future_tokens(t, projections):
+    """The memory a segment reads holds only the segments before it (with an adapter's memory
+    projections too): changing every token after t leaves the logits up to t exactly as they were."""
     e = tiny_engine()
+    if projections:
+        from .test_memory_projection import randomize_memory_projection
+
+        randomize_memory_projection(e.model, seed=t)
     g = torch.Generator().manual_seed(t)
     ids = torch.randint(0, 97, (50,), generator=g)
     changed = ids.clone()
