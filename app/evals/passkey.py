@@ -52,6 +52,16 @@ def add_arguments(p) -> None:
 PLAN_ARGS = ("lengths", "depths", "keys", "seed", "filler")  # what decides the keys and their haystacks
 
 
+def _plan_value(key: str, value):
+    """An option of the plan as the run reads it: lengths as token counts ("256K" is 262144), depths
+    as names; the rest as given."""
+    if key == "lengths":
+        return [parse_tokens(x) for x in str(value).split(",")]
+    if key == "depths":
+        return [d.strip() for d in str(value).split(",")]
+    return value
+
+
 def _resumed(args, e) -> tuple[dict[int, dict], float]:
     """The items of an earlier, stopped run of the same grid in `args.out`, by their place in the
     plan, and the seconds it took; nothing when not resuming or no file is there yet."""
@@ -65,10 +75,7 @@ def _resumed(args, e) -> tuple[dict[int, dict], float]:
     old = json.loads(path.read_text(encoding="utf-8"))
     mine = vars(args)
     theirs = old.get("args", {})
-    grid = {"lengths": lambda v: [parse_tokens(x) for x in str(v).split(",")],  # "256K" is 262144
-            "depths": lambda v: [d.strip() for d in str(v).split(",")]}
-    same = lambda k: grid.get(k, lambda v: v)(theirs.get(k)) == grid.get(k, lambda v: v)(mine.get(k))  # noqa: E731
-    differ = [k for k in PLAN_ARGS if not same(k)]
+    differ = [k for k in PLAN_ARGS if _plan_value(k, theirs.get(k)) != _plan_value(k, mine.get(k))]
     if old.get("eval") != "passkey" or differ or old.get("fingerprint") != e.fingerprint:
         what = ", ".join(differ) or ("the model" if old.get("eval") == "passkey" else "the evaluation")
         raise SystemExit(f"--resume: {path} holds another run ({what} differ); give another --out or drop --resume")
@@ -121,8 +128,7 @@ def run(args) -> dict:
     e = load_engine(args.model, args.device, adapter=args.adapter, segment_length=args.segment_length)
     rng = random.Random(args.seed)
     L = e.config.segment_length
-    lengths = [parse_tokens(x) for x in args.lengths.split(",")]
-    depths = [d.strip() for d in args.depths.split(",")]
+    lengths, depths = _plan_value("lengths", args.lengths), _plan_value("depths", args.depths)
     earlier, earlier_seconds = _resumed(args, e)
     t_start = time.perf_counter()
     items: list[dict] = []
