@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,7 +131,10 @@ def _lead_sentences(text: str, words: int) -> str:
     return text[:keep]
 
 
-def _generate(engine, memory, messages, cancel, stream: bool, section_idx, max_new) -> Iterator[SummaryEvent | str]:
+def _generate(engine, memory, messages, cancel, stream: bool, section_idx, max_new,
+              enough: Callable[[str], bool] | None = None) -> Iterator[SummaryEvent | str]:
+    """Events for the answer's pieces (when `stream`); the last item is the answer. `enough`, asked
+    after each piece with the text so far, ends the answer early when it says so."""
     out = []
     for piece in engine.generate(messages, memory, max_new_tokens=max_new, repetition_penalty=REPETITION_PENALTY):
         if cancel is not None and cancel.is_set():
@@ -139,7 +142,32 @@ def _generate(engine, memory, messages, cancel, stream: bool, section_idx, max_n
         out.append(piece)
         if stream:
             yield SummaryEvent("token", piece, section_idx)
+        if enough is not None and enough("".join(out)):
+            break
     yield "".join(out).strip()
+
+
+def _past_its_share(before: list[str], share: int) -> Callable[[str], bool]:
+    """For a part summary written after the parts' notes `before`: whether the join is now sure to
+    cut it to its first sentences (the notes so far already hold more than JOIN_WORDS words of whole
+    sentences) and those are settled (a sentence of it has ended past `share` words). Whatever the
+    model would write after that point the join throws away, so it need not be written (a model that
+    writes to the token limit, as one with a book-trained memory does, otherwise spends most of a
+    chapter's summary on it)."""
+    words_before = sum(len(_whole_sentences(n).split()) for n in before)
+
+    def enough(text: str) -> bool:
+        text = text.strip()
+        # a sentence end that the next character confirms (one at the very end may be "Mr." or
+        # lack its closing quote)
+        for m in SENTENCE_END.finditer(text):
+            if m.end() < len(text):
+                words = len(text[: m.end()].split())
+                if words > share and words_before + words > JOIN_WORDS:
+                    return True
+        return False
+
+    return enough
 
 
 def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, section_idx, max_new: int,
@@ -163,7 +191,8 @@ def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, se
         msgs = [system, {"role": "user", "content": f"Part {i} of {what.lower()}:\n\n{part}\n\n"
                                                     "Summarise this part in three sentences."}]
         result = None
-        for ev in _generate(engine, memory, msgs, cancel, False, section_idx, max_new):
+        for ev in _generate(engine, memory, msgs, cancel, False, section_idx, max_new,
+                            _past_its_share(notes, JOIN_WORDS // len(parts))):
             result = ev
         if result is None:  # cancelled
             return

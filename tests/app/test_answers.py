@@ -233,3 +233,41 @@ def test_long_part_summaries_keep_every_part_cut_to_their_first_sentences(tiny_r
     events = list(summaries.summarize(library, tiny_reader, doc_id, 0, redo=True, max_new_tokens=12))
     assert "merging the parts" in [e.text for e in events if e.kind == "status"]
     assert events[-1].text == "Merged."
+
+
+def test_a_part_summary_stops_once_the_join_would_cut_the_rest(tiny_reader, library, tmp_path, monkeypatch):
+    from app.core import summaries
+
+    book = make_pdf(tmp_path / "long.pdf", fact_page=1, fact="A fact.", pages=8)  # chapters of 3 parts
+    *_, last = ingest_file(library, tiny_reader, book)
+    doc_id = last.document_id
+    notes = ["The keeper lit the lamp at dusk. He climbed the stairs slowly. Then he slept until noon.",
+             "A storm came in from the west. The ship was saved by the light. Mr. Grey thanked him.",
+             "Dawn broke over the quiet sea. The keeper woke up. He went down to the shore and"]
+    written = []
+
+    def generate(messages, memory=None, **kw):  # a model that writes its note word by word
+        note = notes[len(written)]
+        written.append(0)
+        for piece in note.split(" "):
+            written[-1] += 1
+            yield piece + " "
+
+    monkeypatch.setattr(tiny_reader, "generate", generate)
+    monkeypatch.setattr(summaries, "JOIN_WORDS", 24)  # a share of 8 words a part
+    events = list(summaries.summarize(library, tiny_reader, doc_id, 0, max_new_tokens=12))
+    stopped = list(written)
+    assert "merging the parts" not in [e.text for e in events if e.kind == "status"]
+    # the first part is written whole (17 words: the join might keep them all); the second stops at the
+    # first sentence end past its 8 words, 17 + 14 being past 24 ("…by the light." ends at word 14 and
+    # is confirmed by the 15th, "Mr."); the third at its second sentence end (word 10, "…woke up."),
+    # its first (6 words) being within its share, confirmed by the 11th
+    assert stopped == [17, 15, 11]
+    want = ("The keeper lit the lamp at dusk.\n\nA storm came in from the west.\n\n"
+            "Dawn broke over the quiet sea.")
+    assert events[-1].kind == "done" and events[-1].text == want
+    # the same summary as when every note is written to its end
+    written.clear()
+    monkeypatch.setattr(summaries, "_past_its_share", lambda before, share: None)
+    events = list(summaries.summarize(library, tiny_reader, doc_id, 0, redo=True, max_new_tokens=12))
+    assert written == [len(n.split(" ")) for n in notes] and events[-1].text == want
