@@ -171,8 +171,10 @@ def _past_its_share(before: list[str], share: int) -> Callable[[str], bool]:
 
 
 def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, section_idx, max_new: int,
-                    depth: int = 0) -> Iterator:
-    """Events for the final text's tokens; the last item is the summary string."""
+                    depth: int = 0, stop_parts: bool = True) -> Iterator:
+    """Events for the final text's tokens; the last item is the summary string. `stop_parts`: a part
+    summary ends once the join is sure to cut the rest (`_past_its_share`); else it is written to its
+    end, as the model would (the same summary, unless the model must merge the parts)."""
     # What fits in one segment beside the instructions and the answer (a floor for short-segment models,
     # whose prompt then spills over into the memory).
     budget = max(engine.config.segment_length - max_new - 150, 256)
@@ -191,8 +193,8 @@ def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, se
         msgs = [system, {"role": "user", "content": f"Part {i} of {what.lower()}:\n\n{part}\n\n"
                                                     "Summarise this part in three sentences."}]
         result = None
-        for ev in _generate(engine, memory, msgs, cancel, False, section_idx, max_new,
-                            _past_its_share(notes, JOIN_WORDS // len(parts))):
+        enough = _past_its_share(notes, JOIN_WORDS // len(parts)) if stop_parts else None
+        for ev in _generate(engine, memory, msgs, cancel, False, section_idx, max_new, enough):
             result = ev
         if result is None:  # cancelled
             return
@@ -208,7 +210,8 @@ def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, se
     yield SummaryEvent("status", "merging the parts", section_idx)
     joined = "\n\n".join(f"Part {i}: {n}" for i, n in enumerate(notes, 1))
     if len(engine.tokenizer.encode(joined, add_special_tokens=False).ids) > budget:  # summarise the summaries
-        yield from _summarize_text(engine, memory, title, what, joined, cancel, section_idx, max_new, depth + 1)
+        yield from _summarize_text(engine, memory, title, what, joined, cancel, section_idx, max_new, depth + 1,
+                                   stop_parts)
         return
     msgs = [system, {"role": "user", "content": f"Summaries of the consecutive parts of {what.lower()}:\n\n"
                                                 f"{joined}\n\nWrite one summary of {what.lower()} in a few "
@@ -218,9 +221,11 @@ def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, se
 
 def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: int | None = None,
               redo: bool = False, cancel: threading.Event | None = None,
-              max_new_tokens: int = ANSWER_TOKENS, before: MemoryBefore | None = None) -> Iterator[SummaryEvent]:
+              max_new_tokens: int = ANSWER_TOKENS, before: MemoryBefore | None = None,
+              stop_parts: bool = True) -> Iterator[SummaryEvent]:
     """A chapter's summary (section_idx) or the whole book's (None), streamed, then stored.
-    `before` carries the re-read memory from one chapter to the next."""
+    `before` carries the re-read memory from one chapter to the next; `stop_parts` False writes every
+    part summary to its end (`_summarize_text`; for measuring what stopping saves)."""
     try:
         stored = stored_summaries(library, doc_id, engine.fingerprint)
         if section_idx in stored and not redo:
@@ -250,7 +255,7 @@ def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: in
             if i not in stored or redo:
                 yield SummaryEvent("status", f"summarising chapter {i + 1} of {len(doc.sections)}", None)
                 result = None
-                for ev in summarize(library, engine, doc_id, i, redo, cancel, max_new_tokens, before):
+                for ev in summarize(library, engine, doc_id, i, redo, cancel, max_new_tokens, before, stop_parts):
                     if ev.kind == "error":
                         yield SummaryEvent("error", ev.text, None)
                         return
@@ -265,7 +270,8 @@ def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: in
         what, text = "The whole text", doc.text
 
     summary = None
-    for ev in _summarize_text(engine, memory, doc.title, what, text, cancel, section_idx, max_new_tokens):
+    for ev in _summarize_text(engine, memory, doc.title, what, text, cancel, section_idx, max_new_tokens,
+                              stop_parts=stop_parts):
         if isinstance(ev, str):
             summary = ev
         else:

@@ -268,6 +268,6 @@ def test_a_part_summary_stops_once_the_join_would_cut_the_rest(tiny_reader, libr
     assert events[-1].kind == "done" and events[-1].text == want
     # the same summary as when every note is written to its end
     written.clear()
-    monkeypatch.setattr(summaries, "_past_its_share", lambda before, share: None)
-    events = list(summaries.summarize(library, tiny_reader, doc_id, 0, redo=True, max_new_tokens=12))
+    events = list(summaries.summarize(library, tiny_reader, doc_id, 0, redo=True, max_new_tokens=12,
+                                      stop_parts=False))
     assert written == [len(n.split(" ")) for n in notes] and events[-1].text == want

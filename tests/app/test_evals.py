@@ -83,14 +83,19 @@ def test_qa_through_the_cli(capsys, tmp_path, tiny_model_dir):
 def test_summary(capsys, tmp_path, tiny_model_dir):
     out_json = tmp_path / "summary.json"
     argv = "summary --n 2 --segment-length 1024 --max-chars 1500 --base-tokens 200"
-    out = run_eval(capsys, *argv.split(), "--model", str(tiny_model_dir), "--out", str(out_json))
+    systems = "pipeline,pipeline-full,lead,base"
+    out = run_eval(capsys, *argv.split(), "--systems", systems, "--model", str(tiny_model_dir), "--out", str(out_json))
     data = json.loads(out_json.read_text())
     assert len(data["items"]) == 2
     for it in data["items"]:
-        assert set(it["summaries"]) == {"pipeline", "lead", "base"}
+        assert set(it["summaries"]) == {"pipeline", "pipeline-full", "lead", "base"}
+        assert it["summaries"]["pipeline-full"] == it["summaries"]["pipeline"]  # one part: nothing to stop
         assert set(it["rouge"]["lead"]) == {"rouge1", "rouge2", "rougeL"}
+        assert set(it["seconds"]) == {"ingest", "pipeline", "pipeline-full", "base"}
     rows = table_rows(out)
-    assert rows[0] == ["system", "n", "ROUGE-1", "ROUGE-2", "ROUGE-L", "words"] and len(rows) == 4
+    assert rows[0] == ["system", "n", "ROUGE-1", "ROUGE-2", "ROUGE-L", "words", "s/story"] and len(rows) == 5
+    assert [r[0].split(":")[0].split(",")[0] for r in rows[1:]] == ["pipeline", "pipeline", "lead", "base model"]
+    assert rows[3][-1] == "" and all(float(r[-1]) >= 0 for r in (rows[1], rows[2], rows[4]))
 
 
 # ---- the parts ----
