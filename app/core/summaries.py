@@ -147,6 +147,13 @@ def _generate(engine, memory, messages, cancel, stream: bool, section_idx, max_n
     yield "".join(out).strip()
 
 
+def _written(events: Iterator) -> Iterator:
+    """The events of a streamed summary, its final text kept to whole sentences: what the token limit
+    cut off mid-sentence is shown while it streams, not stored."""
+    for ev in events:
+        yield _whole_sentences(ev) if isinstance(ev, str) else ev
+
+
 def _past_its_share(before: list[str], share: int) -> Callable[[str], bool]:
     """For a part summary written after the parts' notes `before`: whether the join is now sure to
     cut it to its first sentences (the notes so far already hold more than JOIN_WORDS words of whole
@@ -185,7 +192,7 @@ def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, se
     if len(parts) == 1:
         msgs = [system, {"role": "user", "content": f"{what}:\n\n{parts[0]}\n\nSummarise {what.lower()} "
                                                     "in a few sentences: who does what, and what happens."}]
-        yield from _generate(engine, memory, msgs, cancel, True, section_idx, max_new)
+        yield from _written(_generate(engine, memory, msgs, cancel, True, section_idx, max_new))
         return
     notes = []
     for i, part in enumerate(parts, 1):
@@ -216,7 +223,7 @@ def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, se
     msgs = [system, {"role": "user", "content": f"Summaries of the consecutive parts of {what.lower()}:\n\n"
                                                 f"{joined}\n\nWrite one summary of {what.lower()} in a few "
                                                 "sentences, in the order things happen."}]
-    yield from _generate(engine, memory, msgs, cancel, True, section_idx, max_new)
+    yield from _written(_generate(engine, memory, msgs, cancel, True, section_idx, max_new))
 
 
 def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: int | None = None,

@@ -271,3 +271,20 @@ def test_a_part_summary_stops_once_the_join_would_cut_the_rest(tiny_reader, libr
     events = list(summaries.summarize(library, tiny_reader, doc_id, 0, redo=True, max_new_tokens=12,
                                       stop_parts=False))
     assert written == [len(n.split(" ")) for n in notes] and events[-1].text == want
+
+
+def test_a_summary_cut_by_the_token_limit_is_stored_without_its_stub(tiny_reader, library, tmp_path, monkeypatch):
+    from app.core import summaries
+
+    book = make_pdf(tmp_path / "short.pdf", fact_page=1, fact="A fact.", pages=9)  # chapter 3: one page
+    *_, last = ingest_file(library, tiny_reader, book)
+    doc_id = last.document_id
+    chapter = library.document(doc_id).sections[2]
+    budget = max(tiny_reader.config.segment_length - 12 - 150, 256)
+    assert len(summaries._parts(tiny_reader, library.document(doc_id).text[chapter.start:chapter.end], budget)) == 1
+    said = ["The keeper lit the lamp.", " A storm came in", " from the"]
+    monkeypatch.setattr(tiny_reader, "generate", lambda messages, memory=None, **kw: iter(said))
+    events = list(summaries.summarize(library, tiny_reader, doc_id, 2, max_new_tokens=12))
+    assert "".join(e.text for e in events if e.kind == "token") == "".join(said)  # streamed as written
+    assert events[-1].kind == "done" and events[-1].text == "The keeper lit the lamp."
+    assert summaries.stored_summaries(library, doc_id, tiny_reader.fingerprint)[2] == "The keeper lit the lamp."
