@@ -161,6 +161,12 @@ def _windows(text: str, cites: list[Citation], chars: int) -> list[tuple[int, in
     return spans
 
 
+# The prompt's own headings: an answer that starts a line with one is the model writing the next
+# turn itself ("… sweet tea.\n\nQuestion: What is the name of the book …", the built-in model with a
+# book in its memory), so the answer ends there.
+ANSWER_STOP = ["\nQuestion:", "\nExcerpts from the book:"]
+
+
 def build_prompt(info, doc_text: str, question: str, cites: list[Citation], history: list[ChatMessage],
                  window_chars: int) -> list[dict]:
     by = f" by {info.author}" if info.author else ""
@@ -248,7 +254,8 @@ def ask(library: Library, engine: eng.Engine, doc_id: int, question: str, reread
     messages = build_prompt(info, doc_text, question, cites if reread else [], history, st.window_tokens * 4)
     answer = []
     try:
-        for piece in engine.generate(messages, memory, max_new_tokens=max_new_tokens, repetition_penalty=1.15):
+        for piece in engine.generate(messages, memory, max_new_tokens=max_new_tokens, stop=ANSWER_STOP,
+                                     repetition_penalty=1.15):
             if cancel is not None and cancel.is_set():
                 break
             answer.append(piece)

@@ -148,7 +148,7 @@ class CachedGenerate:
     def __call__(self, prompt, memory=None, max_new_tokens=256, **kw) -> Iterator[str]:
         ids = self.engine.prompt_ids(prompt).cpu().numpy().tobytes()
         mem = None if memory is None else hashlib.sha1(memory.to_bytes()).hexdigest()
-        key = (hashlib.sha1(ids).hexdigest(), mem, max_new_tokens, tuple(sorted(kw.items())))
+        key = (hashlib.sha1(ids).hexdigest(), mem, max_new_tokens, repr(sorted(kw.items())))  # stop: a list
         if key in self.store:
             self.hits += 1
         else:

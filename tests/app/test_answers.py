@@ -288,3 +288,23 @@ def test_a_summary_cut_by_the_token_limit_is_stored_without_its_stub(tiny_reader
     assert "".join(e.text for e in events if e.kind == "token") == "".join(said)  # streamed as written
     assert events[-1].kind == "done" and events[-1].text == "The keeper lit the lamp."
     assert summaries.stored_summaries(library, doc_id, tiny_reader.fingerprint)[2] == "The keeper lit the lamp."
+
+
+def test_an_answer_ends_where_the_model_starts_the_next_question(tiny_reader, library, tmp_path, monkeypatch):
+    from engine.generate import detokenize
+
+    book = make_pdf(tmp_path / "q.pdf", fact_page=1, fact="The drink tasted of cherry-tart.")
+    *_, last = ingest_file(library, tiny_reader, book)
+    tok = tiny_reader.tokenizer
+    written = "It tasted of cherry-tart.\n\nQuestion: What is the name of the book?"
+
+    def generate(messages, memory=None, stop=None, **kw):  # what the model writes, through the engine's own cut
+        ids = iter(tok.encode(written, add_special_tokens=False).ids)
+        return detokenize(ids, lambda t: tok.decode(t, skip_special_tokens=True), list(stop or []))
+
+    monkeypatch.setattr(tiny_reader, "generate", generate)
+    events = list(ask(library, tiny_reader, last.document_id, "What did the drink taste of?",
+                      settings=RetrievalSettings(mode="bm25")))
+    assert events[-1].kind == "done" and events[-1].text == "It tasted of cherry-tart."
+    assert "Question" not in "".join(e.text for e in events if e.kind == "token")
+    assert chat_history(library, last.document_id)[-1].content == "It tasted of cherry-tart."
