@@ -1,10 +1,9 @@
-"""A trained memory reads a book: the built-in model with its shipped adapter (since 2026-12-01, memory
-projections trained on book text; the same file as `resources/training/cpu-context-ce-2-adapter.safetensors`)
+"""A trained memory reads a book: the built-in model with the prose-memory adapter
+(`resources/training/cpu-context-ce-2-adapter.safetensors`, memory projections trained on book text)
 predicts a chapter of *Alice* better with the memory of the pages before it than reading it alone
-(7.8% here). The adapter shipped before it (`cpu-chat-3-adapter.safetensors`) has a memory that is
-nearly shut and gives nothing (-0.04%), so this fails if a trained memory stops being written, read
-or applied through its projections, or if the built-in model stops loading the adapter that has
-them (docs/training.md, "Reading prose with the memory")."""
+(7.8% here). The shipped adapter's memory is nearly shut and gives nothing (-0.04%), so this fails if
+a trained memory stops being written, read or applied through its projections (docs/training.md,
+"Reading prose with the memory")."""
 
 import math
 from pathlib import Path
@@ -19,7 +18,7 @@ from app.evals.ppl import segment_nll
 from .conftest import FIXTURES
 
 ALICE = FIXTURES / "omni-alice-in-wonderland.epub"
-TRAINING = Path(__file__).resolve().parents[2] / "resources" / "training"
+ADAPTER = Path(__file__).resolve().parents[2] / "resources" / "training" / "cpu-context-ce-2-adapter.safetensors"
 pytestmark = pytest.mark.skipif(not ALICE.is_file(), reason="needs ../shared/fixtures")
 
 
@@ -30,24 +29,22 @@ def memory_gain(e: engine.Engine, ids: torch.Tensor) -> float:
     return 1 - ppl(on) / ppl(alone)
 
 
-def alice_segments(e: engine.Engine) -> torch.Tensor:
+def test_a_trained_memory_makes_the_book_likelier(builtin_tokenizer_engine):
+    e = engine.load_model("builtin", device="cpu", adapter=str(ADAPTER))
+    assert e.model.model.layers[0].self_attn.memory_proj is not None  # the adapter's memory projections
+    assert e.fingerprint != builtin_tokenizer_engine.fingerprint
     ids = torch.tensor(e.tokenizer.encode(read_document(ALICE).text).ids)
     L = e.config.segment_length
-    return ids[L : 4 * L + 1]  # three segments past the first (the front matter); the last two are scored
-
-
-def test_the_built_in_models_memory_makes_the_book_likelier(builtin_tokenizer_engine):
-    e = builtin_tokenizer_engine  # the shipped adapter
-    assert e.model.model.layers[0].self_attn.memory_proj is not None  # the adapter's memory projections
-    shipped = engine.load_model("builtin", device="cpu", adapter=str(TRAINING / "cpu-context-ce-2-adapter.safetensors"))
-    assert shipped.fingerprint == e.fingerprint  # that run's adapter is what ships
-    gain = memory_gain(e, alice_segments(e))
+    book = ids[L : 4 * L + 1]  # three segments past the first (the front matter); the last two are scored
+    gain = memory_gain(e, book)
     assert gain > 0.03, f"the memory gains {gain:.1%}"
 
 
-def test_an_untrained_memory_gives_nothing(builtin_tokenizer_engine):
-    """The control: the adapter shipped before, whose gates sit near -6 and which has no projections."""
-    e = engine.load_model("builtin", device="cpu", adapter=str(TRAINING / "cpu-chat-3-adapter.safetensors"))
+def test_the_shipped_adapters_memory_gives_nothing_on_the_same_pages(builtin_tokenizer_engine):
+    """The control: the built-in model's own adapter, whose memory is nearly shut (β near -6, no
+    projections), reads the same segments the same with and without the memory."""
+    e = builtin_tokenizer_engine
     assert e.model.model.layers[0].self_attn.memory_proj is None
-    assert e.fingerprint != builtin_tokenizer_engine.fingerprint
-    assert abs(memory_gain(e, alice_segments(e))) < 0.01
+    ids = torch.tensor(e.tokenizer.encode(read_document(ALICE).text).ids)
+    L = e.config.segment_length
+    assert abs(memory_gain(e, ids[L : 4 * L + 1])) < 0.01
