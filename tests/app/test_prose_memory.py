@@ -29,14 +29,18 @@ def memory_gain(e: engine.Engine, ids: torch.Tensor) -> float:
     return 1 - ppl(on) / ppl(alone)
 
 
+def alice_pages(e: engine.Engine) -> torch.Tensor:
+    """Three segments past the first (the front matter); the last two are scored."""
+    ids = torch.tensor(e.tokenizer.encode(read_document(ALICE).text).ids)
+    L = e.config.segment_length
+    return ids[L : 4 * L + 1]
+
+
 def test_a_trained_memory_makes_the_book_likelier(builtin_tokenizer_engine):
     e = engine.load_model("builtin", device="cpu", adapter=str(ADAPTER))
     assert e.model.model.layers[0].self_attn.memory_proj is not None  # the adapter's memory projections
     assert e.fingerprint != builtin_tokenizer_engine.fingerprint
-    ids = torch.tensor(e.tokenizer.encode(read_document(ALICE).text).ids)
-    L = e.config.segment_length
-    book = ids[L : 4 * L + 1]  # three segments past the first (the front matter); the last two are scored
-    gain = memory_gain(e, book)
+    gain = memory_gain(e, alice_pages(e))
     assert gain > 0.03, f"the memory gains {gain:.1%}"
 
 
@@ -45,6 +49,4 @@ def test_the_shipped_adapters_memory_gives_nothing_on_the_same_pages(builtin_tok
     projections), reads the same segments the same with and without the memory."""
     e = builtin_tokenizer_engine
     assert e.model.model.layers[0].self_attn.memory_proj is None
-    ids = torch.tensor(e.tokenizer.encode(read_document(ALICE).text).ids)
-    L = e.config.segment_length
-    assert abs(memory_gain(e, ids[L : 4 * L + 1])) < 0.01
+    assert abs(memory_gain(e, alice_pages(e))) < 0.01
