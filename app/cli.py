@@ -35,15 +35,30 @@ class Context:
     @cached_property
     def library(self):
         from app.core.library import Library
-        from app.core.paths import data_dir, default_db_url
+        from app.core.paths import default_db_url
 
-        return Library(self.args.db or default_db_url(data_dir(self.args.data_dir)))
+        return Library(self.args.db or default_db_url(self.data_dir))
+
+    @cached_property
+    def data_dir(self) -> Path:
+        from app.core.paths import data_dir
+
+        return data_dir(self.args.data_dir)
+
+    @property
+    def choice_key(self) -> str:
+        from app.core.fingerprints import choice_key
+
+        return choice_key(self.args.model, self.args.device, "auto", self.args.adapter)
 
     @cached_property
     def engine(self):
-        from app.core.models import ModelChoice, load_engine
+        from app.core.models import ModelChoice, load_engine, remember_fingerprint
 
-        return load_engine(ModelChoice(self.args.model, self.args.device, adapter=self.args.adapter))
+        choice = ModelChoice(self.args.model, self.args.device, adapter=self.args.adapter)
+        e = load_engine(choice)
+        remember_fingerprint(self.data_dir, choice, e)
+        return e
 
     def doc(self, ref: str) -> int:
         return self.library.resolve(ref)
@@ -118,11 +133,17 @@ def cmd_ingest(ctx: Context, args) -> int:
 def _status(info) -> str:
     if info.status == "reading" and info.segments_total:
         return f"reading {100 * info.segments_done // info.segments_total}%"
-    return info.status
+    return "read by another model" if info.status == "other-model" else info.status
 
 
 def cmd_list(ctx: Context, args) -> int:
-    infos = ctx.library.infos()
+    from app.core.fingerprints import recall
+    from app.core.library import for_model
+
+    # The model in use, as last loaded with these options: its readings count, others' are named so.
+    # Never loaded (no record, or its files changed since): each book's latest reading, as before.
+    fp = recall(ctx.data_dir, ctx.choice_key)
+    infos = ctx.library.infos() if fp is None else [for_model(i) for i in ctx.library.infos(fingerprint=fp)]
     if args.json:
         _print_json([asdict(i) | {"chapters": len(i.chapters)} for i in infos])
         return 0

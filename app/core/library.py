@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,14 @@ class DocInfo:
     memory_bytes: int = 0
     model_fingerprint: str | None = None
     seconds: float = 0.0
+
+
+def for_model(info: DocInfo) -> DocInfo:
+    """`info` from `Library.infos(fingerprint=…)` with the status "other-model" where the document was
+    read (or is being read) only by models other than that one."""
+    if info.model_fingerprint is None and info.status in ("ready", "reading", "cancelled"):
+        return replace(info, status="other-model")
+    return info
 
 
 class Library:

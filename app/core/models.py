@@ -5,8 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import engine
+from engine.adapter import builtin_adapter
+from engine.builtin import model_path
+
+from . import fingerprints
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +23,10 @@ class ModelChoice:
     dtype: str = "auto"
     adapter: str = "auto"  # auto (the shipped one, for the built-in model), none, or an adapter file
 
+    @property
+    def key(self) -> str:
+        return fingerprints.choice_key(self.spec, self.device, self.dtype, self.adapter)
+
 
 def load_engine(choice: ModelChoice) -> engine.Engine:
     t0 = time.perf_counter()
@@ -25,6 +34,19 @@ def load_engine(choice: ModelChoice) -> engine.Engine:
     e = engine.load_model(choice.spec, device=choice.device, dtype=choice.dtype, adapter=adapter)
     log.info("loaded %s on %s (%s) in %.1f s", choice.spec, e.device, e.dtype, time.perf_counter() - t0)
     return e
+
+
+def remember_fingerprint(folder: Path, choice: ModelChoice, e: engine.Engine) -> None:
+    """Record the loaded model's fingerprint for `choice` in the library's folder (hashes the weights
+    once, as the first reading or question would), so that `infini list` can tell "read by another
+    model" without loading it."""
+    builtin = choice.spec == "builtin"
+    files = [model_path() if builtin else Path(choice.spec)]
+    adapter = (builtin_adapter() if builtin else None) if choice.adapter == "auto" else (
+        None if choice.adapter == "none" else Path(choice.adapter))
+    if adapter is not None:
+        files.append(Path(adapter))
+    fingerprints.remember(folder, choice.key, files, e.fingerprint)
 
 
 def describe(e: engine.Engine) -> str:

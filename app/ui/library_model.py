@@ -9,7 +9,7 @@ from PySide6.QtCore import QAbstractTableModel, QSortFilterProxyModel, Qt
 from PySide6.QtWidgets import QApplication, QStyle, QStyledItemDelegate, QStyleOptionProgressBar
 
 from app.core.ingest import Progress
-from app.core.library import DocInfo
+from app.core.library import DocInfo, for_model
 
 COLUMNS = ("Title", "Author", "Format", "Size", "Status")
 SORT_ROLE = Qt.UserRole + 1
@@ -61,9 +61,7 @@ class Row:
 
 
 def row_from_info(info: DocInfo) -> Row:
-    status = info.status
-    if info.model_fingerprint is None and status in ("ready", "reading", "cancelled"):
-        status = "other-model"
+    status = for_model(info).status
     percent = 100 * info.segments_done // info.segments_total if info.segments_total else 0
     return Row(info.id, info.title, info.author or "", info.format, info.path, info.pages, info.tokens, status,
                percent, info.error or "", chapters=len(info.chapters), seconds=info.seconds,

@@ -23,7 +23,7 @@ from app.core import paths
 from app.core.export import export_markdown
 from app.core.ingest import Progress
 from app.core.library import Library
-from app.core.models import ModelChoice, describe, load_engine
+from app.core.models import ModelChoice, describe, load_engine, remember_fingerprint
 
 from .chat_pane import ChatPane
 from .library_model import Row
@@ -246,10 +246,10 @@ class MainWindow(QMainWindow):
         for pane in (self.chat, self.summary):
             pane.bind(self.library, None)
         self.queue.bind(self.library, None)
-        load = self._load
+        load, folder = self._load, paths.data_dir(self.data_dir())
         def make():
             e = load(choice)
-            e.fingerprint  # hashes the weights once: here, not on the GUI thread  # noqa: B018
+            remember_fingerprint(folder, choice, e)  # hashes the weights once: here, not on the GUI thread
             return e
 
         self.tasks.call(make, self._model_ready, self._model_failed)

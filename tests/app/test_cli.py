@@ -1,6 +1,7 @@
 """The `infini` command line end to end, in a temporary data folder."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,20 @@ def test_a_book_read_with_an_adapter_is_asked_with_it(capsys, tmp_path, tiny_mod
     # without it the weights differ from those that wrote the memory: a clear message, the book kept
     code, _, err = run(capsys, data, tiny_model_dir, "ask", doc, "Who keeps the light?")
     assert code == 1 and err.startswith("infini: ") and "Traceback" not in err
+    # that model was loaded just now: `list` (which loads none) knows its fingerprint, and says so
+    code, out, _ = run(capsys, data, tiny_model_dir, "list", "--json")
+    assert json.loads(out)[0]["status"] == "other-model"
+    code, out, _ = run(capsys, data, tiny_model_dir, "list")
+    assert "read by another model" in out.splitlines()[1]
+    code, out, _ = run(capsys, data, tiny_model_dir, "--adapter", str(adapter), "list", "--json")
+    assert json.loads(out)[0]["status"] == "ready"
+    # a choice never loaded here (`none` names no adapter too, but is another choice): unknown, so the
+    # book's latest reading, as before
+    code, out, _ = run(capsys, data, tiny_model_dir, "--adapter", "none", "list", "--json")
+    assert json.loads(out)[0]["status"] == "ready"
+    # the model's files changed since it was loaded: its record no longer counts
+    config = tiny_model_dir / "config.json"
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 1))
     code, out, _ = run(capsys, data, tiny_model_dir, "list", "--json")
     assert json.loads(out)[0]["status"] == "ready"
     bad = tmp_path / "bad.safetensors"

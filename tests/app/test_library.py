@@ -79,3 +79,27 @@ def test_damaged_memory_is_reported(library, tmp_path):
     con.commit()
     with pytest.raises(LibraryError, match="damaged"):
         library.memory_bytes(did, "f" * 64)
+
+
+def test_a_models_fingerprint_record_counts_only_while_its_files_are_unchanged(tmp_path):
+    from app.core import fingerprints as fps
+
+    weights, adapter = tmp_path / "model.gguf", tmp_path / "adapter.safetensors"
+    weights.write_bytes(b"w" * 10)
+    adapter.write_bytes(b"a" * 10)
+    key = fps.choice_key("builtin", "auto", "auto", "auto")
+    assert fps.recall(tmp_path, key) is None  # nothing recorded yet
+    fps.remember(tmp_path, key, [weights, adapter], "f" * 64)
+    fps.remember(tmp_path, fps.choice_key("builtin", "auto", "auto", "none"), [weights], "e" * 64)
+    assert fps.recall(tmp_path, key) == "f" * 64
+    assert fps.recall(tmp_path, fps.choice_key("builtin", "auto", "auto", "none")) == "e" * 64
+    assert fps.recall(tmp_path, fps.choice_key("builtin", "cuda", "auto", "auto")) is None
+    adapter.write_bytes(b"b" * 11)  # another adapter in its place
+    assert fps.recall(tmp_path, key) is None
+    assert fps.recall(tmp_path, fps.choice_key("builtin", "auto", "auto", "none")) == "e" * 64
+    weights.unlink()
+    assert fps.recall(tmp_path, fps.choice_key("builtin", "auto", "auto", "none")) is None
+    (tmp_path / fps.FILE).write_text("{ not json")  # a damaged record is no record, and is rewritten
+    assert fps.recall(tmp_path, key) is None
+    fps.remember(tmp_path, key, [adapter], "d" * 64)
+    assert fps.recall(tmp_path, key) == "d" * 64
