@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 import engine
 from app.core import paths
 from app.core.export import export_markdown
+from app.core.fingerprints import recall
 from app.core.ingest import Progress
 from app.core.library import Library
 from app.core.models import ModelChoice, describe, load_engine, remember_fingerprint
@@ -275,7 +276,10 @@ class MainWindow(QMainWindow):
             return
         self._refresh_gen += 1
         gen, library = self._refresh_gen, self.library
-        fp = self.engine.fingerprint if self.engine is not None else None
+        # Until the model has loaded, its fingerprint as last loaded (if its files are unchanged): the
+        # list shows "read by another model" from the start rather than once the model is there.
+        fp = self.engine.fingerprint if self.engine is not None else recall(
+            paths.data_dir(self.data_dir()), ModelChoice(self.settings.model, self.settings.device).key)
 
         def listed(infos):
             if gen != self._refresh_gen:

@@ -286,6 +286,37 @@ def test_export_writes_the_summaries_and_the_chat(qtbot, tmp_path, tiny_reader, 
     assert "- Chapter 2" in text  # the citations
 
 
+def test_the_list_names_another_models_reading_before_the_model_has_loaded(qtbot, tmp_path, tiny_reader):
+    from app.core.fingerprints import remember
+    from app.core.models import ModelChoice
+
+    book = make_epub(tmp_path / "keeper.epub")
+    first = open_window(qtbot, tmp_path, tiny_reader)
+    drop(first, book)
+    wait_ready(qtbot, first, "The Lighthouse Keeper")
+    key = ModelChoice(first.settings.model, first.settings.device).key
+    first.close()
+    # since then the model in use has changed (an update's new adapter, say), as its record says
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"w")
+    remember(tmp_path / "data", key, [weights], "0" * 64)
+
+    release = threading.Event()
+
+    def slow(choice):
+        release.wait(WAIT / 1000)
+        return tiny_reader
+
+    window = MainWindow(slow, data_dir=tmp_path / "data")
+    add_window(qtbot, window)
+    window.show()
+    qtbot.waitUntil(lambda: "The Lighthouse Keeper" in rows(window), timeout=WAIT)
+    assert window.engine is None and rows(window)["The Lighthouse Keeper"].status == "other-model"
+    release.set()
+    qtbot.waitUntil(lambda: window.engine is not None, timeout=WAIT)
+    wait_ready(qtbot, window, "The Lighthouse Keeper")  # the model that loaded is the one that read it
+
+
 def test_a_book_read_by_another_model_is_offered_a_new_reading(qtbot, tmp_path, tiny_reader, builtin_engine):
     from .conftest import tiny_engine
 
