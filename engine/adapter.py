@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
@@ -25,23 +24,6 @@ from .model import InfiniTransformer, MemoryProjection
 ADAPTER_FORMAT = "infini-adapter"
 ADAPTER_VERSION = 1
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-BUILTIN_ADAPTER_NAME = "smollm2-135m-infini-adapter.safetensors"
-# Where the project's resources/ folder is: beside the packages (a checkout, an editable install, a
-# PyInstaller bundle, whose datas put it there), or under <prefix>/share/infini-reader (a wheel).
-RESOURCE_DIRS = (
-    Path(__file__).resolve().parents[1] / "resources",
-    Path(sys.prefix) / "share" / "infini-reader" / "resources",
-)
-
-
-def builtin_adapter() -> Path | None:
-    """The shipped adapter of the built-in model, or None when this installation lacks it."""
-    for d in RESOURCE_DIRS:
-        if (d / BUILTIN_ADAPTER_NAME).is_file():
-            return d / BUILTIN_ADAPTER_NAME
-    return None
-
-
 class AdapterError(ModelLoadError):
     """An adapter file that cannot be applied to this model."""
 

@@ -1,6 +1,6 @@
 """The public face of the engine: load a model, stream documents into a memory, score tokens.
 
-    import engine
+    from infini_reader import engine
     e = engine.load_model("path/to/model-folder")
     mem = e.ingest(tokens, e.new_memory())
     logits = e.logits(question_tokens, mem)
@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import ctypes
-import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .adapter import BUILTIN_ADAPTER_NAME, apply_adapter, builtin_adapter
-from .builtin import builtin_path
+from .adapter import apply_adapter
 from .chat import read_chat_format
 from .checkpoint import (
     ModelLoadError,
@@ -38,12 +37,32 @@ from .model import InfiniTransformer, LayerMemory, add_delta
 Progress = Callable[[int, int], None]  # (tokens done, tokens total)
 
 
-def _cpu_has_fast_bf16() -> bool:
+DTYPE_ENV = "INFINI_DTYPE"  # auto | float32 | bfloat16 | float16: overrides the choice for the machine
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux), as far as this process may use them: PyTorch's
+    ATEN_CPU_CAPABILITY and oneDNN's ONEDNN_MAX_CPU_ISA, when they cap the instruction set at AVX2 or
+    below, hide the AVX-512 and AMX flags too, so that forcing the AVX2 path forces our choice as well."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    flags = set(line.partition(":")[2].split())
+    capped = (os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2", "sse4")
+              or os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ("SSE41", "AVX", "AVX2", "AVX2_VNNI"))
+    if capped:
+        flags = {f for f in flags if not f.startswith(("avx512", "amx"))}
+    return flags
+
+
+def cpu_has_fast_bf16() -> bool:
+    """bf16 products run in hardware (AVX-512 BF16 or AMX); elsewhere they are emulated, several
+    times slower than float32."""
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
 def tune_allocator() -> None:
@@ -74,17 +93,20 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """The compute dtype: what is fast on this device. "auto" (or $INFINI_DTYPE when set) gives bf16
+    on GPUs that have it (else float16) and on CPUs with hardware bf16, float32 on every other CPU.
+    The memory (M, z) is float32 whatever this returns."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
+        dtype = os.environ.get(DTYPE_ENV, "auto").strip().lower() or "auto"
+    if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
-    named = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in named:
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-    return named[dtype]
+    return DTYPES[dtype]
 
 
 class Engine:
@@ -295,24 +317,26 @@ def build_model(cfg: InfiniConfig, device="cpu", dtype=torch.float32, seed: int 
     return InfiniTransformer(cfg).to(device=device, dtype=dtype)
 
 
-def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", adapter: str | Path | None = "auto",
-               **overrides) -> Engine:
-    """Load a model: "builtin", a GGUF file, or a Hugging Face style folder.
+def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", adapter: str | Path | None = None,
+               cache_dir: str | Path | None = None, name: str | None = None, **overrides) -> Engine:
+    """Load a model from a GGUF file or a Hugging Face style folder.
 
-    A GGUF file is converted once into a float32 Hugging Face folder in the user cache; later loads
-    read that folder. `adapter`: "auto" applies the project's trained adapter to the built-in model
-    (`builtin_adapter()`; a warning is logged when this installation lacks it) and nothing to other
-    models; a path applies that adapter file; None gives the plain converted model. `overrides` set
-    config fields such as segment_length.
+    A GGUF file is converted once into a float32 Hugging Face folder under `cache_dir` (required for
+    GGUF files; the application passes its user cache folder); later loads read that folder.
+    `adapter`: an adapter file to apply, or None for the plain converted model. `name` is what the
+    engine calls itself (`Engine.source`; default: the source path, with the adapter's stem).
+    `overrides` set config fields such as segment_length.
     """
     tune_allocator()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    path = builtin_path() if str(source) == "builtin" else Path(source)
+    path = Path(source)
     if path.is_dir():
         folder = path
     elif path.is_file() and (is_gguf(path) or path.suffix.lower() == ".gguf"):
-        folder = cached_gguf_folder(path)
+        if cache_dir is None:
+            raise ValueError("loading a GGUF file needs a cache_dir for its converted weights")
+        folder = cached_gguf_folder(path, cache_dir)
     elif not path.exists():
         raise ModelLoadError(f"{source}: no such file or folder")
     else:
@@ -323,19 +347,10 @@ def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", ad
     model = InfiniTransformer.for_loading(cfg)
     load_state_dict_into(model, tensors, str(source))
     del tensors
-    if adapter == "auto":
-        adapter = builtin_adapter() if str(source) == "builtin" else None
-        if adapter is None and str(source) == "builtin":
-            # Reading still works, with the plain converted model (its own fingerprint), but say so.
-            logging.getLogger(__name__).warning(
-                "the built-in model's trained adapter (%s) is not in this installation; "
-                "using the plain converted model", BUILTIN_ADAPTER_NAME)
     if adapter is not None:
         apply_adapter(model, adapter)
-        shipped = builtin_adapter()
-        if not (str(source) == "builtin" and shipped is not None
-                and Path(adapter).resolve() == Path(shipped).resolve()):  # name what is not the default
-            source = f"{source}+{Path(adapter).stem}"
+    if name is None:
+        name = str(source) if adapter is None else f"{source}+{Path(adapter).stem}"
     tokenizer, tok_json = read_tokenizer(folder)
     chat = read_chat_format(folder, tokenizer, cfg.eos_token_id)
-    return Engine(model.to(device=dev, dtype=dt), tokenizer, str(source), tok_json, chat=chat)
+    return Engine(model.to(device=dev, dtype=dt), tokenizer, name, tok_json, chat=chat)

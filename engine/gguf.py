@@ -1,12 +1,12 @@
 """Llama-family GGUF files (llama.cpp, Ollama, LM Studio): config, de-quantized weights, tokenizer.
 
-A GGUF file is converted once into a Hugging Face style folder in the user cache
-(`<cache>/weights/<sha256 of the file>/`: config.json, model.safetensors in float32, tokenizer.json,
+A GGUF file is converted once into a Hugging Face style folder in a cache folder that the caller
+names (`<cache>/weights/<sha256 of the file>/`: config.json, model.safetensors in float32, tokenizer.json,
 tokenizer_config.json with the chat template). Every later start loads that folder, which is much
 faster than parsing and de-quantizing the file again, and goes through the same code as any other
 Hugging Face folder.
 
-    folder = cached_folder("model.gguf")
+    folder = cached_folder("model.gguf", cache_dir)
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import platformdirs
 import torch
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -37,10 +36,6 @@ CONVERTER_VERSION = 1
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
 # Infini-attention fields stay out of the cached config: they are the engine's, not the file's.
 _INFINI_FIELDS = ("segment_length", "memory_update", "memory_gate_init")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("INFINI_CACHE_DIR") or platformdirs.user_cache_dir("infini-reader"))
 
 
 def is_gguf(path: Path) -> bool:
@@ -343,11 +338,11 @@ def convert(path: Path, folder: Path) -> None:
     (folder / "source.json").write_text(json.dumps(source, indent=2) + "\n")
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, cache_dir: str | Path) -> str:
     """SHA-256 of the file, remembered per (path, size, mtime) so that a start does not re-read 100+ MB."""
     st = path.stat()
     key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns]
-    memo_file = cache_dir() / "weights" / "hashes.json"
+    memo_file = Path(cache_dir) / "weights" / "hashes.json"
     try:
         memo = json.loads(memo_file.read_text())
     except (OSError, ValueError):
@@ -378,7 +373,7 @@ def _is_current(folder: Path) -> bool:
         return False
 
 
-def cached_folder(path: str | Path) -> Path:
+def cached_folder(path: str | Path, cache_dir: str | Path) -> Path:
     """The converted folder of a GGUF file, converting it on the first call.
 
     The folder is written under a temporary name and renamed when complete, so a crash mid-way
@@ -389,7 +384,7 @@ def cached_folder(path: str | Path) -> Path:
         raise ModelLoadError(f"{path}: no such file")
     if not is_gguf(path):
         raise ModelLoadError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
-    folder = cache_dir() / "weights" / file_sha256(path)
+    folder = Path(cache_dir) / "weights" / file_sha256(path, cache_dir)
     if _is_current(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)

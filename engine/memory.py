@@ -12,53 +12,17 @@ import json
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from infini_reader.kernels.reference import memory_delta, memory_retrieve, sigma  # noqa: F401  (the arithmetic)
 
 FORMAT_VERSION = 1
 
 
 class SnapshotError(ValueError):
     """A snapshot that cannot be used: corrupted, truncated, or made by other weights."""
-
-
-def sigma(x: torch.Tensor) -> torch.Tensor:
-    return F.elu(x) + 1.0
-
-
-def memory_retrieve(sq: torch.Tensor, M: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """A_mem = σ(Q) M / (σ(Q) z), query head h reading key/value head h // group.
-
-    sq: (B, H, T, Dk) float32, already σ'd and *without* rotary. M: (B, Hkv, Dk, Dv), z: (B, Hkv, Dk).
-    Returns (B, H, T, Dv) float32.
-    """
-    B, H, T, Dk = sq.shape
-    Hkv = M.shape[1]
-    # Query heads h = j*group + g belong to kv head j (the same mapping as repeat_interleave in
-    # local attention). Splitting H as (Hkv, group) keeps that order; no data is copied.
-    sq = sq.view(B, Hkv, H // Hkv, T, Dk)  # (B, Hkv, G, T, Dk)
-    num = sq @ M.unsqueeze(2)  # (B, Hkv, G, T, Dv)
-    den = sq @ z.unsqueeze(2).unsqueeze(-1)  # (B, Hkv, G, T, 1)
-    return (num / den).view(B, H, T, -1)
-
-
-def memory_delta(
-    sk: torch.Tensor, v: torch.Tensor, M: torch.Tensor | None, z: torch.Tensor | None, rule: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """What one segment adds to (M, z). sk: σ(K) (B, Hkv, T, Dk), v: (B, Hkv, T, Dv), float32.
-
-    The delta rule subtracts what the *old* memory already returns for each key (the same old
-    memory for every token of the segment); with an empty memory (M is None) there is nothing to
-    subtract. The sum over tokens is additive, so a segment may be written in several chunks
-    (as generation does) and give the same result.
-    """
-    if rule == "delta" and M is not None:
-        v = v - (sk @ M) / (sk @ z.unsqueeze(-1))
-    dM = sk.transpose(-1, -2) @ v  # (B, Hkv, Dk, Dv)
-    dz = sk.sum(dim=-2)  # (B, Hkv, Dk)
-    return dM, dz
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:

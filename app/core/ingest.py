@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-import engine as eng
+from infini_reader import engine as eng
 
 from .document import ReaderError
 from .library import Library, file_hash

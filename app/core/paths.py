@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import platformdirs
@@ -25,3 +26,30 @@ def log_dir() -> Path:
     d = Path(os.environ.get("INFINI_LOG_DIR") or platformdirs.user_log_dir(APP))
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def models_dir() -> Path:
+    """Where the built-in model's file is installed. Its own variable, not INFINI_DATA_DIR: moving the
+    library must not mean fetching the model again."""
+    return Path(os.environ.get("INFINI_MODEL_DIR") or Path(platformdirs.user_data_dir(APP)) / "models")
+
+
+def cache_dir() -> Path:
+    """Converted model weights (safetensors) live here: $INFINI_CACHE_DIR or the user cache folder."""
+    return Path(os.environ.get("INFINI_CACHE_DIR") or platformdirs.user_cache_dir(APP))
+
+
+# The project's resources/ folder: beside the packages (a checkout, an editable install, a PyInstaller
+# bundle, whose datas put it there), or under <prefix>/share/infini-reader (a wheel).
+RESOURCE_DIRS = (
+    Path(__file__).resolve().parents[2] / "resources",
+    Path(sys.prefix) / "share" / APP / "resources",
+)
+
+
+def resource(name: str) -> Path | None:
+    """A file of the shipped resources, or None when this installation lacks it."""
+    for d in RESOURCE_DIRS:
+        if (d / name).is_file():
+            return d / name
+    return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import delete, select
 
-import engine as eng
+from infini_reader import engine as eng
 
 from .answers import load_memory
 from .db import SegmentRow, SummaryRow

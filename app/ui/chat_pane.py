@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core import answers
+from infini_reader.app.core import answers
 
 from .library_model import Row
 from .transcript import Turn, empty_state, parse_link, passage_preview, render

@@ -8,8 +8,8 @@ from pathlib import Path
 from PySide6.QtCore import QAbstractTableModel, QSortFilterProxyModel, Qt
 from PySide6.QtWidgets import QApplication, QStyle, QStyledItemDelegate, QStyleOptionProgressBar
 
-from app.core.ingest import Progress
-from app.core.library import DocInfo, for_model
+from infini_reader.app.core.ingest import Progress
+from infini_reader.app.core.library import DocInfo, for_model
 
 COLUMNS = ("Title", "Author", "Format", "Size", "Status")
 SORT_ROLE = Qt.UserRole + 1

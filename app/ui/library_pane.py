@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.ingest import Progress
+from infini_reader.app.core.ingest import Progress
 
 from .library_model import (
     ROW_ROLE,

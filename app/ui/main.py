@@ -9,9 +9,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from app.core.paths import log_dir
+from infini_reader.app.core.paths import log_dir
 
-log = logging.getLogger("app.ui")
+log = logging.getLogger("infini_reader.app.ui")
 
 
 def setup_logging() -> Path:
@@ -49,14 +49,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from app.ui.main_window import MainWindow
-    from app.ui.settings import Settings
+    from infini_reader.app.ui.main_window import MainWindow
+    from infini_reader.app.ui.settings import Settings
 
     app = QApplication.instance() or QApplication([sys.argv[0], *qt_args])
     app.setApplicationName("Infini Reader")
     app.setOrganizationName("infini-reader")
     app.setDesktopFileName("infini-reader")
-    from app.ui.icon import app_icon
+    from infini_reader.app.ui.icon import app_icon
 
     app.setWindowIcon(app_icon())
     settings = Settings.load()

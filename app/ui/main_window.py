@@ -18,13 +18,13 @@ from PySide6.QtWidgets import (
     QTabWidget,
 )
 
-import engine
-from app.core import paths
-from app.core.export import export_markdown
-from app.core.fingerprints import recall
-from app.core.ingest import Progress
-from app.core.library import Library
-from app.core.models import ModelChoice, describe, load_engine, remember_fingerprint
+from infini_reader import engine
+from infini_reader.app.core import paths
+from infini_reader.app.core.export import export_markdown
+from infini_reader.app.core.fingerprints import recall
+from infini_reader.app.core.ingest import Progress
+from infini_reader.app.core.library import Library
+from infini_reader.app.core.models import ModelChoice, describe, load_engine, remember_fingerprint
 
 from .chat_pane import ChatPane
 from .library_model import Row

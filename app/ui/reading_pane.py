@@ -15,8 +15,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.answers import Citation
-from app.core.document import Document
+from infini_reader.app.core.answers import Citation
+from infini_reader.app.core.document import Document
 
 from .worker import Tasks
 

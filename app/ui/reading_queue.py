@@ -13,8 +13,8 @@ from collections import deque
 
 from PySide6.QtCore import QObject, Signal
 
-from app.core import ingest, summaries
-from app.core.ingest import Progress
+from infini_reader.app.core import ingest, summaries
+from infini_reader.app.core.ingest import Progress
 
 from .worker import Tasks
 

@@ -13,7 +13,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication
 
-from app.core.paths import APP
+from infini_reader.app.core.paths import APP
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core import summaries
+from infini_reader.app.core import summaries
 
 from .library_model import Row
 from .transcript import markdown_html

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from PySide6.QtGui import QPalette, QTextDocument
 
-from app.core.answers import Citation
+from infini_reader.app.core.answers import Citation
 
 
 @dataclass

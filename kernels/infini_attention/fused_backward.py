@@ -213,7 +213,7 @@ class InfiniAttentionFunction(torch.autograd.Function):
                 qm = q.detach().float().requires_grad_()
                 Mm = M.detach().requires_grad_()
                 zm = z.detach().requires_grad_()
-                a_mem = naive.memory_retrieve(qm, Mm, zm)  # (B, H, T, D) float32
+                a_mem = naive.memory_retrieve(naive.sigma(qm), Mm, zm)  # (B, H, T, D) float32
                 dq_m, dM, dz = torch.autograd.grad(a_mem, (qm, Mm, zm), dA.float() * g.view(1, H, 1, 1))
             dq = dq + dq_m.float()
             mem_dot = (dA.float() * a_mem.detach()).sum((0, 2, 3))

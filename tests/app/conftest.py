@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-import engine
-from app.core.library import Library
+from infini_reader import engine
+from infini_reader.app.core.library import Library
+from infini_reader.app.core import models
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 FIXTURES = SHARED / "fixtures"
@@ -11,7 +12,7 @@ FIXTURES = SHARED / "fixtures"
 
 @pytest.fixture(scope="session")
 def builtin_tokenizer_engine():
-    return engine.load_model("builtin", device="cpu")
+    return models.load_model("builtin", device="cpu")
 
 
 @pytest.fixture(scope="session")

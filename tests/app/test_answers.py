@@ -7,11 +7,11 @@ import pymupdf
 import pytest
 import torch
 
-import engine
-from app.core.answers import RetrievalSettings, ask, chat_history, find_passages
-from app.core.ingest import ingest_file
-from app.core.library import Library
-from app.core.summaries import stored_summaries, summarize
+from infini_reader import engine
+from infini_reader.app.core.answers import RetrievalSettings, ask, chat_history, find_passages
+from infini_reader.app.core.ingest import ingest_file
+from infini_reader.app.core.library import Library
+from infini_reader.app.core.summaries import stored_summaries, summarize
 
 WORDS = ("river stone window garden letter candle market winter harbour bridge lantern orchard meadow "
          "carriage violin kettle ladder blanket chimney compass").split()
@@ -150,8 +150,8 @@ def test_summaries_stream_are_stored_and_come_back_at_once(tiny_reader, library,
 
 
 def test_a_chapter_is_summarised_over_the_memory_of_the_chapters_before(tiny_reader, library, tmp_path):
-    from app.core.summaries import MemoryBefore
-    from app.core.segments import plan_segments
+    from infini_reader.app.core.summaries import MemoryBefore
+    from infini_reader.app.core.segments import plan_segments
 
     book = make_pdf(tmp_path / "m.pdf", fact_page=1, fact="A fact.", pages=8)
     *_, last = ingest_file(library, tiny_reader, book)
@@ -186,7 +186,7 @@ def test_a_chapter_is_summarised_over_the_memory_of_the_chapters_before(tiny_rea
 
 
 def test_a_long_chapters_short_part_summaries_are_joined_in_order(tiny_reader, library, tmp_path, monkeypatch):
-    from app.core import summaries
+    from infini_reader.app.core import summaries
 
     book = make_pdf(tmp_path / "long.pdf", fact_page=1, fact="A fact.", pages=8)  # chapters of 4 pages
     *_, last = ingest_file(library, tiny_reader, book)
@@ -210,7 +210,7 @@ def test_a_long_chapters_short_part_summaries_are_joined_in_order(tiny_reader, l
 
 def test_long_part_summaries_keep_every_part_cut_to_their_first_sentences(tiny_reader, library, tmp_path,
                                                                           monkeypatch):
-    from app.core import summaries
+    from infini_reader.app.core import summaries
 
     book = make_pdf(tmp_path / "long.pdf", fact_page=1, fact="A fact.", pages=8)  # chapters of 4 pages
     *_, last = ingest_file(library, tiny_reader, book)
@@ -236,7 +236,7 @@ def test_long_part_summaries_keep_every_part_cut_to_their_first_sentences(tiny_r
 
 
 def test_a_part_summary_stops_once_the_join_would_cut_the_rest(tiny_reader, library, tmp_path, monkeypatch):
-    from app.core import summaries
+    from infini_reader.app.core import summaries
 
     book = make_pdf(tmp_path / "long.pdf", fact_page=1, fact="A fact.", pages=8)  # chapters of 3 parts
     *_, last = ingest_file(library, tiny_reader, book)
@@ -274,7 +274,7 @@ def test_a_part_summary_stops_once_the_join_would_cut_the_rest(tiny_reader, libr
 
 
 def test_a_summary_cut_by_the_token_limit_is_stored_without_its_stub(tiny_reader, library, tmp_path, monkeypatch):
-    from app.core import summaries
+    from infini_reader.app.core import summaries
 
     book = make_pdf(tmp_path / "short.pdf", fact_page=1, fact="A fact.", pages=9)  # chapter 3: one page
     *_, last = ingest_file(library, tiny_reader, book)
@@ -291,7 +291,7 @@ def test_a_summary_cut_by_the_token_limit_is_stored_without_its_stub(tiny_reader
 
 
 def test_an_answer_ends_where_the_model_starts_the_next_question(tiny_reader, library, tmp_path, monkeypatch):
-    from engine.generate import detokenize
+    from infini_reader.engine.generate import detokenize
 
     book = make_pdf(tmp_path / "q.pdf", fact_page=1, fact="The drink tasted of cherry-tart.")
     *_, last = ingest_file(library, tiny_reader, book)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
+from infini_reader.app.cli import main
 
 from .conftest import FIXTURES, write_book
 
@@ -94,7 +94,7 @@ def test_user_errors_are_one_line_without_traceback(capsys, tmp_path, tiny_model
 
 
 def test_a_book_read_with_an_adapter_is_asked_with_it(capsys, tmp_path, tiny_model_dir):
-    from engine import load_model
+    from infini_reader.engine import load_model
     from tests.conftest import write_nudged_adapter
 
     adapter = tmp_path / "nudged.safetensors"

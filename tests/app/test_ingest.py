@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import engine
-from app.core.ingest import ingest_file, ingest_files
-from app.core.library import Library
+from infini_reader import engine
+from infini_reader.app.core.ingest import ingest_file, ingest_files
+from infini_reader.app.core.library import Library
 
 from .conftest import write_book
 
@@ -84,8 +84,8 @@ def test_cancel_then_resume_equals_an_uninterrupted_reading(tiny_reader, library
 
 KILL_SCRIPT = """
 import sys, engine
-from app.core.ingest import ingest_file
-from app.core.library import Library
+from infini_reader.app.core.ingest import ingest_file
+from infini_reader.app.core.library import Library
 model_dir, url, book = sys.argv[1:]
 e = engine.load_model(model_dir, device="cpu", dtype="float32")
 for ev in ingest_file(Library(url), e, book, checkpoint_segments=2):

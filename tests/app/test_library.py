@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from sqlalchemy import inspect
 
-from app.core.db import create_db_engine
-from app.core.document import Document, Section
-from app.core.library import Library, LibraryError
-from app.core.segments import SegmentPlan
+from infini_reader.app.core.db import create_db_engine
+from infini_reader.app.core.document import Document, Section
+from infini_reader.app.core.library import Library, LibraryError
+from infini_reader.app.core.segments import SegmentPlan
 
 
 def test_migration_from_an_empty_database(tmp_path):
@@ -82,7 +82,7 @@ def test_damaged_memory_is_reported(library, tmp_path):
 
 
 def test_a_models_fingerprint_record_counts_only_while_its_files_are_unchanged(tmp_path):
-    from app.core import fingerprints as fps
+    from infini_reader.app.core import fingerprints as fps
 
     weights, adapter = tmp_path / "model.gguf", tmp_path / "adapter.safetensors"
     weights.write_bytes(b"w" * 10)

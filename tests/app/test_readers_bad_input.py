@@ -7,8 +7,8 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-import app.core.readers.epub as epub_reader
-from app.core.readers import ReaderError, read_document
+import infini_reader.app.core.readers.epub as epub_reader
+from infini_reader.app.core.readers import ReaderError, read_document
 from tests.app.test_readers_epub import FIXTURES, make_epub, replace_member
 from tests.app.test_readers_pdf import make_pdf
 

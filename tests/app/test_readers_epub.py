@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from ebooklib import epub
 
-from app.core.readers import read_document
+from infini_reader.app.core.readers import read_document
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-from app.core.readers import ReaderError, read_document
+from infini_reader.app.core.readers import ReaderError, read_document
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 

@@ -5,7 +5,7 @@ import resource
 
 import pytest
 
-from app.core.readers import read_document
+from infini_reader.app.core.readers import read_document
 
 PARAGRAPH = (
     "It was a dark and stormy night; the rain fell in torrents, except at\n"
@@ -200,7 +200,7 @@ def test_a_50_mb_single_line_reads_in_bounded_memory(tmp_path):
 
 
 def test_utf16_detection_does_not_mistake_plain_bytes():
-    from app.core.readers.text import decode_text
+    from infini_reader.app.core.readers.text import decode_text
 
     assert decode_text(codecs.BOM_UTF8 + "é".encode()) == "é"
     assert decode_text("plain ascii".encode("utf-16-le")) == "plain ascii"

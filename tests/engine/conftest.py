@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from engine import Engine, InfiniConfig, build_model
+from infini_reader.engine import Engine, InfiniConfig, build_model
 
 
 def tiny_config(**kw) -> InfiniConfig:

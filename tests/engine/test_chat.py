@@ -5,8 +5,8 @@ import json
 import jinja2
 import pytest
 
-from engine.builtin import model_path
-from engine.chat import CHATML_TEMPLATE, ChatFormat, make_chat_format, read_chat_format
+from infini_reader.app.core.builtin import model_path
+from infini_reader.engine.chat import CHATML_TEMPLATE, ChatFormat, make_chat_format, read_chat_format
 
 transformers = pytest.importorskip("transformers")
 

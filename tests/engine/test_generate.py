@@ -3,21 +3,22 @@
 import pytest
 import torch
 
-import engine
-from engine.generate import detokenize, generate_ids
+from infini_reader import engine
+from infini_reader.engine.generate import detokenize, generate_ids
 
 from .conftest import tiny_engine
+from infini_reader.app.core import models
 
 
 @pytest.fixture(scope="module")
 def smol():
     """The built-in model with short segments, so that answers cross segment boundaries."""
-    return engine.load_model("builtin", device="cpu", segment_length=48)
+    return models.load_model("builtin", device="cpu", segment_length=48)
 
 
 def test_greedy_is_deterministic_and_pieces_concatenate():
     # Full-length segments: the untrained memory cannot yet carry an answer across a boundary.
-    smol = engine.load_model("builtin", device="cpu")
+    smol = models.load_model("builtin", device="cpu")
     mem = smol.ingest("The lighthouse keeper was called Ezekiel Marsh. " * 6, smol.new_memory())
     pieces = list(smol.generate("Name three colours.", mem, max_new_tokens=60))
     again = "".join(smol.generate("Name three colours.", mem, max_new_tokens=60))

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-import engine
-from engine import ModelLoadError
-from engine.builtin import model_path
-from engine.gguf import bytes_to_unicode, cached_folder, open_gguf, read_metadata, read_tensors, read_tokenizer
+from infini_reader import engine
+from infini_reader.engine import ModelLoadError
+from infini_reader.app.core.builtin import MODEL_SHA256, model_path
+from infini_reader.app.core.paths import cache_dir
+from infini_reader.engine.gguf import bytes_to_unicode, cached_folder, open_gguf, read_metadata, read_tensors, read_tokenizer
 
 from ..conftest import shut_memory
+from infini_reader.app.core import models
 
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
@@ -133,8 +135,8 @@ def test_tiny_gguf_matches_the_same_weights_from_a_folder(tmp_path, cache, arch)
     ref.save_pretrained(tmp_path / "hf")
     write_gguf(tmp_path / "tiny.gguf", hf_cfg, state, arch, qtypes)
 
-    from_gguf = shut_memory(engine.load_model(tmp_path / "tiny.gguf", device="cpu", dtype="float32", segment_length=64))
-    from_hf = shut_memory(engine.load_model(tmp_path / "hf", device="cpu", dtype="float32", segment_length=64))
+    from_gguf = shut_memory(models.load_model(tmp_path / "tiny.gguf", device="cpu", dtype="float32", segment_length=64))
+    from_hf = shut_memory(models.load_model(tmp_path / "hf", device="cpu", dtype="float32", segment_length=64))
     assert from_gguf.config.model_type == arch and not from_gguf.config.tie_word_embeddings
     ours, theirs = from_gguf.model.state_dict(), from_hf.model.state_dict()
     for name in theirs:
@@ -282,7 +284,7 @@ def test_builtin_logits_match_transformers(builtin_engine_f32, transformers_smol
 
 def test_builtin_export_hf_loads_back_identically(builtin_engine_f32, tmp_path):
     builtin_engine_f32.export_hf(tmp_path)
-    back = engine.load_model(tmp_path, device="cpu", dtype="float32")
+    back = models.load_model(tmp_path, device="cpu", dtype="float32")
     ids = builtin_engine_f32.tokenizer.encode(PROMPT).ids
     assert back.config.segment_length == builtin_engine_f32.config.segment_length
     assert torch.equal(back.logits(ids), builtin_engine_f32.logits(ids))
@@ -292,15 +294,15 @@ def test_builtin_export_hf_loads_back_identically(builtin_engine_f32, tmp_path):
 
 
 def test_second_load_reads_the_cache(builtin_engine_f32, monkeypatch):
-    folder = cached_folder(model_path())
-    assert (folder / "model.safetensors").is_file() and folder.name == engine.builtin.MODEL_SHA256
+    folder = cached_folder(model_path(), cache_dir())
+    assert (folder / "model.safetensors").is_file() and folder.name == MODEL_SHA256
 
     def no_conversion(*a):
         raise AssertionError("converted again")
 
     monkeypatch.setattr(engine.gguf, "convert", no_conversion)
     monkeypatch.setattr(engine.gguf.hashlib, "sha256", no_conversion)  # the hash memo spares a re-read
-    assert cached_folder(model_path()) == folder
+    assert cached_folder(model_path(), cache_dir()) == folder
 
 
 # ---- folders written by transformers ----
@@ -313,7 +315,7 @@ def test_tiny_folder_matches_transformers(tmp_path, arch):
     ref.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="100KB")
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
     (tmp_path / "consolidated.safetensors").write_bytes(b"Mistral's own format, not read")
-    e = shut_memory(engine.load_model(tmp_path, device="cpu", dtype="float32", segment_length=64))
+    e = shut_memory(models.load_model(tmp_path, device="cpu", dtype="float32", segment_length=64))
     assert e.config.model_type == arch and e.config.qkv_bias == (arch == "qwen2") and e.config.rope_theta == 5000.0
     ids = torch.randint(0, 261, (60,), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -331,17 +333,17 @@ def test_truncated_gguf_is_refused_clearly(tmp_path, cache):
     for cut in (len(data) * 2 // 3, 600, 10):
         (tmp_path / "cut.gguf").write_bytes(data[:cut])
         with pytest.raises(ModelLoadError, match="truncated"):
-            engine.load_model(tmp_path / "cut.gguf", device="cpu")
+            models.load_model(tmp_path / "cut.gguf", device="cpu")
     assert not list((cache / "weights").glob(".*.*/")), "a failed conversion left a temporary folder"
 
 
 def test_not_a_gguf_file_is_refused_clearly(tmp_path, cache):
     (tmp_path / "model.gguf").write_text("<html>404 Not Found</html>")
     with pytest.raises(ModelLoadError, match="not a GGUF file"):
-        engine.load_model(tmp_path / "model.gguf", device="cpu")
+        models.load_model(tmp_path / "model.gguf", device="cpu")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ModelLoadError, match="not a model"):
-        engine.load_model(tmp_path / "notes.txt", device="cpu")
+        models.load_model(tmp_path / "notes.txt", device="cpu")
 
 
 def test_unsupported_architecture_is_named(tmp_path, cache):
@@ -353,16 +355,16 @@ def test_unsupported_architecture_is_named(tmp_path, cache):
     w.write_tensors_to_file()
     w.close()
     with pytest.raises(ModelLoadError, match="'mamba' is not supported"):
-        engine.load_model(tmp_path / "mamba.gguf", device="cpu")
+        models.load_model(tmp_path / "mamba.gguf", device="cpu")
 
 
 def test_folder_without_weights_is_refused_clearly(tmp_path):
     with pytest.raises(ModelLoadError, match="no config.json"):
-        engine.load_model(tmp_path, device="cpu")
+        models.load_model(tmp_path, device="cpu")
     hf_cfg, _ = random_hf_model("llama")
     hf_cfg.save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match=r"no \*\.safetensors weights"):
-        engine.load_model(tmp_path, device="cpu")
+        models.load_model(tmp_path, device="cpu")
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ModelLoadError, match="pickles"):
-        engine.load_model(tmp_path, device="cpu")
+        models.load_model(tmp_path, device="cpu")

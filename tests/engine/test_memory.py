@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from engine import Memory, SnapshotError
-from engine.memory import memory_delta, memory_retrieve, sigma
+from infini_reader.engine import Memory, SnapshotError
+from infini_reader.engine.memory import memory_delta, memory_retrieve, sigma
 
 from .conftest import tiny_engine
 

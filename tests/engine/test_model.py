@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
-import engine
-from engine import InfiniConfig
-from engine.generate import Stream
-from engine.memory import sigma
+from infini_reader import engine
+from infini_reader.engine import InfiniConfig
+from infini_reader.engine.generate import Stream
+from infini_reader.engine.memory import sigma
 
 from .conftest import tiny_config, tiny_engine
+from lab.train.unroll import forward_train
 
 
 @pytest.mark.parametrize("rule", ["linear", "delta"])
@@ -67,7 +68,7 @@ def test_no_leakage_from_future_tokens(t, projections):
     projections too): changing every token after t leaves the logits up to t exactly as they were."""
     e = tiny_engine()
     if projections:
-        from .test_memory_projection import randomize_memory_projection
+        from tests.lab.test_memory_projection import randomize_memory_projection
 
         randomize_memory_projection(e.model, seed=t)
     g = torch.Generator().manual_seed(t)
@@ -131,7 +132,7 @@ def test_empty_memory_first_segment_is_finite_and_scaled():
 
 def _train_grads(model, idx, targets, ckpt):
     model.zero_grad()
-    loss = model.forward_train(idx, targets, grad_checkpoint=ckpt)
+    loss = forward_train(model, idx, targets, grad_checkpoint=ckpt)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -216,7 +217,7 @@ def test_export_hf_round_trip(tmp_path):
 
 @pytest.mark.parametrize("T,pos0,block", [(300, 0, 256), (100, 37, 32), (257, 0, 64), (1, 50, 256)])
 def test_blocked_attention_equals_sdpa(T, pos0, block):
-    from engine.model import blocked_attention
+    from infini_reader.engine.model import blocked_attention
 
     g = torch.Generator().manual_seed(T)
     q = torch.randn(2, 6, T, 16, generator=g, requires_grad=True)
@@ -234,7 +235,7 @@ def test_blocked_attention_equals_sdpa(T, pos0, block):
 
 
 def test_blocked_attention_trains_after_running_in_inference_mode():
-    from engine.model import blocked_attention
+    from infini_reader.engine.model import blocked_attention
 
     q, k, v = (torch.randn(1, 2, 300, 8) for _ in range(3))
     with torch.inference_mode():

@@ -22,7 +22,7 @@ import torch
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"
-    early = [m for m in sys.modules if m.startswith("kernels.") and m.endswith(("fused", "fused_backward"))]
+    early = [m for m in sys.modules if m.startswith("infini_reader.kernels.") and m.endswith(("fused", "fused_backward"))]
     if early:
         raise RuntimeError(f"{early} imported before tests/kernels/conftest.py set TRITON_INTERPRET=1")
 

@@ -23,7 +23,7 @@ def compiled(code: list[str], tmp_path: Path | None = None) -> subprocess.Comple
 
 
 def test_every_kernel_compiles_for_sm90():
-    got = compiled(["-m", "kernels.compile_check"])
+    got = compiled(["-m", "infini_reader.kernels.compile_check"])
     assert got.returncode == 0, got.stdout[-4000:] + got.stderr[-4000:]
     ok = [line for line in got.stdout.splitlines() if line.startswith("ok ")]
     # five kernels; each in bf16 and float32; the forward with and without the memory and with and

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from kernels.decode import naive
-from kernels.decode.fused import decode_fwd
-from kernels.infini_attention.fused import infini_attention_fwd
+from infini_reader.kernels.decode import naive
+from infini_reader.kernels.decode.fused import decode_fwd
+from infini_reader.kernels.infini_attention.fused import infini_attention_fwd
 
 from .conftest import BOUNDS, poisoned, randn, random_memory, rel_err, rotary
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-from kernels.decode import naive as decode_naive
-from kernels.infini_attention import naive as attention_naive
-from kernels.memory_update import naive as update_naive
+from infini_reader import kernels
+from infini_reader.kernels.decode import naive as decode_naive
+from infini_reader.kernels.infini_attention import naive as attention_naive
+from infini_reader.kernels.memory_update import naive as update_naive
 
 from .conftest import BOUNDS, DEVICE, randn, random_memory, rel_err, rotary
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_importing_engine_and_kernels_does_not_import_triton():
     env = {k: v for k, v in os.environ.items() if k not in ("INFINI_KERNELS", "TRITON_INTERPRET")}
-    code = "import sys, engine, kernels; print('triton' in sys.modules)"
+    code = "import sys, infini_reader.engine, infini_reader.kernels; print('triton' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -105,8 +105,8 @@ def test_gradients_flow_through_the_dispatch(seed, monkeypatch):
 
 def _broken_segment_kernel(monkeypatch, error):
     """The segment kernel failing as Triton fails on a GPU it cannot build for; the calls counted."""
-    from kernels import dispatch
-    from kernels.infini_attention import fused
+    from infini_reader.kernels import dispatch
+    from infini_reader.kernels.infini_attention import fused
 
     tries = []
 
@@ -127,7 +127,7 @@ def test_a_kernel_triton_cannot_build_falls_back_to_the_reference_under_auto(mon
     monkeypatch.setenv("INFINI_KERNELS", "auto")
     q, k, v, M, z, beta, cos, sin = _inputs(0, T=24)
     ref = attention_naive.infini_attention(q, k, v, M, z, beta, cos, sin, 0)
-    with caplog.at_level(logging.WARNING, logger="kernels.dispatch"):
+    with caplog.at_level(logging.WARNING, logger="infini_reader.kernels.dispatch"):
         first = kernels.segment_attention(q, k, v, M, z, beta, cos, sin)
         second = kernels.segment_attention(q, k, v, M, z, beta, cos, sin)
     assert torch.equal(first, ref) and torch.equal(second, ref)

@@ -5,11 +5,12 @@ segment cache (prompt chunks and single decoded tokens), training gradients thro
 import pytest
 import torch
 
-from engine import InfiniConfig, build_model
-from engine.generate import Stream
-from engine.model import add_delta
+from infini_reader.engine import InfiniConfig, build_model
+from infini_reader.engine.generate import Stream
+from infini_reader.engine.model import add_delta
 
 from .conftest import DEVICE, rel_err
+from lab.train.unroll import forward_train
 
 TOL = 5e-5  # float32 model: the two paths differ by summation order only
 
@@ -29,9 +30,9 @@ def tiny_model(rule: str, seed: int = 0):
 
 def both_paths(monkeypatch, fn, expect=("infini_attention_fwd", "memory_update_fwd")):
     """fn() under INFINI_KERNELS=triton and =reference; checks which kernels the first one ran."""
-    import kernels.decode.fused as dec
-    import kernels.infini_attention.fused as att
-    import kernels.memory_update.fused as upd
+    import infini_reader.kernels.decode.fused as dec
+    import infini_reader.kernels.infini_attention.fused as att
+    import infini_reader.kernels.memory_update.fused as upd
 
     calls = []
     for mod, name in ((att, "infini_attention_fwd"), (upd, "memory_update_fwd"), (dec, "decode_fwd")):
@@ -94,7 +95,7 @@ def test_training_gradients_through_the_memory(monkeypatch, seed):
 
     def train_step():
         model.zero_grad()
-        loss = model.forward_train(idx, targets)
+        loss = forward_train(model, idx, targets)
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from kernels.infini_attention import naive
-from kernels.infini_attention.fused import infini_attention_fwd, new_output
-from kernels.infini_attention.fused_backward import InfiniAttentionFunction, rotary_backward
+from infini_reader.kernels.infini_attention import naive
+from infini_reader.kernels.infini_attention.fused import infini_attention_fwd, new_output
+from infini_reader.kernels.infini_attention.fused_backward import InfiniAttentionFunction, rotary_backward
 
 from .conftest import BOUNDS, DEVICE, GRAD_BOUNDS, poisoned, randn, random_memory, rel_err, rotary
 
@@ -68,7 +68,7 @@ def test_saved_local_branch_and_lse(seed):
     q, k, v, M, z, beta, cos, sin = make_inputs(seed, B, H, Hkv, T, D, f32, True)
     _, a_dot, lse = infini_attention_fwd(q, k, v, M, z, beta, cos, sin, store_dot=True)
     q_r = naive.apply_rotary(q, cos, sin)
-    assert rel_err(a_dot, naive.local_attention(q_r, k, v)) < BOUNDS[f32], f"seed {seed}"
+    assert rel_err(a_dot, naive.causal_attention(q_r, k, v)) < BOUNDS[f32], f"seed {seed}"
     kk = k.repeat_interleave(H // Hkv, dim=1)
     s = (q_r @ kk.transpose(-1, -2)) * D**-0.5
     s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=DEVICE).tril(), float("-inf"))
@@ -96,14 +96,14 @@ def test_empty_memory_is_zero_retrieval(seed):
     q, k, v, _, _, beta, cos, sin = make_inputs(seed, B, H, Hkv, T, D, f32, False)
     got = infini_attention_fwd(q, k, v, None, None, beta, cos, sin)
     g = torch.sigmoid(beta).view(1, H, 1, 1)
-    local = naive.local_attention(naive.apply_rotary(q, cos, sin), k, v)
+    local = naive.causal_attention(naive.apply_rotary(q, cos, sin), k, v)
     assert rel_err(got, (1 - g) * local) < BOUNDS[f32], f"seed {seed}"
 
 
 def test_reference_is_the_engines_formula(seed):
     """The naive reference computes what engine/model.py and engine/memory.py compute."""
-    from engine.memory import memory_retrieve, sigma
-    from engine.model import apply_rotary, local_attention
+    from infini_reader.engine.memory import memory_retrieve, sigma
+    from infini_reader.engine.model import apply_rotary, local_attention
 
     B, H, Hkv, T, D = 1, 6, 2, 300, 64
     q, k, v, M, z, beta, cos, sin = make_inputs(seed, B, H, Hkv, T, D, f32, True)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels.memory_update import naive
-from kernels.memory_update.fused import TOKENS_PER_PROGRAM, MemoryUpdateFunction, memory_update_fwd
+from infini_reader.kernels.memory_update import naive
+from infini_reader.kernels.memory_update.fused import TOKENS_PER_PROGRAM, MemoryUpdateFunction, memory_update_fwd
 
 from .conftest import BOUNDS, GRAD_BOUNDS, poisoned, randn, random_memory, rel_err
 
@@ -59,7 +59,7 @@ def test_delta_subtracts_with_the_old_memory_for_every_token(seed):
 
 @pytest.mark.parametrize("rule", ["linear", "delta"])
 def test_reference_is_the_engines_memory_delta(seed, rule):
-    from engine.memory import memory_delta, sigma
+    from infini_reader.engine.memory import memory_delta, sigma
 
     k, v, M, z = make_inputs(seed, 2, 3, 50, 64, f32, True)
     for mem in ((M, z), (None, None)):

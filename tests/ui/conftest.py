@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-import engine
+from infini_reader import engine
+from infini_reader.app.core import models
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def builtin_engine():
-    return engine.load_model("builtin", device="cpu")
+    return models.load_model("builtin", device="cpu")
 
 
 def tiny_engine(builtin: engine.Engine, seed: int = 0, name: str = "tiny") -> engine.Engine:

@@ -7,7 +7,7 @@ import weakref
 import pytest
 from PySide6.QtWidgets import QApplication
 
-from app.ui import main as entry
+from infini_reader.app.ui import main as entry
 
 from .conftest import add_window
 
@@ -44,7 +44,7 @@ def test_files_model_and_library_from_the_command_line(qtbot, tmp_path, monkeypa
         def show_error(self, *a):
             pass
 
-    monkeypatch.setattr("app.ui.main_window.MainWindow", Window)
+    monkeypatch.setattr("infini_reader.app.ui.main_window.MainWindow", Window)
     monkeypatch.setattr(QApplication, "exec", lambda self: 0)
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     handlers = list(logging.getLogger().handlers)
@@ -62,7 +62,7 @@ def test_files_model_and_library_from_the_command_line(qtbot, tmp_path, monkeypa
 
 
 def test_an_unexpected_error_is_shown_and_logged(qtbot, tmp_path, tiny_reader, caplog):
-    from app.ui.main_window import MainWindow
+    from infini_reader.app.ui.main_window import MainWindow
 
     window = MainWindow(lambda choice: tiny_reader, data_dir=tmp_path / "data")
     add_window(qtbot, window)

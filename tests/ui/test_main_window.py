@@ -9,8 +9,8 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QTextCursor
 from PySide6.QtWidgets import QApplication
 
-from app.core import ingest
-from app.ui.main_window import MainWindow
+from infini_reader.app.core import ingest
+from infini_reader.app.ui.main_window import MainWindow
 
 from .conftest import add_window, make_epub
 
@@ -256,7 +256,7 @@ def test_summaries_stream_are_stored_and_shown_at_once_later(qtbot, tmp_path, ti
     whole = pane.summary_text(None)
     window.close()
 
-    from app.core import summaries
+    from infini_reader.app.core import summaries
 
     monkeypatch.setattr(summaries, "summarize", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rewritten")))
     again = open_window(qtbot, tmp_path, tiny_reader)
@@ -287,8 +287,8 @@ def test_export_writes_the_summaries_and_the_chat(qtbot, tmp_path, tiny_reader, 
 
 
 def test_the_list_names_another_models_reading_before_the_model_has_loaded(qtbot, tmp_path, tiny_reader):
-    from app.core.fingerprints import remember
-    from app.core.models import ModelChoice
+    from infini_reader.app.core.fingerprints import remember
+    from infini_reader.app.core.models import ModelChoice
 
     book = make_epub(tmp_path / "keeper.epub")
     first = open_window(qtbot, tmp_path, tiny_reader)
@@ -406,8 +406,8 @@ def test_keyboard_enter_shift_enter_new_question_and_stop(qtbot, tmp_path, tiny_
 
 
 def test_settings_are_kept_and_applied(qtbot, tmp_path, tiny_reader):
-    from app.ui.settings import Settings
-    from app.ui.settings_dialog import SettingsDialog
+    from infini_reader.app.ui.settings import Settings
+    from infini_reader.app.ui.settings_dialog import SettingsDialog
 
     asked = []
 
@@ -439,9 +439,9 @@ def test_settings_are_kept_and_applied(qtbot, tmp_path, tiny_reader):
 
 
 def test_summaries_written_after_reading_when_the_setting_is_on(qtbot, tmp_path, tiny_reader, monkeypatch):
-    from app.core.summaries import stored_summaries
-    from app.ui.settings import Settings
-    from app.ui.settings_dialog import SettingsDialog
+    from infini_reader.app.core.summaries import stored_summaries
+    from infini_reader.app.ui.settings import Settings
+    from infini_reader.app.ui.settings_dialog import SettingsDialog
 
     window = open_window(qtbot, tmp_path, tiny_reader)
     dialog = SettingsDialog(window.settings, "tiny", False, str(tmp_path / "data"), window)
@@ -488,7 +488,7 @@ def test_a_model_that_fails_to_load_is_reported(qtbot, tmp_path):
 
 @pytest.mark.parametrize("damaged", ["settings.json"])
 def test_damaged_settings_do_not_stop_the_window(qtbot, tmp_path, tiny_reader, damaged):
-    from app.ui.settings import settings_path
+    from infini_reader.app.ui.settings import settings_path
 
     settings_path().parent.mkdir(parents=True, exist_ok=True)
     settings_path().write_text("{ not json")
@@ -513,7 +513,7 @@ def test_a_reading_cut_short_by_a_crash_shows_as_stopped(qtbot, tmp_path, tiny_r
 def test_read_a_book_again_with_another_model(qtbot, tmp_path, tiny_reader, builtin_engine, monkeypatch):
     from PySide6.QtWidgets import QDialog
 
-    from app.ui.main_window import ModelDialog
+    from infini_reader.app.ui.main_window import ModelDialog
 
     from .conftest import tiny_engine
 

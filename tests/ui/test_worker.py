@@ -6,7 +6,7 @@ import weakref
 
 from PySide6.QtCore import QObject
 
-from app.ui.worker import GuiThreadCollector, Tasks, collect_garbage_on_gui_thread
+from infini_reader.app.ui.worker import GuiThreadCollector, Tasks, collect_garbage_on_gui_thread
 
 
 class Cycle:

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from app.core.db import Base
+from infini_reader.app.core.db import Base
 
 config = context.config
 connection = config.attributes.get("connection")

@@ -11,11 +11,11 @@ import os
 import zipfile
 from pathlib import Path
 
-from app.core.document import Document, ReaderError
-from app.core.readers.epub import read_epub
-from app.core.readers.html import read_html
-from app.core.readers.pdf import read_pdf
-from app.core.readers.text import looks_binary, read_text
+from infini_reader.app.core.document import Document, ReaderError
+from infini_reader.app.core.readers.epub import read_epub
+from infini_reader.app.core.readers.html import read_html
+from infini_reader.app.core.readers.pdf import read_pdf
+from infini_reader.app.core.readers.text import looks_binary, read_text
 
 SUPPORTED = (".epub", ".pdf", ".txt", ".md", ".markdown", ".html", ".htm", ".xhtml")
 _TEXT = {".txt", ".text", ".md", ".markdown", ".mdown", ".mkd"}

@@ -12,7 +12,7 @@ import bisect
 import re
 from dataclasses import dataclass
 
-from app.core.document import Section
+from infini_reader.app.core.document import Section
 
 
 @dataclass

@@ -12,9 +12,9 @@ from urllib.parse import unquote
 from ebooklib import epub
 from lxml import etree
 
-from app.core.document import Document, ReaderError
-from app.core.readers.chapters import Mark, gutenberg_bounds, promote_single_root, sections_from_marks
-from app.core.readers.html import Converted, convert, declared_charset, heading_chapters, parse_xhtml
+from infini_reader.app.core.document import Document, ReaderError
+from infini_reader.app.core.readers.chapters import Mark, gutenberg_bounds, promote_single_root, sections_from_marks
+from infini_reader.app.core.readers.html import Converted, convert, declared_charset, heading_chapters, parse_xhtml
 
 # A zip bomb unpacks a few kilobytes into gigabytes. zipfile never returns more than a member's
 # declared size, so checking the declared sizes before anything is read bounds the memory used.

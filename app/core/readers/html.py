@@ -13,9 +13,9 @@ from pathlib import Path
 from lxml import etree
 from lxml import html as lxml_html
 
-from app.core.document import Document, ReaderError
-from app.core.readers.chapters import Mark, gutenberg_bounds, is_apparatus, sections_from_marks
-from app.core.readers.text import decode_text, looks_binary, read_bytes
+from infini_reader.app.core.document import Document, ReaderError
+from infini_reader.app.core.readers.chapters import Mark, gutenberg_bounds, is_apparatus, sections_from_marks
+from infini_reader.app.core.readers.text import decode_text, looks_binary, read_bytes
 
 # Paragraph-like elements get a blank line around them, line-like ones a line break.
 _BLOCK = {

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pymupdf
 
-from app.core.document import Document, ReaderError
-from app.core.readers.chapters import (
+from infini_reader.app.core.document import Document, ReaderError
+from infini_reader.app.core.readers.chapters import (
     Mark,
     gutenberg_bounds,
     heading_marks,

@@ -6,8 +6,8 @@ import codecs
 import re
 from pathlib import Path
 
-from app.core.document import Document, ReaderError
-from app.core.readers.chapters import Mark, gutenberg_bounds, heading_marks, is_apparatus, sections_from_marks
+from infini_reader.app.core.document import Document, ReaderError
+from infini_reader.app.core.readers.chapters import Mark, gutenberg_bounds, heading_marks, is_apparatus, sections_from_marks
 
 # Bigger than any book (the King James Bible is 4.5 MB); a larger "text" file is a log or a data dump.
 MAX_TEXT_BYTES = 256 * 1024 * 1024

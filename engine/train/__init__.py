@@ -1,6 +1,0 @@
-"""Training the memory: `python -m engine.train` (see `--help`)."""
-
-from .data import TrainingData, passkey_ids
-from .trainer import TrainConfig, Trainer, plot
-
-__all__ = ["TrainConfig", "Trainer", "TrainingData", "passkey_ids", "plot"]
