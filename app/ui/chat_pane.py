@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from infini_reader.app.core import answers
+from infini_reader.app.core.state import AppState, ModelState
 
 from .library_model import Row
 from .transcript import Turn, empty_state, parse_link, passage_preview, render
@@ -75,9 +76,11 @@ class ChatPane(QWidget):
     message = Signal(str)  # for the status bar
     answered = Signal(int)  # doc_id: an answer has been stored
 
-    def __init__(self, tasks: Tasks, parent=None):
+    def __init__(self, tasks: Tasks, state: AppState | None = None, parent=None):
         super().__init__(parent)
         self._tasks = tasks
+        self.state = state if state is not None else AppState()  # the model's loading; questions waiting for it
+        self._placeholders: dict[int, Turn] = {}  # id(PendingQuestion) → the answer shown as waiting
         self.library = None
         self.engine = None
         self.row: Row | None = None
@@ -138,6 +141,9 @@ class ChatPane(QWidget):
             self.chats.clear()
         self.library, self.engine = library, engine
         self.set_document(self.row)
+        if self.state.model.state == ModelState.FAILED:
+            self._give_up_waiting(f"Not answered: the model could not be loaded ({self.state.model.error}).")
+        self._answer_waiting()
 
     def set_document(self, row: Row | None) -> None:
         """Show a document's chat (loaded once from the library), or nothing."""
@@ -158,7 +164,9 @@ class ChatPane(QWidget):
     def _say_state(self) -> None:
         r = self.row
         model = "the model in use"
-        if r.status == "ready":
+        if r.status == "ready" and self.engine is None and self.state.waiting_questions(r.doc_id):
+            self.banner.say("Waiting for the model to load: your question is answered as soon as it is ready.")
+        elif r.status == "ready":
             self.banner.say("")
         elif r.status == "other-model":
             self.banner.say(f"“{r.title}” was read by another model. Read it again with {model} to ask questions "
@@ -200,12 +208,15 @@ class ChatPane(QWidget):
         return self._answering is not None
 
     def _update_buttons(self) -> None:
-        ready = (self.row is not None and self.row.status == "ready" and self.engine is not None
-                 and self.row.doc_id in self.chats)
-        self.send.setEnabled(ready and not self.busy)
+        askable = self.row is not None and self.row.status == "ready" and self.row.doc_id in self.chats
+        # while the model loads, questions are taken and wait for it
+        model = self.engine is not None or self.state.loading
+        waiting = askable and bool(self.state.waiting_questions(self.row.doc_id))
+        self.send.setEnabled(askable and model and not self.busy)
         self.question.setEnabled(self.row is not None)
-        self.stop_button.setEnabled(self.busy)
-        self.clear.setEnabled(ready and not self.busy and bool(self.turns))
+        self.stop_button.setEnabled(self.busy or bool(self.state.questions))
+        self.clear.setEnabled(askable and self.engine is not None and not self.busy and not waiting
+                              and bool(self.turns))
 
     # ---- asking ----
 
@@ -214,11 +225,51 @@ class ChatPane(QWidget):
         if not text or not self.send.isEnabled():
             return
         self.question.clear()
-        doc_id, library, engine = self.row.doc_id, self.library, self.engine
+        doc_id = self.row.doc_id
         turns = self.chats[doc_id]
         turns.append(Turn("user", text))
-        answer = Turn("assistant", streaming=True)
+        answer = Turn("assistant")
         turns.append(answer)
+        if self.engine is None:  # the model is loading: the question waits for it, in sight
+            answer.waiting = True
+            self._placeholders[id(self.state.ask_later(doc_id, text))] = answer
+            self.message.emit("Waiting for the model: the question is answered as soon as it has loaded")
+            self._say_state()
+            self._update_buttons()
+            self.render()
+            return
+        self._answer(doc_id, text, answer)
+
+    def _answer_waiting(self) -> None:
+        """The model is ready: answer the next question that waited for it (one at a time)."""
+        if self.busy or self.engine is None or self.library is None:
+            return
+        q = self.state.next_question()
+        if q is None:
+            return
+        answer = self._placeholders.pop(id(q), None)
+        if answer is None or q.doc_id not in self.chats:  # its chat was forgotten meanwhile
+            answer = Turn("assistant")
+            self.chats.setdefault(q.doc_id, []).extend([Turn("user", q.text), answer])
+        self._answer(q.doc_id, q.text, answer)
+        if self.row is not None and self.row.doc_id == q.doc_id:
+            self._say_state()
+
+    def _give_up_waiting(self, why: str) -> None:
+        for q in self.state.drop_questions():
+            answer = self._placeholders.pop(id(q), None)
+            if answer is not None:
+                answer.waiting, answer.error = False, why
+        self._update_buttons()
+        self.render()
+        if self.row is not None:
+            self._say_state()
+
+    def _answer(self, doc_id: int, text: str, answer: Turn) -> None:
+        """Stream the answer to `text` into `answer`, a turn of `doc_id`'s chat: it stays that
+        document's whatever the window shows meanwhile."""
+        library, engine = self.library, self.engine
+        answer.waiting, answer.streaming = False, True
         self._answering, self._cancel = doc_id, threading.Event()
         cancel = self._cancel
 
@@ -249,6 +300,7 @@ class ChatPane(QWidget):
                 self.message.emit(answer.error)
             elif answer.message_id is not None:
                 self.answered.emit(doc_id)
+            self._answer_waiting()
 
         self._tasks.run(lambda: answers.ask(library, engine, doc_id, text, cancel=cancel), event, end, failed)
         self._update_buttons()
@@ -259,8 +311,11 @@ class ChatPane(QWidget):
             self.banner.say(message, "Read again with this model")
 
     def stop(self) -> None:
+        """Stop the answer being written, and the questions waiting for the model."""
         if self._cancel is not None:
             self._cancel.set()
+        if self.state.questions:
+            self._give_up_waiting("Not answered: stopped before the model was ready.")
 
     def focus_question(self) -> None:
         self.question.setFocus()

@@ -1,5 +1,7 @@
 """The main window: the library on the left, the open document's Chat and Summary in the middle,
-the reading pane on the right. It wires the panes to the services; the work runs in workers."""
+the reading pane on the right. It binds the widgets to the application state (`AppState`: the
+library, the open document, the model and its loading, the reading queue) and runs the slow work
+in workers; the state, not the window, holds what the application is doing."""
 
 from __future__ import annotations
 
@@ -18,13 +20,13 @@ from PySide6.QtWidgets import (
     QTabWidget,
 )
 
-from infini_reader import engine
 from infini_reader.app.core import paths
 from infini_reader.app.core.export import export_markdown
 from infini_reader.app.core.fingerprints import recall
 from infini_reader.app.core.ingest import Progress
 from infini_reader.app.core.library import Library
-from infini_reader.app.core.models import ModelChoice, describe, load_engine, remember_fingerprint
+from infini_reader.app.core.models import ModelChoice, describe
+from infini_reader.app.core.state import AppState, Loader, ModelState, ModelStatus
 
 from .chat_pane import ChatPane
 from .library_model import Row
@@ -40,7 +42,6 @@ log = logging.getLogger(__name__)
 
 SUFFIXES = {".epub", ".pdf", ".txt", ".md", ".markdown", ".html", ".htm", ".xhtml"}
 OPEN_FILTER = "Books (*.epub *.pdf *.txt *.md *.markdown *.html *.htm *.xhtml);;All files (*)"
-Loader = Callable[[ModelChoice], engine.Engine]
 
 SHORTCUTS = [("Ctrl+O", "Open books"), ("Ctrl+N", "New question"), ("Esc", "Stop the answer or summary"),
              ("Ctrl+F", "Search the library"), ("Ctrl+E", "Export chat and summaries to Markdown"),
@@ -85,10 +86,8 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.settings_file = settings_file
         self.settings = settings if settings is not None else Settings.load(settings_file)
-        self._load = load or load_engine
+        self.state = AppState(load)
         self._data_dir = data_dir  # given on the command line or by a test: wins over the settings
-        self.library: Library | None = None
-        self.engine: engine.Engine | None = None
         self.last_error = ""
         self._refresh_gen = 0
         self._seen: set[int] = set()  # documents whose reading events have been seen
@@ -98,9 +97,9 @@ class MainWindow(QMainWindow):
         self._closing = self._close_when_idle = False
 
         self.tasks = Tasks(self)
-        self.queue = ReadingQueue(self.tasks, self)
+        self.queue = ReadingQueue(self.tasks, self.state.queue, self)
         self.library_pane = LibraryPane()
-        self.chat = ChatPane(self.tasks)
+        self.chat = ChatPane(self.tasks, self.state)
         self.summary = SummaryPane(self.tasks)
         self.reading = ReadingPane(self.tasks)
         self.tabs = QTabWidget()
@@ -198,6 +197,20 @@ class MainWindow(QMainWindow):
         self.summary.export_requested.connect(self.export)
         for pane in (self.chat, self.summary, self.reading):
             pane.message.connect(self.say)
+        ev = self.state.events
+        ev.library.connect(self._library_ready)
+        ev.model.connect(self._model_changed)
+        ev.current.connect(lambda _: self._show_current())
+        ev.queue.connect(lambda: self.library_pane.model.set_pending(self.queue.waiting()))
+
+    @property
+    def library(self) -> Library | None:
+        return self.state.library
+
+    @property
+    def engine(self):
+        """The model in use once it has loaded, else None."""
+        return self.state.engine
 
     # ---- messages ----
 
@@ -227,12 +240,12 @@ class MainWindow(QMainWindow):
             return Library(paths.default_db_url(paths.data_dir(chosen)))
 
         self.say("Opening the library…")
-        self.tasks.call(make, self._library_ready,
+        self.tasks.call(make, self.state.set_library,
                         lambda m: self.show_error("The library could not be opened", f"The library could not be "
                                                   f"opened: {m}. Choose another folder in Settings."))
 
     def _library_ready(self, library: Library) -> None:
-        self.library = library
+        self.state.open(None)  # another library's document ids mean nothing here
         self.chat.bind(library, self.engine)
         self.summary.bind(library, self.engine)
         self.reading.bind(library)
@@ -241,34 +254,32 @@ class MainWindow(QMainWindow):
         self.refresh()
 
     def load_model(self) -> None:
+        """Load the model in the settings, off the GUI thread; the state says how it goes."""
         choice = ModelChoice(self.settings.model, self.settings.device)
-        self.engine = None
-        self.model_label.setText("Loading the model…")
-        for pane in (self.chat, self.summary):
-            pane.bind(self.library, None)
-        self.queue.bind(self.library, None)
-        load, folder = self._load, paths.data_dir(self.data_dir())
-        def make():
-            e = load(choice)
-            remember_fingerprint(folder, choice, e)  # hashes the weights once: here, not on the GUI thread
-            return e
+        token = self.state.start_loading(choice)
+        folder = paths.data_dir(self.data_dir())
+        self.tasks.call(lambda: self.state.load(choice, folder), lambda e: self.state.loaded(token, e),
+                        lambda m: self.state.failed(token, m))
 
-        self.tasks.call(make, self._model_ready, self._model_failed)
-
-    def _model_ready(self, e: engine.Engine) -> None:
-        self.engine = e
-        self.model_label.setText(describe(e))
-        self.model_label.setToolTip(f"The model in use, the device it runs on and its precision\n{e.source}")
+    def _model_changed(self, m: ModelStatus) -> None:
+        e = m.engine
+        if m.state == ModelState.LOADING:
+            self.model_label.setText("Loading the model…")
+            self.model_label.setToolTip("")
+        elif m.state == ModelState.READY:
+            self.model_label.setText(describe(e))
+            self.model_label.setToolTip(f"The model in use, the device it runs on and its precision\n{e.source}")
+        elif m.state == ModelState.FAILED:
+            self.model_label.setText("No model")
         self.chat.bind(self.library, e)
         self.summary.bind(self.library, e)
         self.queue.bind(self.library, e)
-        self.say("The model is ready")
-        self.refresh()
-
-    def _model_failed(self, message: str) -> None:
-        self.model_label.setText("No model")
-        self.show_error("The model could not be loaded", f"The model could not be loaded: {message}\n\n"
-                        "Choose another model in Settings (File → Settings).")
+        if m.state == ModelState.READY:
+            self.say("The model is ready")
+            self.refresh()
+        elif m.state == ModelState.FAILED:
+            self.show_error("The model could not be loaded", f"The model could not be loaded: {m.error}\n\n"
+                            "Choose another model in Settings (File → Settings).")
 
     def refresh(self) -> None:
         """The library's list, read in a worker; a newer request wins over an older one."""
@@ -288,7 +299,7 @@ class MainWindow(QMainWindow):
             self.library_pane.model.set_pending(self.queue.waiting())
             if self._select_when_listed is not None and self.library_pane.select(self._select_when_listed):
                 self._select_when_listed = None
-            self._current_changed(self.library_pane.current())
+            self._show_current()
 
         self.tasks.call(lambda: library.infos(fingerprint=fp), listed,
                         lambda m: self.show_error("The library could not be read", f"The library could not be "
@@ -315,6 +326,19 @@ class MainWindow(QMainWindow):
         self.splitter.setSizes([a - from_library, b - from_chat, from_chat + from_library])
 
     def _current_changed(self, row: Row | None) -> None:
+        """The library's selection changed. A document selected alone opens in the panes; a
+        selection emptied (by a search, a filter, a click beside the rows) or of several rows leaves
+        the panes with their document."""
+        if row is not None and row.doc_id is not None:
+            self.state.open(row.doc_id)
+
+    def _show_current(self) -> None:
+        """The panes show the state's document, with its row as the library last listed it."""
+        doc_id = self.state.current
+        row = self.library_pane.model.row_of(doc_id) if doc_id is not None else None
+        if doc_id is not None and row is None and self.library_pane.model.rows:
+            self.state.open(None)  # listed without it: it left the library (before the first listing: wait)
+            return
         self.chat.set_document(row)
         self.summary.set_document(row)
         self.setWindowTitle(f"{row.title} — Infini Reader" if row is not None else "Infini Reader")
@@ -331,10 +355,10 @@ class MainWindow(QMainWindow):
         if not files:
             self.say(f"Nothing to read there: drop {FORMATS} files")
             return
-        if not self.library_pane.selected() and self._select_when_listed is None:
+        if self.state.current is None and self._select_when_listed is None:
             self._select_when_listed = -1  # the document the first file becomes: open it
-        self.queue.add(files)
-        self.library_pane.model.set_pending(self.queue.waiting())
+        self.state.enqueue(files)
+        self.queue.start()
         self.say(f"Added {len(files)} file{'s' if len(files) > 1 else ''} to read")
 
     def _progress(self, ev: Progress) -> None:
@@ -359,9 +383,8 @@ class MainWindow(QMainWindow):
             self.say(f"“{ev.title}” is " + ("already in the library" if ev.reused else "read and ready"))
         elif ev.phase == "cancelled":
             bar.show_stopped(ev.title, ev.fraction, len(self.queue.waiting()))
-        current = self.library_pane.current()
-        if current is not None and current.doc_id == ev.document_id:
-            self._current_changed(current)
+        if self.state.current is not None and self.state.current == ev.document_id:
+            self._show_current()
 
     def _summarizing(self, doc_id: int, title: str, kind: str, text: str) -> None:
         """Summaries written after a reading (the setting): progress in the status bar. The title comes
@@ -373,9 +396,8 @@ class MainWindow(QMainWindow):
             log.warning("summaries after reading %s: %s", title, text)
         else:
             self.say(f"The summaries of “{title}” are ready")
-            current = self.library_pane.current()
-            if current is not None and current.doc_id == doc_id:
-                self.summary.set_document(current)
+            if self.state.current == doc_id:
+                self.summary.set_document(self.library_pane.model.row_of(doc_id))
 
     def _reading_failed(self, path: str, message: str) -> None:
         self.show_error("Reading failed", f"“{Path(path).name}” could not be read: {message}")
@@ -397,10 +419,10 @@ class MainWindow(QMainWindow):
         """Read again (resume a stopped reading, retry a failed one, read with the model in use)."""
         paths_ = [r.path for r in rows if r is not None and r.doc_id is not None]
         if paths_:
-            if self.queue.stopped is not None and self.queue.stopped[0] in paths_:
-                self.queue.stopped = None
-            self.queue.add(paths_, front=True)
-            self.library_pane.model.set_pending(self.queue.waiting())
+            if self.state.queue.stopped is not None and self.state.queue.stopped[0] in paths_:
+                self.state.queue.stopped = None
+            self.state.enqueue(paths_, front=True)
+            self.queue.start()
 
     def read_with_other_model(self, rows: list[Row]) -> None:
         rows = [r for r in rows if r is not None and r.doc_id is not None]
@@ -441,14 +463,14 @@ class MainWindow(QMainWindow):
             return
         for r in rows:
             if r.doc_id is None:
-                self.queue.discard(r.path)
-        self.library_pane.model.set_pending(self.queue.waiting())
+                self.state.dequeue(r.path)
         ids = [r.doc_id for r in rows if r.doc_id is not None]
         if not ids:
             return
         library = self.library
 
         def gone(_):
+            self.state.forget(ids)
             for i in ids:
                 self.chat.chats.pop(i, None)
                 self.summary.stored.pop(i, None)
@@ -482,11 +504,10 @@ class MainWindow(QMainWindow):
         self.library_pane.search.selectAll()
 
     def export_current(self) -> None:
-        row = self.library_pane.current()
-        if row is None or row.doc_id is None:
+        if self.state.current is None:
             self.say("Choose a document in the library to export")
             return
-        self.export(row.doc_id)
+        self.export(self.state.current)
 
     def export(self, doc_id: int) -> None:
         row = self.library_pane.model.row_of(doc_id)

@@ -1,6 +1,7 @@
 """Books waiting to be read, and the one being read: `ingest_files` in a worker thread.
 
-The worker pulls paths from a queue that the window can still add to, so that files dropped
+The list of files is the application state's (`ReadingList`); this reads it. The worker pulls paths
+from that list, which the window can still add to, so that files dropped
 while a book is being read wait their turn. Stop keeps what was read (the reading is stored as
 cancelled) and pauses the queue; resume continues with the stopped book, then the others.
 """
@@ -9,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 
 from PySide6.QtCore import QObject, Signal
 
 from infini_reader.app.core import ingest, summaries
 from infini_reader.app.core.ingest import Progress
+from infini_reader.app.core.state import ReadingList
 
 from .worker import Tasks
 
@@ -22,22 +23,19 @@ log = logging.getLogger(__name__)
 
 
 class ReadingQueue(QObject):
+    """Reads the files of the state's `ReadingList` one after the other, in a worker."""
+
     progress = Signal(object)  # Progress, on the GUI thread
     failed = Signal(str, str)  # path, message: the reading service itself failed
     idle = Signal()  # nothing is being read any more (done, stopped or failed)
     summarizing = Signal(int, str, str, str)  # doc id, title, "status" | "done" | "error", text: summaries after reading
 
-    def __init__(self, tasks: Tasks, parent: QObject | None = None):
+    def __init__(self, tasks: Tasks, files: ReadingList | None = None, parent: QObject | None = None):
         super().__init__(parent)
         self._tasks = tasks
-        self._lock = threading.Lock()
-        self._waiting: deque[str] = deque()
-        self._current: str | None = None  # the path being read
-        self._current_doc: int | None = None
+        self.files = files if files is not None else ReadingList()
         self._cancel: threading.Event | None = None
         self._worker = None
-        self.paused = False
-        self.stopped: tuple[str, Progress] | None = None  # the book Stop interrupted: (path, its last event)
         self.library = None
         self.engine = None
         self.summarize_after = False  # write every chapter's summary once a book is read
@@ -50,27 +48,36 @@ class ReadingQueue(QObject):
         self._start()
 
     def add(self, paths: list[str], front: bool = False) -> None:
-        with self._lock:
-            new = [p for p in paths if p not in self._waiting and p != self._current]
-            if front:
-                self._waiting.extendleft(reversed(new))
-            else:
-                self._waiting.extend(new)
-        self.paused = False
+        self.files.add(paths, front=front)
+        self._start()
+
+    def start(self) -> None:
+        """Files were added to the list: read them, unless paused or a reading goes on."""
         self._start()
 
     def discard(self, path: str) -> None:
-        with self._lock:
-            if path in self._waiting:
-                self._waiting.remove(path)
+        self.files.remove(path)
 
     def waiting(self) -> list[str]:
-        """Paths not yet in the library: those waiting, and the one being opened."""
-        with self._lock:
-            out = list(self._waiting)
-            if self._current is not None and self._current_doc is None:
-                out.insert(0, self._current)
-            return out
+        """Paths not yet in the library: the one being opened, and those waiting."""
+        return self.files.pending()
+
+    @property
+    def paused(self) -> bool:
+        return self.files.paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self.files.paused = value
+
+    @property
+    def stopped(self):
+        """The book Stop interrupted: (path, its last event), or None."""
+        return self.files.stopped
+
+    @stopped.setter
+    def stopped(self, value) -> None:
+        self.files.stopped = value
 
     @property
     def running(self) -> bool:
@@ -78,7 +85,7 @@ class ReadingQueue(QObject):
 
     @property
     def current_doc(self) -> int | None:
-        return self._current_doc
+        return self.files.current_doc
 
     def stop(self) -> None:
         """Stop the book being read (kept, resumable) and pause the queue."""
@@ -107,9 +114,8 @@ class ReadingQueue(QObject):
     def _start(self) -> None:
         if self._worker is not None or self.paused or self.library is None or self.engine is None:
             return
-        with self._lock:
-            if not self._waiting:
-                return
+        if not len(self.files):
+            return
         cancel = self._cancel = threading.Event()
         library, engine = self.library, self.engine
 
@@ -129,12 +135,10 @@ class ReadingQueue(QObject):
 
     def _paths(self, cancel: threading.Event):
         """Runs in the worker: the next path, until the queue is empty or Stop was pressed."""
-        while True:
-            with self._lock:
-                if cancel.is_set() or not self._waiting:
-                    return
-                self._current, self._current_doc = self._waiting.popleft(), None
-                path = self._current
+        while not cancel.is_set():
+            path = self.files.take()
+            if path is None:
+                return
             yield path
 
     def _event(self, item: tuple[str, Progress | tuple]) -> None:
@@ -143,15 +147,14 @@ class ReadingQueue(QObject):
             self.summarizing.emit(*ev)
             return
         if ev.document_id is not None and ev.phase in ("parsing", "reading"):
-            self._current_doc = ev.document_id
+            self.files.reading(ev.document_id)
         if ev.phase == "cancelled":
             self.stopped = (path, ev)
         self.progress.emit(ev)
 
     def _ended(self) -> None:
         self._worker, self._cancel = None, None
-        with self._lock:
-            self._current = self._current_doc = None
+        self.files.finish()
         if self.paused:
             self.idle.emit()
             return
@@ -160,11 +163,8 @@ class ReadingQueue(QObject):
             self.idle.emit()
 
     def _error(self, message: str) -> None:
-        with self._lock:
-            path, doc_id = self._current, self._current_doc
+        path, doc_id = self.files.finish()
         self._worker, self._cancel = None, None
-        with self._lock:
-            self._current = self._current_doc = None
         log.error("reading %s failed: %s", path, message)
         if doc_id is not None and self.library is not None:
             library = self.library

@@ -44,7 +44,8 @@ class SummaryPane(QWidget):
         self.row: Row | None = None
         self.chapters: dict[int, list[str]] = {}  # doc_id → chapter titles
         self.stored: dict[int, dict[int, str]] = {}  # doc_id → {section key: summary}
-        self._running: int | None = None  # the document being summarised
+        self._running: int | None = None  # the document being summarised, whichever the pane shows
+        self._running_title = ""
         self._stream: dict[int, str] = {}  # section key → text so far, for the running document
         self._cancel: threading.Event | None = None
         self._status = ""
@@ -207,8 +208,10 @@ class SummaryPane(QWidget):
         self.stop_button.setEnabled(self.busy)
         self.read.setVisible(key is not None and key != WHOLE)
         self.export.setEnabled(self.row is not None)
-        if self.busy:
+        if self.busy and self.row is not None and self.row.doc_id == self._running:
             self.state.setText(self._status or "Writing…")
+        elif self.busy:  # another book's summary is being written: its progress is not this book's
+            self.state.setText(f"Writing the summary of “{self._running_title}”; Stop ends it.")
         elif self.row is not None and self.row.status != "ready":
             self.state.setText("Summaries can be written once the document is read.")
         else:
@@ -250,6 +253,7 @@ class SummaryPane(QWidget):
             yield from summaries.summarize(library, engine, doc_id, None, redo=redo, cancel=cancel)
 
         self._running, self._stream, self._status = doc_id, {}, "Writing…"
+        self._running_title = self.row.title
 
         def event(ev: summaries.SummaryEvent) -> None:
             k = _key(ev.section_idx)

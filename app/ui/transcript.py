@@ -20,6 +20,7 @@ class Turn:
     error: str = ""
     streaming: bool = False
     message_id: int | None = None
+    waiting: bool = False  # asked while the model loads: answered once it is ready
 
 
 def cite_label(c: Citation) -> str:
@@ -60,7 +61,10 @@ def render(turns: list[Turn], palette: QPalette, cache: dict[str, str]) -> str:
                 f"<tr><td style='background-color:{bubble}'><b>You</b><br>{_plain_html(t.content)}</td></tr></table>")
             continue
         body = t.content
-        if t.streaming:
+        if t.waiting:
+            part = (f"<p style='color:{muted}'><i>Waiting for the model… The question is answered as soon as "
+                    "the model has loaded.</i></p>")
+        elif t.streaming:
             part = markdown_html(body + " ▍") if body else f"<p style='color:{muted}'><i>Thinking…</i></p>"
         else:
             if body not in cache:

@@ -1,0 +1,279 @@
+"""The application's state, without Qt: what the window shows and binds its widgets to.
+
+Following napari's `ViewerModel`: plain Python data (the library, the document open in the panes,
+the model and its loading, the reading queue, the questions waiting for the model) with events that
+the widgets connect to. Testable without a screen; the window only binds widgets and runs the work.
+
+The document open in the panes is chosen by id, not by the library's selection: a search, a filter
+or a click on nothing never takes a document out of the panes, and work that was started for a
+document (an answer, a summary) keeps writing to that document whatever is selected afterwards.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .models import ModelChoice, load_engine, remember_fingerprint
+
+if TYPE_CHECKING:
+    from infini_reader.engine import Engine
+
+    from .ingest import Progress
+    from .library import Library
+
+Loader = Callable[[ModelChoice], "Engine"]
+
+
+class Event:
+    """A list of callbacks, each called with the event's arguments (a Qt signal without Qt).
+    Emitted on the thread that changed the state: the window changes it on the GUI thread only."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[..., Any]] = []
+
+    def connect(self, fn: Callable[..., Any]) -> None:
+        self._callbacks.append(fn)
+
+    def disconnect(self, fn: Callable[..., Any]) -> None:
+        if fn in self._callbacks:
+            self._callbacks.remove(fn)
+
+    def emit(self, *args: Any) -> None:
+        for fn in list(self._callbacks):
+            fn(*args)
+
+
+@dataclass
+class Events:
+    library: Event = field(default_factory=Event)  # (library): a library was opened
+    current: Event = field(default_factory=Event)  # (doc_id | None): the document in the panes changed
+    model: Event = field(default_factory=Event)  # (ModelStatus): the model's loading moved on
+    queue: Event = field(default_factory=Event)  # (): files were added to, removed from or moved in the queue
+    questions: Event = field(default_factory=Event)  # (): a question was put aside for the model, or taken
+
+
+class ModelState(str, enum.Enum):
+    NOT_LOADED = "not loaded"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class ModelStatus:
+    choice: ModelChoice | None = None
+    state: ModelState = ModelState.NOT_LOADED
+    engine: Engine | None = None  # set when ready
+    error: str = ""  # why it failed
+    generation: int = 0  # counts loadings: the result of an older one that finishes late is ignored
+
+
+@dataclass
+class PendingQuestion:
+    """A question asked while the model loads: answered, in order, once it is ready."""
+
+    doc_id: int
+    text: str
+
+
+@dataclass
+class ReadingList:
+    """Files waiting to be read, in order, and the one being read.
+
+    The reading worker takes the next path from its own thread (`take`), so every change holds the
+    lock. `stopped` is the book that Stop interrupted, with its last progress event; `paused` is set
+    by Stop and cleared when files are added or the queue resumes."""
+
+    waiting: list[str] = field(default_factory=list)
+    current: str | None = None  # the path being read
+    current_doc: int | None = None  # its document, once it is in the library
+    stopped: tuple[str, Progress] | None = None
+    paused: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, paths: list[str], front: bool = False) -> list[str]:
+        """Queue files not already waiting or being read; `front`: before the others. Returns those added."""
+        with self._lock:
+            new = []
+            for p in paths:
+                if p not in self.waiting and p != self.current and p not in new:
+                    new.append(p)
+            if front:
+                self.waiting[:0] = new
+            else:
+                self.waiting.extend(new)
+        self.paused = False
+        return new
+
+    def remove(self, path: str) -> bool:
+        with self._lock:
+            if path in self.waiting:
+                self.waiting.remove(path)
+                return True
+            return False
+
+    def move(self, path: str, index: int) -> bool:
+        """Put a waiting file at `index` in the order (0: next to be read)."""
+        with self._lock:
+            if path not in self.waiting:
+                return False
+            self.waiting.remove(path)
+            self.waiting.insert(max(0, min(index, len(self.waiting))), path)
+            return True
+
+    def take(self) -> str | None:
+        """The next file, which becomes the current one (None when nothing waits)."""
+        with self._lock:
+            self.current = self.waiting.pop(0) if self.waiting else None
+            self.current_doc = None
+            return self.current
+
+    def reading(self, doc_id: int) -> None:
+        """The current file is in the library now, as this document."""
+        self.current_doc = doc_id
+
+    def finish(self) -> tuple[str | None, int | None]:
+        """Nothing is being read any more; returns what was (path, document)."""
+        with self._lock:
+            was = self.current, self.current_doc
+            self.current = self.current_doc = None
+            return was
+
+    def pending(self) -> list[str]:
+        """Paths not yet in the library: the one being opened, then those waiting."""
+        with self._lock:
+            out = list(self.waiting)
+            if self.current is not None and self.current_doc is None:
+                out.insert(0, self.current)
+            return out
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.waiting)
+
+
+class AppState:
+    """The library, the document in the panes, the model and its loading, the reading queue, and the
+    questions waiting for the model. `loader` turns a `ModelChoice` into an engine (tests give a
+    tiny one)."""
+
+    def __init__(self, loader: Loader | None = None):
+        self.loader: Loader = loader or load_engine
+        self.events = Events()
+        self.library: Library | None = None
+        self.current: int | None = None
+        self.model = ModelStatus()
+        self.queue = ReadingList()
+        self.questions: list[PendingQuestion] = []
+
+    # ---- the library and the document in the panes ----
+
+    def set_library(self, library: Library | None) -> None:
+        self.library = library
+        self.events.library.emit(library)
+
+    def open(self, doc_id: int | None) -> None:
+        """Show this document in the panes (None: no document)."""
+        if doc_id != self.current:
+            self.current = doc_id
+            self.events.current.emit(doc_id)
+
+    def forget(self, doc_ids: list[int]) -> None:
+        """Documents removed from the library: out of the panes, their questions dropped."""
+        if self.current in doc_ids:
+            self.open(None)
+        kept = [q for q in self.questions if q.doc_id not in doc_ids]
+        if len(kept) != len(self.questions):
+            self.questions = kept
+            self.events.questions.emit()
+
+    # ---- the model ----
+
+    @property
+    def engine(self) -> Engine | None:
+        return self.model.engine
+
+    @property
+    def loading(self) -> bool:
+        return self.model.state == ModelState.LOADING
+
+    def start_loading(self, choice: ModelChoice) -> int:
+        """The model in use becomes `choice`, not loaded yet. Returns the loading's token, for
+        `loaded` and `failed`; run `load(choice, folder)` off the GUI thread in between."""
+        m = self.model
+        self.model = ModelStatus(choice, ModelState.LOADING, None, "", m.generation + 1)
+        self.events.model.emit(self.model)
+        return self.model.generation
+
+    def load(self, choice: ModelChoice, folder: Path | None = None) -> Engine:
+        """The slow part (in a worker): load the weights; record their fingerprint in the library's
+        folder (it hashes the weights once, here rather than on the GUI thread). Changes no state."""
+        e = self.loader(choice)
+        if folder is not None:
+            remember_fingerprint(folder, choice, e)
+        return e
+
+    def loaded(self, token: int, engine: Engine) -> bool:
+        """The loading `token` finished; False (and nothing changes) when a newer one has begun."""
+        if token != self.model.generation:
+            return False
+        self.model = ModelStatus(self.model.choice, ModelState.READY, engine, "", token)
+        self.events.model.emit(self.model)
+        return True
+
+    def failed(self, token: int, message: str) -> bool:
+        if token != self.model.generation:
+            return False
+        self.model = ModelStatus(self.model.choice, ModelState.FAILED, None, message, token)
+        self.events.model.emit(self.model)
+        return True
+
+    # ---- questions asked before the model is ready ----
+
+    def ask_later(self, doc_id: int, text: str) -> PendingQuestion:
+        q = PendingQuestion(doc_id, text)
+        self.questions.append(q)
+        self.events.questions.emit()
+        return q
+
+    def next_question(self) -> PendingQuestion | None:
+        """The oldest question waiting, once the model is ready (None before, or when none waits)."""
+        if self.model.state != ModelState.READY or not self.questions:
+            return None
+        q = self.questions.pop(0)
+        self.events.questions.emit()
+        return q
+
+    def drop_questions(self) -> list[PendingQuestion]:
+        """Questions that will not be answered (the model failed to load): taken out, returned."""
+        out, self.questions = self.questions, []
+        if out:
+            self.events.questions.emit()
+        return out
+
+    def waiting_questions(self, doc_id: int) -> list[PendingQuestion]:
+        return [q for q in self.questions if q.doc_id == doc_id]
+
+    # ---- the reading queue ----
+
+    def enqueue(self, paths: list[str], front: bool = False) -> list[str]:
+        added = self.queue.add(paths, front=front)
+        self.events.queue.emit()
+        return added
+
+    def dequeue(self, path: str) -> bool:
+        gone = self.queue.remove(path)
+        if gone:
+            self.events.queue.emit()
+        return gone
+
+    def reorder(self, path: str, index: int) -> bool:
+        moved = self.queue.move(path, index)
+        if moved:
+            self.events.queue.emit()
+        return moved
