@@ -182,7 +182,7 @@ def cmd_ask(ctx: Context, args) -> int:
     from infini_reader.app.core.answers import RetrievalSettings, ask
 
     doc_id = ctx.doc(args.doc)
-    settings = RetrievalSettings(mode=args.retrieval)
+    settings = RetrievalSettings() if args.retrieval is None else RetrievalSettings(mode=args.retrieval)
     cites, answer = [], ""
     for ev in ask(ctx.library, ctx.engine, doc_id, args.question, reread=not args.memory_only, settings=settings):
         if ev.kind == "error":
@@ -272,8 +272,7 @@ def cmd_model_path(ctx: Context, args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from infini_reader.app.core.answers import RetrievalSettings as RetrievalDefaults
-
+    # Imports nothing of the app: `infini --help`, `list` and `info` start without torch (tests/app/test_cli.py).
     p = argparse.ArgumentParser(prog="infini", description="Read whole books with a local Infini-Transformer.")
     p.add_argument("--data-dir", help="the library's folder (default: the user data folder; or $INFINI_DATA_DIR)")
     p.add_argument("--db", help="an SQLAlchemy database URL instead of the SQLite file in the data folder")
@@ -302,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("doc", metavar="DOC")
     c.add_argument("question", metavar="QUESTION")
     c.add_argument("--json", action="store_true")
-    c.add_argument("--retrieval", default=RetrievalDefaults.mode, choices=["fused", "bm25", "memory"],
-                   help=f"how passages are found (default: {RetrievalDefaults.mode}, the best measured; docs/quality.md)")
+    c.add_argument("--retrieval", choices=["fused", "bm25", "memory"],  # default: RetrievalSettings.mode
+                   help="how passages are found (default: the best measured one, docs/quality.md)")
     c.add_argument("--memory-only", action="store_true", help="answer from the memory alone, re-reading nothing")
     c.set_defaults(func=cmd_ask)
     c = cmds.add_parser("summarize", help="summarise a chapter or the whole document")
@@ -331,16 +330,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The errors that are a person's to fix, by module: looked up only in modules already imported (one
+# not imported cannot have raised), so that `list` and `info` never import the engine, hence torch.
+_USER_ERRORS = {
+    "infini_reader.engine.checkpoint": ("ModelLoadError",),
+    "infini_reader.engine.memory": ("SnapshotError",),
+    "infini_reader.app.core.library": ("LibraryError",),
+    "infini_reader.app.core.document": ("ReaderError",),
+}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [OSError]
+    for module, names in _USER_ERRORS.items():
+        if (m := sys.modules.get(module)) is not None:
+            found += [e for n in names if isinstance(e := getattr(m, n, None), type)]
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from infini_reader.engine import ModelLoadError, SnapshotError
-
-    from infini_reader.app.core.document import ReaderError
-    from infini_reader.app.core.library import LibraryError
-
     try:
         return args.func(Context(args), args)
-    except (ModelLoadError, SnapshotError, LibraryError, ReaderError, OSError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"infini: {exc}", file=sys.stderr)  # a message for a person, not a traceback
         return 1
 

@@ -146,3 +146,39 @@ def test_the_installed_command_runs_on_the_builtin_model(tmp_path):
     d = json.loads(info.stdout)
     assert d["status"] == "ready" and d["segments_done"] == d["segments_total"] > 0
     assert "Waste Land" in d["title"]
+
+
+# Runs the command line in a fresh interpreter, then says which heavy modules it imported.
+_IMPORTS_PROBE = """
+import json, sys
+from infini_reader.app.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:  # --help
+    code = exc.code
+print(json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "triton", "gguf", "tokenizers",
+                  "infini_reader.engine") if m in sys.modules)}))
+"""
+
+
+def test_help_list_and_info_start_without_torch(capsys, tmp_path, tiny_model_dir):
+    """`infini --help`, `list` and `info` never import torch (nor the engine): they start in a fraction
+    of `import torch`'s time (docs/performance.md, Start-up)."""
+    data = tmp_path / "data"
+    book = write_book(tmp_path / "lighthouse.txt", chapters=2)
+    code, out, err = run(capsys, data, tiny_model_dir, "ingest", "--quiet", str(book))
+    assert code == 0, err
+    doc = out.strip()
+    common = ["--data-dir", str(data), "--model", str(tiny_model_dir), "--device", "cpu"]
+    for argv in (["--help"], ["list"], ["list", "--json"], ["info", doc], ["info", doc, "--json"],
+                 ["info", "no-such-book"]):
+        proc = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, *common, *argv], capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert report["heavy"] == [], (argv, report)
+        assert report["code"] == (1 if argv == ["info", "no-such-book"] else 0), (argv, proc.stderr)
+    # the probe can fail: a command that loads the model imports torch, and the probe says so
+    proc = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, *common, "ask", doc, "Who keeps the light?"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert "torch" in json.loads(proc.stdout.strip().splitlines()[-1])["heavy"]
