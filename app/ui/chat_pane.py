@@ -214,6 +214,9 @@ class ChatPane(QWidget):
         waiting = askable and bool(self.state.waiting_questions(self.row.doc_id))
         self.send.setEnabled(askable and model and not self.busy)
         self.question.setEnabled(self.row is not None)
+        self.question.setPlaceholderText(
+            "The model is loading: ask now, the answer comes as soon as it is ready…" if self.engine is None
+            and self.state.loading else "Ask about this document…  (Enter sends, Shift+Enter for a new line)")
         self.stop_button.setEnabled(self.busy or bool(self.state.questions))
         self.clear.setEnabled(askable and self.engine is not None and not self.busy and not waiting
                               and bool(self.turns))

@@ -280,7 +280,7 @@ def test_export_writes_the_summaries_and_the_chat(qtbot, tmp_path, tiny_reader, 
     target.parent.mkdir()
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), "Markdown (*.md)"))
     window.export_action.trigger()
-    qtbot.waitUntil(lambda: target.exists() and target.read_text(), timeout=WAIT)  # written, not just created
+    qtbot.waitUntil(lambda: target.exists() and bool(target.read_text()), timeout=WAIT)  # written, not just created
     text = target.read_text()
     assert text.startswith("# The Lighthouse Keeper") and "Who slept on the stairs?" in text
     assert "- Chapter 2" in text  # the citations
