@@ -28,6 +28,20 @@ if TYPE_CHECKING:
 
 Loader = Callable[[ModelChoice], "Engine"]
 
+SUFFIXES = {".epub", ".pdf", ".txt", ".md", ".markdown", ".html", ".htm", ".xhtml"}
+
+
+def expand(paths: list[str]) -> list[str]:
+    """Files given to the application, to queue: files as they are (the reader says why one is not a
+    book); folders: the books inside, walked."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(str(f.resolve()) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+        else:
+            out.append(str(p.resolve()) if p.exists() else str(p))
+    return out
+
 
 class Event:
     """A list of callbacks, each called with the event's arguments (a Qt signal without Qt).

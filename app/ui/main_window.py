@@ -26,7 +26,7 @@ from infini_reader.app.core.fingerprints import recall
 from infini_reader.app.core.ingest import Progress
 from infini_reader.app.core.library import Library
 from infini_reader.app.core.models import ModelChoice, describe
-from infini_reader.app.core.state import AppState, Loader, ModelState, ModelStatus
+from infini_reader.app.core.state import AppState, Loader, ModelState, ModelStatus, expand
 
 from .chat_pane import ChatPane
 from .library_model import Row
@@ -40,7 +40,6 @@ from .worker import Tasks
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = {".epub", ".pdf", ".txt", ".md", ".markdown", ".html", ".htm", ".xhtml"}
 OPEN_FILTER = "Books (*.epub *.pdf *.txt *.md *.markdown *.html *.htm *.xhtml);;All files (*)"
 
 SHORTCUTS = [("Ctrl+O", "Open books"), ("Ctrl+N", "New question"), ("Esc", "Stop the answer or summary"),
@@ -50,17 +49,6 @@ SHORTCUTS = [("Ctrl+O", "Open books"), ("Ctrl+N", "New question"), ("Esc", "Stop
 
 def local_files(mime) -> list[str]:
     return [u.toLocalFile() for u in mime.urls() if u.isLocalFile()] if mime.hasUrls() else []
-
-
-def expand(paths_: list[str]) -> list[str]:
-    """Files as they are (the reader says why one is not a book); folders: the books inside."""
-    out = []
-    for p in map(Path, paths_):
-        if p.is_dir():
-            out += sorted(str(f.resolve()) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
-        else:
-            out.append(str(p.resolve()) if p.exists() else str(p))
-    return out
 
 
 class _FileDrops(QObject):

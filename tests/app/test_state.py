@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from infini_reader.app.core.models import ModelChoice
-from infini_reader.app.core.state import AppState, ModelState, ReadingList
+from infini_reader.app.core.state import AppState, ModelState, ReadingList, expand
 
 
 class FakeEngine:
@@ -171,3 +171,12 @@ def test_questions_are_dropped_when_the_model_fails_or_their_document_goes():
     state.failed(token, "broken")
     assert [q.text for q in state.drop_questions()] == ["a"] and state.questions == []
     assert state.next_question() is None
+
+
+def test_folders_given_are_walked_for_books(tmp_path):
+    (tmp_path / "shelf" / "deep").mkdir(parents=True)
+    for name in ("shelf/b.epub", "shelf/deep/a.md", "shelf/notes.docx", "loose.pdf"):
+        (tmp_path / name).write_text("x")
+    got = expand([str(tmp_path / "shelf"), str(tmp_path / "loose.pdf"), str(tmp_path / "gone.txt")])
+    assert got == [str(tmp_path / "shelf" / "b.epub"), str(tmp_path / "shelf" / "deep" / "a.md"),
+                   str(tmp_path / "loose.pdf"), str(tmp_path / "gone.txt")]
