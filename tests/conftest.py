@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+import lab  # noqa: F401  (binds the bare name `kernels` to the installed package, not the folder)
+
 from infini_reader import engine
 from infini_reader.app.core import models
 
