@@ -22,14 +22,18 @@ from .chat import read_chat_format
 from .checkpoint import (
     ModelLoadError,
     export_hf_directory,
-    load_state_dict_into,
+    load_prepared,
+    load_weights,
+    prepared_path,
     read_hf_directory,
     read_tokenizer,
+    save_prepared,
     weights_fingerprint,
+    weights_state,
 )
 from .config import InfiniConfig
 from .gguf import cached_folder as cached_gguf_folder
-from .gguf import is_gguf
+from .gguf import file_sha256, is_gguf
 from .generate import generate_ids, detokenize
 from .memory import Memory, SnapshotError
 from .model import InfiniTransformer, LayerMemory, add_delta
@@ -140,6 +144,12 @@ class Engine:
 
     @cached_property
     def fingerprint(self) -> str:
+        # load_model knows it for a model read from prepared weights: the hash of those same weights,
+        # computed this way when they were written (engine/checkpoint.py). It holds while no weight has
+        # been written or replaced since (tests and the lab change loaded models in place).
+        known = self.__dict__.pop("_loaded_fingerprint", None)
+        if known is not None and known[1] == weights_state(self.model):
+            return known[0]
         return weights_fingerprint(self.model)
 
     # ---- memory ----
@@ -343,14 +353,29 @@ def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", ad
         raise ModelLoadError(
             f"{source}: not a model; give a GGUF file or a folder with config.json and *.safetensors"
         )
-    cfg, tensors = read_hf_directory(folder, **overrides)
-    model = InfiniTransformer.for_loading(cfg)
-    load_state_dict_into(model, tensors, str(source))
+    cfg, tensors = read_hf_directory(folder, **overrides)  # memory-mapped, not read
+    # A converted GGUF file: the model as loaded (adapter merged, in dt) and its fingerprint are cached
+    # beside its weights the first time, then memory-mapped straight into the model (checkpoint.py).
+    prepared = loaded = fingerprint = None
+    if folder != path:
+        adapter_sha = None if adapter is None else file_sha256(Path(adapter), cache_dir)
+        prepared = prepared_path(folder, cfg, dt, adapter_sha)
+        loaded = load_prepared(prepared, folder, cfg, tensors)
+    if loaded is not None:
+        model, fingerprint = loaded
+    else:
+        model = load_weights(cfg, tensors, str(source))
+        if adapter is not None:
+            apply_adapter(model, adapter)
+        model = model.to(dtype=dt)
+        if prepared is not None:
+            fingerprint = save_prepared(prepared, folder, model)
     del tensors
-    if adapter is not None:
-        apply_adapter(model, adapter)
     if name is None:
         name = str(source) if adapter is None else f"{source}+{Path(adapter).stem}"
     tokenizer, tok_json = read_tokenizer(folder)
     chat = read_chat_format(folder, tokenizer, cfg.eos_token_id)
-    return Engine(model.to(device=dev, dtype=dt), tokenizer, name, tok_json, chat=chat)
+    e = Engine(model.to(device=dev, dtype=dt), tokenizer, name, tok_json, chat=chat)
+    if fingerprint is not None:  # computed by weights_fingerprint when these very weights were prepared
+        e._loaded_fingerprint = (fingerprint, weights_state(e.model))
+    return e

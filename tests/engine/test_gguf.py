@@ -368,3 +368,126 @@ def test_folder_without_weights_is_refused_clearly(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ModelLoadError, match="pickles"):
         models.load_model(tmp_path, device="cpu")
+
+
+# ---- prepared weights: a warm start memory-maps the loaded model and knows its fingerprint ----
+
+
+def loaded_the_old_way(folder: Path, adapter, dtype) -> engine.InfiniTransformer:
+    """The model as load_model built it before prepared weights: allocated, copied into, adapter merged
+    in float32, then cast."""
+    from infini_reader.engine.adapter import apply_adapter
+    from infini_reader.engine.checkpoint import load_state_dict_into, read_hf_directory
+
+    cfg, tensors = read_hf_directory(folder)
+    model = engine.InfiniTransformer.for_loading(cfg)
+    load_state_dict_into(model, tensors, str(folder))
+    if adapter is not None:
+        apply_adapter(model, adapter)
+    return model.to(dtype=dtype)
+
+
+def tiny_gguf_with_adapter(tmp_path: Path) -> tuple[Path, Path]:
+    from infini_reader.engine.adapter import add_lora, add_memory_projection, save_adapter
+
+    from types import SimpleNamespace
+
+    # tied embeddings (no output.weight), like the built-in model; random weights of our own model
+    kw = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=128)
+    model = engine.build_model(engine.InfiniConfig(vocab_size=261, head_dim=16, rope_theta=5000.0, **kw), seed=0)
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("memory_gate") and k != "lm_head.weight"}
+    hf_cfg = SimpleNamespace(rope_parameters={"rope_theta": 5000.0}, **kw)
+    write_gguf(tmp_path / "tiny.gguf", hf_cfg, state, "llama", {"model.embed_tokens.weight": Q.Q8_0})
+    plain = engine.load_model(tmp_path / "tiny.gguf", device="cpu", dtype="float32", cache_dir=tmp_path / "c0")
+    # gates, LoRA factors and memory projections, as the shipped adapter has; all nudged off their start
+    add_lora(plain.model, 2, 4.0)
+    add_memory_projection(plain.model, 2, 4.0)
+    with torch.no_grad():
+        for p in plain.model.parameters():
+            if p.requires_grad:
+                p.add_(0.05)
+    save_adapter(plain.model, tmp_path / "nudged.safetensors")
+    return tmp_path / "tiny.gguf", tmp_path / "nudged.safetensors"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_warm_start_maps_the_prepared_weights_with_the_same_fingerprint(tmp_path, monkeypatch, dtype):
+    from infini_reader.engine import checkpoint
+    from infini_reader.engine import engine as engine_module
+
+    path, adapter = tiny_gguf_with_adapter(tmp_path)
+    cache = tmp_path / "cache"
+    first = engine.load_model(path, device="cpu", dtype=dtype, adapter=adapter, cache_dir=cache)
+    folder = cached_folder(path, cache)
+    (prepared,) = (folder / "prepared").glob("*.safetensors")
+    old = loaded_the_old_way(folder, adapter, dtype)
+    expected = checkpoint.weights_fingerprint(old)
+
+    def not_again(*a, **k):
+        raise AssertionError("a warm start merged the adapter or hashed the weights again")
+
+    monkeypatch.setattr(engine_module, "apply_adapter", not_again)
+    monkeypatch.setattr(engine_module, "weights_fingerprint", not_again)
+    monkeypatch.setattr(checkpoint, "weights_fingerprint", not_again)
+    warm = engine.load_model(path, device="cpu", dtype=dtype, adapter=adapter, cache_dir=cache)
+    assert first.fingerprint == warm.fingerprint == expected
+    assert warm.dtype == dtype and warm.model.model.layers[0].self_attn.memory_proj is not None
+    ours, theirs = warm.model.state_dict(), old.state_dict()
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        assert ours[name].dtype == theirs[name].dtype and torch.equal(ours[name], theirs[name]), name
+    assert warm.model.lm_head.weight is warm.model.model.embed_tokens.weight or not warm.config.tie_word_embeddings
+    ids = torch.randint(0, 261, (40,), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(warm.logits(ids), first.logits(ids))
+    # float32: only what the adapter changed is stored again; the rest is mapped from the converted file
+    if dtype == torch.float32:
+        assert prepared.stat().st_size < (folder / "model.safetensors").stat().st_size / 2
+    monkeypatch.undo()
+
+    # weights changed in place after loading: the fingerprint is computed, not remembered
+    changed = engine.load_model(path, device="cpu", dtype=dtype, adapter=adapter, cache_dir=cache)
+    with torch.no_grad():
+        changed.model.model.layers[1].mlp.up_proj.weight[0, 0] += 1
+    assert changed.fingerprint == checkpoint.weights_fingerprint(changed.model) != expected
+
+
+def test_prepared_weights_belong_to_their_sources(tmp_path, monkeypatch):
+    """Another adapter, dtype or config is prepared apart; a converted file changed since is not trusted."""
+    from infini_reader.engine import checkpoint
+
+    path, adapter = tiny_gguf_with_adapter(tmp_path)
+    cache = tmp_path / "cache"
+    fps = {}
+    for args in [(adapter, "float32", {}), (None, "float32", {}), (adapter, "bfloat16", {}),
+                 (adapter, "float32", {"segment_length": 32})]:
+        e = engine.load_model(path, device="cpu", dtype=args[1], adapter=args[0], cache_dir=cache, **args[2])
+        fps[e.fingerprint] = checkpoint.weights_fingerprint(e.model)
+    assert len(fps) == 4 and all(k == v for k, v in fps.items())
+    folder = cached_folder(path, cache)
+    assert len(list((folder / "prepared").glob("*.safetensors"))) == checkpoint.PREPARED_KEEP
+
+    # the converted weights are edited by hand: the prepared file no longer vouches for them
+    weights = folder / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] + 1
+    save_file(tensors, weights, metadata={"format": "pt"})
+    e = engine.load_model(path, device="cpu", dtype="float32", adapter=adapter, cache_dir=cache)
+    assert e.fingerprint == checkpoint.weights_fingerprint(e.model) not in fps
+    assert torch.equal(e.model.model.norm.weight, tensors["model.norm.weight"])
+
+
+def test_builtin_fingerprint_is_the_one_computed_the_old_way():
+    """The application's built-in model (shipped adapter, the machine's dtype), loaded warm from its
+    prepared weights, has exactly the fingerprint of the weights loaded as before: memories read
+    before this change stay valid, memories of other weights are still refused."""
+    from infini_reader.engine.checkpoint import weights_fingerprint
+
+    models.load_model("builtin", device="cpu")  # prepares, if no start did yet
+    e = models.load_model("builtin", device="cpu")
+    adapter = models.builtin_adapter()
+    old = loaded_the_old_way(cached_folder(model_path(), cache_dir()), adapter, e.dtype)
+    assert e.fingerprint == weights_fingerprint(old)
+    assert e.fingerprint == weights_fingerprint(e.model)
