@@ -304,7 +304,95 @@ def test_an_answer_ends_where_the_model_starts_the_next_question(tiny_reader, li
 
     monkeypatch.setattr(tiny_reader, "generate", generate)
     events = list(ask(library, tiny_reader, last.document_id, "What did the drink taste of?",
-                      settings=RetrievalSettings(mode="bm25")))
+                      settings=RetrievalSettings(mode="bm25", span_answers=False)))
     assert events[-1].kind == "done" and events[-1].text == "It tasted of cherry-tart."
     assert "Question" not in "".join(e.text for e in events if e.kind == "token")
     assert chat_history(library, last.document_id)[-1].content == "It tasted of cherry-tart."
+
+
+# ---- answers read out of the passage ----
+
+from infini_reader.app.core import answers as A  # noqa: E402
+
+
+def test_sentences_keep_titles_with_their_names():
+    text = "Mr. Utterson walked on. Dr. Jekyll's door had 4712 nails! Was it so?\n\nNew paragraph here"
+    got = [text[a:b] for a, b in A.sentences(text, 0, len(text))]
+    assert got == ["Mr. Utterson walked on.", "Dr. Jekyll's door had 4712 nails!", "Was it so?", "New paragraph here"]
+
+
+def test_span_candidates_leave_out_the_questions_words_and_count_with_numbers():
+    text = "The password to Professor Quillon's vault is marigold."
+    spans = A.span_candidates(text, "What is the password to Professor Quillon's vault?")
+    assert "marigold" in spans and "Professor Quillon's" not in spans and "vault" not in spans
+    counted = A.span_candidates("Dr. Jekyll's door had exactly 4712 brass nails and twenty hinges.",
+                                "How many brass nails did the door have?")
+    assert "4712" in counted and "twenty" in counted and all(
+        any(ch.isdigit() for ch in s) or "twenty" in s for s in counted)
+    assert A.is_span_question("Who killed Sir Danvers?") and A.is_span_question("How many nails were there?")
+    assert not A.is_span_question("Why did Jekyll write the letter?")
+    assert not A.is_span_question("What happens in the first chapter?")
+
+
+def test_the_best_sentence_is_the_one_with_the_questions_rare_words():
+    text = ("The door was old and the street was quiet. The lighthouse keeper Bartholomew Crane owns a parrot "
+            "named Jupiter. The door opened on the street.")
+    cite = A.Citation(0, None, None, None, None, 0, len(text), 1.0, text)
+    ranked = A.best_sentences(text, "What is the name of Bartholomew Crane's parrot?", [cite])
+    assert text[ranked[0].start:ranked[0].end].startswith("The lighthouse keeper")
+    (win,) = A.reread_windows(text, ranked, [cite], around=0)
+    assert text[win[0]:win[1]] == text[ranked[0].start:ranked[0].end]
+    prompt = A.build_prompt(text, "What is the parrot called?", [win])
+    assert prompt == [{"role": "user", "content": text[win[0]:win[1]] + "\n\nWhat is the parrot called?"}]
+
+
+def test_the_real_model_picks_the_answer_span_out_of_the_sentence(builtin_tokenizer_engine):
+    e = builtin_tokenizer_engine
+    for text, q, want in [
+        ("The lighthouse keeper Bartholomew Crane owns a parrot named Jupiter. It was a cold morning.",
+         "What is the name of Bartholomew Crane's parrot?", "Jupiter"),
+        ("Mr. Utterson walked on. Dr. Jekyll's laboratory door had exactly 4712 brass nails in its oak.",
+         "How many brass nails did Dr. Jekyll's laboratory door have?", "4712"),
+    ]:
+        spans = A.span_candidates(text, q)
+        scores = A.score_spans(e, A.build_prompt(text, q, [(0, len(text))]), spans, batch=8)
+        assert want in spans[int(np.argmax(scores))]
+
+
+def test_span_scores_match_the_models_own_log_probabilities(tiny_reader):
+    e = tiny_reader
+    msgs = [{"role": "user", "content": "Some words about a harbour.\n\nWhat is it?"}]
+    spans = ["a harbour", "words", "Some words about"]
+    got = A.score_spans(e, msgs, spans, batch=2)
+    prompt = e.prompt_ids(msgs)
+    end = e.chat.stop_token_ids[0]
+    dot = e.tokenizer.encode(".", add_special_tokens=False).ids[0]
+    for s, g in zip(spans, got):
+        ids = e.tokenizer.encode(s, add_special_tokens=False).ids
+        logp = torch.log_softmax(e.logits(torch.cat([prompt, torch.tensor(ids)])), -1)
+        n = prompt.numel()
+        want = sum(float(logp[n - 1 + t, i]) for t, i in enumerate(ids))
+        want += float(torch.logsumexp(logp[n - 1 + len(ids), [end, dot]], 0))
+        assert g == pytest.approx(want, abs=1e-3)
+
+
+def test_a_span_answer_is_copied_from_the_cited_sentence_and_unsupported_questions_say_so(
+        tiny_reader, library, tmp_path):
+    fact = "The harbourmaster Octavia Plimsoll painted the lighthouse crimson in the spring."
+    book = make_pdf(tmp_path / "harbour.pdf", fact_page=5, fact=fact)
+    *_, last = ingest_file(library, tiny_reader, book)
+    events = list(ask(library, tiny_reader, last.document_id, "What colour did Octavia Plimsoll paint the lighthouse?",
+                      settings=RetrievalSettings(mode="bm25")))
+    done = events[-1]
+    assert done.kind == "done" and done.memory_complete is True
+    # the tiny random model may pick any span of the re-read sentences: it is copied from one of them,
+    # and that citation shows it
+    span = done.text.rstrip(".")
+    cited = [c for c in done.citations if c.sentence and span[0].lower() + span[1:] in c.sentence[0].lower() + c.sentence[1:]]
+    assert cited
+    assert events[0].citations[0].sentence == fact  # the best-matching sentence, shown at once
+    doc = library.document(last.document_id)
+    assert all(doc.text[c.sentence_start:c.sentence_end].strip() == c.sentence for c in done.citations)
+    nothing = list(ask(library, tiny_reader, last.document_id, "Who is Zanzibar Quetzalcoatl?",
+                       settings=RetrievalSettings(mode="bm25")))
+    assert nothing[-1].kind == "done" and nothing[-1].text == A.NOT_FOUND
