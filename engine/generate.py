@@ -30,7 +30,8 @@ class Stream:
         i, h = 0, None
         while i < ids.numel():
             chunk = ids[i : i + L - self.caches[0].pos]
-            h, deltas = self.model.segment(chunk[None], self.mem, self.caches)
+            step = self.model.decode if chunk.numel() == 1 else self.model.segment  # the same maths
+            h, deltas = step(chunk[None], self.mem, self.caches)
             for c, (dM, dz) in zip(self.caches, deltas):
                 c.accumulate(dM, dz)
             if self.caches[0].pos == L:  # the segment is full: write it into the memory, once

@@ -255,6 +255,43 @@ class InfiniAttention(nn.Module):
             out = out + mp.delta("o", read.transpose(1, 2).reshape(B, T, H * D), pd).to(out.dtype)
         return out, (dM, dz)
 
+    def decode(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mem: LayerMemory | None,
+               cache: SegmentCache) -> tuple[torch.Tensor, LayerMemory]:
+        """`forward` for one new token x (B, 1, C) against the segment's cache: the same maths, in
+        fewer operations. A token's few hundred small products cost about as much in dispatch as in
+        arithmetic, so views replace transposes (with T = 1 a (B, 1, H*D) row is already (B, H, 1, D))
+        and q and k are rotated in one pass. Tested equal to `forward` (tests/engine/test_generate.py)."""
+        B = x.shape[0]
+        H, Hkv, D = self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim
+        q = self.q_proj(x).view(B, H, 1, D)
+        k = self.k_proj(x).view(B, Hkv, 1, D)
+        v = self.v_proj(x).view(B, Hkv, 1, D)
+        M, z = mem if mem is not None else (None, None)
+
+        # Memory path, pre-rotary and float32; an adapter's low-rank corrections in float32 (one row).
+        mp = self.memory_proj
+        q_m, k_m, v_m = q, k, v
+        if mp is not None:
+            x32 = x.float()
+            q_m, k_m, v_m = (t.float() + mp.delta(n, x32).view(t.shape) for n, t in (("q", q), ("k", k), ("v", v)))
+        dM, dz = memory_delta(sigma(k_m.float()), v_m.float(), M, z, self.cfg.memory_update)
+
+        # Local path: rotary on q and k together, the new key and value into the cache, attention.
+        qk = apply_rotary(torch.cat((q, k), 1), cos, sin)  # (B, H + Hkv, 1, D)
+        k_r, v = cache.append(qk[:, H:], v, self.cfg.segment_length)  # (B, Hkv, pos + 1, D)
+        a_dot = F.scaled_dot_product_attention(qk[:, :H], k_r, v, enable_gqa=True)  # (B, H, 1, D)
+
+        g = torch.sigmoid(self.memory_gate.float()).view(1, H, 1, 1)
+        if M is None:
+            read, a = None, ((1 - g) * a_dot.float()).to(x.dtype)
+        else:
+            read = g * memory_retrieve(sigma(q_m.float()), M, z)  # (B, H, 1, D)
+            a = (read + (1 - g) * a_dot.float()).to(x.dtype)
+        out = self.o_proj(a.view(B, 1, H * D))  # heads side by side, as forward's transpose gives them
+        if read is not None and mp is not None:
+            out = out + mp.delta("o", read.view(B, 1, H * D)).to(out.dtype)
+        return out, (dM, dz)
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: InfiniConfig):
@@ -266,6 +303,12 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, cos, sin, mem, cache=None):
         a, delta = self.self_attn(self.input_layernorm(x), cos, sin, mem, cache)
+        x = x + a
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, delta
+
+    def decode(self, x, cos, sin, mem, cache):
+        a, delta = self.self_attn.decode(self.input_layernorm(x), cos, sin, mem, cache)
         x = x + a
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, delta
@@ -353,5 +396,23 @@ class InfiniTransformer(nn.Module):
                 deltas.append(layer.self_attn.write_only(layer.input_layernorm(x), m))
                 return None, deltas
             x, d = layer(x, cos, sin, m, caches[i] if caches else None)
+            deltas.append(d)
+        return self.model.norm(x), deltas
+
+    def decode(self, idx: torch.Tensor, mem: list[LayerMemory] | None,
+               caches: list[SegmentCache]) -> tuple[torch.Tensor, list[LayerMemory]]:
+        """`segment` for one new token per row, idx (B, 1), on the PyTorch path: the final hidden
+        state (B, 1, C) and each layer's (dM, dz). Where the fused kernels apply (CUDA), `segment`."""
+        x = self.model.embed_tokens(idx)
+        if kernels.fused_applies(x, self.config.head_dim):
+            return self.segment(idx, mem, caches)
+        pos = caches[0].pos
+        if pos + 1 > self.config.segment_length:
+            raise ValueError(f"a segment holds at most {self.config.segment_length} tokens")
+        cos = self.rope_cos[pos : pos + 1].to(x.dtype)
+        sin = self.rope_sin[pos : pos + 1].to(x.dtype)
+        deltas = []
+        for i, layer in enumerate(self.model.layers):
+            x, d = layer.decode(x, cos, sin, mem[i] if mem is not None else None, caches[i])
             deltas.append(d)
         return self.model.norm(x), deltas

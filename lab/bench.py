@@ -3,6 +3,7 @@
     python -m lab.bench                                   # random SmolLM2-135M-shaped model, 8K/32K/128K
     python -m lab.bench --sections random,builtin,peers   # + the built-in model, and peers at 8K
     python -m lab.bench --quick --out /tmp/bench.md       # a smoke run of a few seconds
+    python -m lab.bench --sections llama --threads 2      # ours beside llama.cpp on the same GGUF
     python -m lab.bench --profile 3 --profile-ops 40      # where the time of 3 segments goes
 
 Results and how to read them: docs/performance.md.
@@ -10,7 +11,8 @@ Results and how to read them: docs/performance.md.
 Sections: `random` (a random model of the default `InfiniConfig` shape: the SmolLM2-135M one),
 `builtin` (the built-in model: ingest, time to first token, decode) and `peers` (Hugging Face
 transformers on the built-in model's weights, and the PyPI package infini-transformer-pytorch at the
-same shape). Each is one function returning tables.
+same shape) and `llama` (llama.cpp on the built-in model's GGUF file, from a `llama-cpp-python` built in
+its own venv, lab/runs/llama-venv; part of `peers` too). Each is one function returning tables.
 
 Every measured run happens in a fresh subprocess, so that its peak RSS is its own. The machines
 this runs on are shared: the matmul rate moves by 2-4× within a minute. So the bf16 rate is probed
@@ -418,6 +420,67 @@ def _child_lucidrains(spec: dict):
     return run
 
 
+def _llama_child(spec: dict) -> dict:
+    """llama.cpp (llama-cpp-python) on the GGUF file, in an interpreter that has `llama_cpp` (its
+    source is sent there: this function imports nothing from the lab). Load; prompt processing of
+    `length` random tokens; greedy decode of `decode_tokens` after a short prompt of `prompt_tokens`
+    (as our answers decode on top of a memory, attending over the prompt only)."""
+    import random
+    import time
+
+    import llama_cpp
+
+    n, steps, threads = spec["length"], spec.get("decode_tokens") or 0, spec["threads"]
+    t = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=spec["gguf"], n_ctx=n + 64, n_threads=threads, n_threads_batch=threads,
+                          n_batch=512, verbose=False)
+    load = time.perf_counter() - t
+    rng = random.Random(0)
+    ids = [rng.randrange(llm.n_vocab()) for _ in range(n)]
+    llm.eval(ids[:64])  # warm-up
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(ids)
+    read = time.perf_counter() - t
+    llm.reset()
+    llm.eval(ids[: spec.get("prompt_tokens") or 32])
+    t = time.perf_counter()
+    for _ in range(steps):
+        llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])  # greedy: the last position's argmax
+    decode = time.perf_counter() - t
+    return {"load_seconds": load, "seconds": read, "decode_tps": steps / decode if steps else float("nan"),
+            "version": llama_cpp.__version__, "system_info": llama_cpp.llama_print_system_info().decode()}
+
+
+LLAMA_VENV = REPO / "lab" / "runs" / "llama-venv"  # where lab/README-style builds of llama-cpp-python go
+
+
+def llama_python() -> str | None:
+    """An interpreter that can import llama_cpp: $INFINI_LLAMA_PYTHON, this one, or the lab's own
+    venv (`lab/runs/llama-venv`, built from the source package); None when there is none."""
+    import importlib.util
+
+    for py in (os.environ.get("INFINI_LLAMA_PYTHON"), sys.executable if importlib.util.find_spec("llama_cpp") else None,
+               str(LLAMA_VENV / "bin" / "python")):
+        if py and Path(py).exists() and subprocess.run([py, "-c", "import llama_cpp"], capture_output=True).returncode == 0:
+            return py
+    return None
+
+
+def measure_llama(spec: dict, opts: Options, python: str) -> dict:
+    """`_llama_child(spec)` in a fresh `python` (the llama.cpp interpreter)."""
+    import inspect
+
+    if opts.wait_quiet:
+        wait_quiet(opts.wait_quiet, opts.log)
+    code = (inspect.getsource(_llama_child) + "\nimport json, sys\n"
+            "print(json.dumps(_llama_child(json.loads(sys.argv[1]))))\n")
+    proc = subprocess.run([python, "-c", code, json.dumps(spec)], capture_output=True, text=True, cwd=REPO)
+    if proc.returncode:
+        raise RuntimeError(f"llama.cpp at {spec['length']} tokens failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def measure(spec: dict, opts: Options) -> dict:
     """`child(spec)` in a fresh interpreter."""
     if opts.wait_quiet:
@@ -636,6 +699,57 @@ def peers_section(opts: Options, peak: float) -> list[Table]:
     return [speed, memory]
 
 
+def llama_section(opts: Options) -> list[Table]:
+    """Ours beside llama.cpp on the built-in model's GGUF file, with the same threads, side by side:
+    reading (our `Engine.ingest` against its prompt processing), decode (our `Engine.generate`,
+    greedy, on top of the memory, against its greedy steps after a prompt as long as ours) and load."""
+    from infini_reader.app.core.builtin import model_path
+
+    threads = opts.threads or torch.get_num_threads()
+    title = f"llama.cpp side by side: the built-in model's GGUF, {threads} threads, ours in {DT}"
+    python = llama_python()
+    if python is None:
+        return [Table(title, ["measure"], notes=[
+            "llama.cpp skipped: `llama_cpp` is not importable here, nor in $INFINI_LLAMA_PYTHON or "
+            f"{LLAMA_VENV.relative_to(REPO)} (build it there: `python -m venv {LLAMA_VENV.relative_to(REPO)} && "
+            f"{LLAMA_VENV.relative_to(REPO)}/bin/pip install --no-binary llama-cpp-python llama-cpp-python`)."])]
+    read = Table(title, ["measure", "tokens", "ours", "llama.cpp", "ours / llama.cpp"])
+    decode = Table(f"Decode (answers), greedy, {threads} threads: ours / llama.cpp",
+                   ["book tokens", "prompt tokens", "new tokens", "ours (tokens/s)", "llama.cpp (tokens/s)",
+                    "ours / llama.cpp"])
+    info = ""
+    for n in opts.peer_lengths:
+        opts.log(f"  llama.cpp peer at {n} tokens: ours…")
+        ours = measure({"job": "ingest", "model": "builtin", "length": n, "decode_tokens": opts.decode_tokens}, opts)
+        opts.log(f"  llama.cpp peer at {n} tokens: llama.cpp…")
+        try:
+            theirs = measure_llama({"gguf": str(model_path()), "length": n, "threads": threads,
+                                    "decode_tokens": opts.decode_tokens, "prompt_tokens": ours["prompt_tokens"]},
+                                   opts, python)
+        except RuntimeError as exc:
+            opts.log(f"  llama.cpp failed: {exc}")
+            read.notes.append(f"llama.cpp failed at {n} tokens: {str(exc).splitlines()[-1]}")
+            continue
+        info = f"llama-cpp-python {theirs['version']}; its system info: `{theirs['system_info'].strip()}`"
+        ours_read, their_read = n / ours["seconds"], n / theirs["seconds"]
+        read.rows.append(["reading (tokens/s)", _tokens(n), ours_read, their_read, ours_read / their_read])
+        read.rows.append(["load (s)", _tokens(n), ours["load_seconds"], theirs["load_seconds"],
+                          ours["load_seconds"] / theirs["load_seconds"]])
+        decode.rows.append([_tokens(n), ours["prompt_tokens"], ours["new_tokens"], ours["decode_tps"],
+                            theirs["decode_tps"], ours["decode_tps"] / theirs["decode_tps"]])
+    read.notes += [
+        "Reading: ours is `Engine.ingest` (the memory written, no LM head), llama.cpp's `Llama.eval` of the same "
+        "number of random tokens (prompt processing, batches of 512, its KV cache filled). Load: ours from the "
+        "start of the fresh subprocess's load (engine import, converted weights from the cache, the shipped "
+        "adapter) to a ready engine; llama.cpp's `Llama(...)` on the GGUF file (the file in the page cache: warm).",
+        "Each measure is a fresh subprocess; ours then llama.cpp, one after the other. " + info]
+    decode.notes.append(
+        "Ours: `Engine.generate` on top of the memory of the book, new tokens over the time after the first "
+        "text piece. llama.cpp: `Llama.eval` of a prompt of as many tokens as ours, then greedy steps "
+        f"(argmax of its logits, `eval([token])`), up to {opts.decode_tokens} new tokens each.")
+    return [read, decode]
+
+
 def _version(dist: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -772,6 +886,8 @@ def run(opts: Options, command: str | None = None) -> str:
         tables += builtin_section(opts, peak)
     if "peers" in opts.sections:
         tables += peers_section(opts, peak)
+    if "llama" in opts.sections or "peers" in opts.sections:
+        tables += llama_section(opts)
     if "adapters" in opts.sections or opts.adapters:
         tables += adapters_section(opts, peak)
     head = ["## Benchmark", ""]
@@ -790,7 +906,7 @@ def _ints(s: str) -> tuple[int, ...]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m lab.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--sections", default="random",
-                   help="comma-separated: random, builtin, peers, adapters (default random)")
+                   help="comma-separated: random, builtin, peers, llama, adapters (default random)")
     p.add_argument("--lengths", type=_ints, help="token counts for random and builtin (default 8192,32768,131072)")
     p.add_argument("--peer-lengths", type=_ints, default=(8192,), help="token counts for peers (default 8192)")
     p.add_argument("--decode-tokens", type=int, default=64, help="new tokens for the decode rate (default 64)")

@@ -74,3 +74,68 @@ def test_top_p_and_temperature_sampling_is_seeded(smol):
     a = "".join(smol.generate("Say something about cats.", None, 20, temperature=0.8, top_p=0.9, seed=3))
     b = "".join(smol.generate("Say something about cats.", None, 20, temperature=0.8, top_p=0.9, seed=3))
     assert a == b and a
+
+
+# ---- the one-token decode path (`InfiniTransformer.decode`) against the reference (`segment`) ----
+
+
+def _stream_logits(model, prompt, mem, tokens, reference: bool):
+    """Logits after the prompt and after each of `tokens` fed one at a time, by the fast one-token
+    path or by the reference (`segment` for every chunk), and the final memory."""
+    from infini_reader.engine.generate import Stream
+
+    if reference:
+        model.decode = model.segment  # an instance attribute: this model object only
+    try:
+        s = Stream(model, mem)
+        out = [s.feed(prompt)]
+        for t in tokens:
+            out.append(s.feed(prompt.new_tensor([t])))
+    finally:
+        if reference:
+            del model.decode
+    return torch.stack(out), s.final_memory()
+
+
+@pytest.mark.parametrize("rule", ["linear", "delta"])
+@pytest.mark.parametrize("projection", [False, True])
+@torch.inference_mode()
+def test_decode_path_equals_the_segment_path(rule, projection):
+    """Token by token across two segment boundaries, on top of a memory, with and without an adapter's
+    memory projections: the same logits and the same memory as running each token through `segment`."""
+    from infini_reader.engine.adapter import add_memory_projection
+
+    e = tiny_engine(gate=0.0, memory_update=rule)
+    if projection:
+        add_memory_projection(e.model, rank=2, alpha=4, train=False)
+        with torch.no_grad():
+            for layer in e.model.model.layers:
+                for p in layer.self_attn.memory_proj.parameters():
+                    p.normal_(0, 0.2)
+    mem = e._as_layers(e.ingest(list(range(1, 40)), e.new_memory()))
+    prompt = torch.tensor([5, 9, 2, 7, 7, 1, 3])
+    tokens = [int(t) for t in torch.randint(0, 97, (30,), generator=torch.Generator().manual_seed(0))]
+    fast, fast_mem = _stream_logits(e.model, prompt, mem, tokens, reference=False)
+    ref, ref_mem = _stream_logits(e.model, prompt, mem, tokens, reference=True)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fast.argmax(-1), ref.argmax(-1))
+    for (M, z), (M_ref, z_ref) in zip(fast_mem, ref_mem):
+        torch.testing.assert_close(M, M_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_decode_path_gives_the_reference_greedy_answers(smol):
+    """The built-in model (its shipped adapter, the machine's dtype), segments of 48 so that answers cross
+    boundaries: greedy answers by the one-token path equal those of `segment` for every token."""
+    mem = smol._as_layers(smol.ingest("The lighthouse keeper was called Ezekiel Marsh. " * 8, smol.new_memory()))
+    model = smol.model
+    for question in ("Who was the lighthouse keeper?", "Name three colours."):
+        prompt = smol.prompt_ids(question)
+        fast = list(generate_ids(model, prompt, mem, 60))
+        model.decode = model.segment  # the reference, for this model object only
+        try:
+            ref = list(generate_ids(model, prompt, mem, 60))
+        finally:
+            del model.decode
+        assert fast == ref and len(fast) > 10
