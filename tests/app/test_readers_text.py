@@ -205,3 +205,29 @@ def test_utf16_detection_does_not_mistake_plain_bytes():
     assert decode_text(codecs.BOM_UTF8 + "é".encode()) == "é"
     assert decode_text("plain ascii".encode("utf-16-le")) == "plain ascii"
     assert decode_text(b"\xff\xfe") == ""
+
+
+def test_chapters_titled_in_capitals_alone(tmp_path):
+    """Jekyll and Hyde style: no "CHAPTER" word, each chapter headed by its title in capitals; the
+    contents list of such lines at the top is no chapter."""
+    body = "STRANGE CASE OF DR JEKYLL AND MR HYDE\n\nCONTENTS\n\nSTORY OF THE DOOR\nSEARCH FOR MR. HYDE\nIII.\n\n"
+    for t in ("STORY OF THE DOOR", "SEARCH FOR MR. HYDE", "III."):
+        body += f"\n\n{t}\n\n{PARAGRAPH}\nMR. UTTERSON said so, and walked on.\n\n{PARAGRAPH}"
+    (tmp_path / "jekyll.txt").write_text(body)
+    doc = read_document(tmp_path / "jekyll.txt")
+    assert titles(doc) == ["STORY OF THE DOOR", "SEARCH FOR MR. HYDE", "III"]
+    first = doc.sections[0]
+    assert doc.text[first.start:].startswith("STORY OF THE DOOR\n\nIt was a dark")
+
+
+def test_capital_lines_do_not_override_numbered_chapters_and_one_is_not_enough(tmp_path):
+    (tmp_path / "one.txt").write_text(f"A NOTE\n\n{PARAGRAPH}\n\n{PARAGRAPH}")
+    assert titles(read_document(tmp_path / "one.txt")) == []
+    numbered = "".join(f"\n\nCHAPTER {n}\n\n{PARAGRAPH}\n\nTHE END OF IT\n\n{PARAGRAPH}" for n in ("I", "II"))
+    (tmp_path / "numbered.txt").write_text(numbered)
+    assert titles(read_document(tmp_path / "numbered.txt")) == ["CHAPTER I", "CHAPTER II"]
+
+
+def test_markdown_titled_by_its_single_top_heading(tmp_path):
+    (tmp_path / "notes.md").write_text(f"# Field Notes on Herons\n\n{PARAGRAPH}\n{PARAGRAPH}")
+    assert read_document(tmp_path / "notes.md").title == "Field Notes on Herons"

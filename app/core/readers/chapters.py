@@ -222,6 +222,35 @@ def heading_marks(text: str) -> list[Mark]:
     return [Mark(h.title, h.start, 1, _RANK.get(h.keyword, 3) == chapter_rank) for h in kept]
 
 
+_CAPS_LINE = re.compile(r"^[ \t]*(?P<title>[A-Z0-9][A-Z0-9 '’&,.:;!?()\-–—]{2,70}?)[ \t]*$", re.M)
+
+
+def caps_marks(text: str) -> list[Mark]:
+    """Chapter marks from all-capital title lines ("STORY OF THE DOOR", "SEARCH FOR MR. HYDE"), for
+    books whose chapters are headed by their titles alone.
+
+    A title line stands alone (blank lines around it), has two letters or more, no lower case, does
+    not end a sentence with a comma or semicolon, and is followed by text; a run of such lines close
+    together (a table of contents, a title page) is not a chapter. At least two are needed."""
+    found: list[tuple[int, int, str]] = []
+    for m in _CAPS_LINE.finditer(text):
+        title = m.group("title").strip()
+        numeral = _ROMAN.fullmatch(title.rstrip(".")) is not None  # "III." alone heads a chapter too
+        if (sum(ch.isalpha() for ch in title) < 3 and not numeral) or title[-1] in ",;" \
+                or not _prev_line_blank(text, m.start()):
+            continue
+        nxt = _next_line(text, m.end())
+        if nxt is not None and text[nxt[0] : nxt[1]].strip():  # the first line of a paragraph
+            continue
+        found.append((m.start(), m.end(), title))
+    kept = []
+    for i, (a, b, title) in enumerate(found):
+        # a line with another such line right after it heads nothing (a title page, a contents list)
+        if not (i + 1 < len(found) and _fewer_visible(text, b, found[i + 1][0], 150)):
+            kept.append(Mark(title.rstrip("."), a))
+    return kept if len(kept) >= 2 else []
+
+
 def promote_single_root(marks: list[Mark]) -> list[Mark]:
     """Outline entries whose chapters are one level down: a single top entry (the book) holding them all."""
     while marks:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from infini_reader.app.core.document import Document, ReaderError
-from infini_reader.app.core.readers.chapters import Mark, gutenberg_bounds, heading_marks, is_apparatus, sections_from_marks
+from infini_reader.app.core.readers.chapters import Mark, caps_marks, gutenberg_bounds, heading_marks, is_apparatus, sections_from_marks
 
 # Bigger than any book (the King James Bible is 4.5 MB); a larger "text" file is a log or a data dump.
 MAX_TEXT_BYTES = 256 * 1024 * 1024
@@ -115,6 +115,8 @@ def read_text(path: Path) -> Document:
         title = title or h1
     else:
         marks = heading_marks(text)
+        if sum(m.chapter for m in marks) < 2:  # no "CHAPTER I" headings: chapters titled in capitals
+            marks = caps_marks(text) or marks
     return Document(
         title=title or _title_from_name(path),
         author=author,
@@ -189,10 +191,9 @@ def markdown_marks(text: str) -> tuple[list[Mark], str | None]:
     if not headings:
         return [], None
     h1 = [h for h in headings if h[0] == 1]
-    title = None
     deeper = [h for h in headings if h[0] > 1]
+    title = h1[0][1] if len(h1) == 1 else None  # a single "#" heading titles the document
     if len(h1) == 1 and deeper:
-        title = h1[0][1]
         level = min(h[0] for h in deeper)
     else:
         level = min(h[0] for h in headings)
