@@ -21,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from .checkpoint import ModelLoadError
+from .checkpoint import ModelLoadError, save_aligned
 from .config import InfiniConfig
 
 log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 # Bump when the conversion changes, so that folders converted by older code are rebuilt.
-CONVERTER_VERSION = 1
+# 2: tensors 64-byte aligned in the file (save_aligned), as a start maps them straight into the model.
+CONVERTER_VERSION = 2
 # What llama.cpp calls the architecture → our model_type. Both use SwiGLU, RMSNorm and rotary.
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
 # Infini-attention fields stay out of the cached config: they are the engine's, not the file's.
@@ -331,7 +331,7 @@ def convert(path: Path, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     hf = {k: v for k, v in cfg.to_hf_dict().items() if k not in _INFINI_FIELDS}
     (folder / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_aligned(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     (folder / "tokenizer.json").write_text(tokenizer.to_str())
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(meta), indent=2) + "\n")
     source = {"source": str(path), "converter_version": CONVERTER_VERSION, "name": meta.get("general.name")}

@@ -10,17 +10,21 @@ import hashlib
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import defer, sessionmaker
 
 from sqlalchemy import text as sql
 
 from .db import DocumentRow, PassageRow, SectionRow, SegmentRow, SnapshotRow, open_database
 from .document import Document, Section
 from .passages import split_passages
-from .segments import SegmentPlan
+
+if TYPE_CHECKING:  # numpy and the segment plan only where used: `infini list` and `info` start faster
+    import numpy as np
+
+    from .segments import SegmentPlan
 
 # Words too common to tell passages apart; dropped from lexical queries.
 STOPWORDS = frozenset("""a an and are as at be been but by did do does for from had has have he her hers him his
@@ -83,6 +87,8 @@ class Library:
             return s.scalar(select(DocumentRow.id).where(DocumentRow.content_hash == content_hash))
 
     def add_document(self, doc: Document, content_hash: str, file_size: int) -> int:
+        import numpy as np
+
         with self.Session.begin() as s:
             row = s.scalar(select(DocumentRow).where(DocumentRow.content_hash == content_hash))
             if row is None:
@@ -142,6 +148,7 @@ class Library:
                     "WHERE passage_fts MATCH :q AND p.document_id = :d ORDER BY bm25(passage_fts) LIMIT :k"),
                     {"q": match, "d": doc_id, "k": limit}).all()
                 return [(int(i), -float(score)) for i, score in rows]  # FTS5's bm25 is lower-is-better
+            import numpy as np
             from rank_bm25 import BM25Okapi
 
             doc_text = s.scalar(select(DocumentRow.text).where(DocumentRow.id == doc_id)) or ""
@@ -154,9 +161,26 @@ class Library:
         best = np.argsort(-scores)[:limit]
         return [(int(spans[i][0]), float(scores[i])) for i in best if scores[i] > 0]
 
+    def set_passage_embeddings(self, doc_id: int, blobs: list[bytes]) -> None:
+        """The passages' vectors, in passage order, in one statement."""
+        with self.Session.begin() as s:
+            ids = s.scalars(select(PassageRow.id).where(PassageRow.document_id == doc_id).order_by(PassageRow.idx)).all()
+            if len(ids) != len(blobs):
+                raise LibraryError(f"{len(blobs)} embeddings for {len(ids)} passages of document {doc_id}")
+            if ids:
+                s.execute(update(PassageRow), [{"id": i, "embedding": b} for i, b in zip(ids, blobs)])
+
+    def passage_embeddings(self, doc_id: int) -> list[bytes] | None:
+        """The passages' vectors in passage order, or None unless every passage has one."""
+        with self.Session() as s:
+            blobs = s.scalars(select(PassageRow.embedding).where(PassageRow.document_id == doc_id)
+                              .order_by(PassageRow.idx)).all()
+        return None if not blobs or any(b is None for b in blobs) else list(blobs)
+
     def passages(self, doc_id: int) -> list[PassageRow]:
         with self.Session() as s:
-            rows = s.scalars(select(PassageRow).where(PassageRow.document_id == doc_id).order_by(PassageRow.idx)).all()
+            rows = s.scalars(select(PassageRow).where(PassageRow.document_id == doc_id).order_by(PassageRow.idx)
+                             .options(defer(PassageRow.embedding))).all()
             s.expunge_all()
             return list(rows)
 
@@ -173,6 +197,8 @@ class Library:
             return row.id
 
     def document(self, doc_id: int) -> Document:
+        import numpy as np
+
         with self.Session() as s:
             row = s.get(DocumentRow, doc_id)
             if row is None:
@@ -281,6 +307,8 @@ class Library:
             return row
 
     def segment_tokens(self, snapshot_id: int, start: int) -> list[np.ndarray]:
+        import numpy as np
+
         with self.Session() as s:
             blobs = s.scalars(select(SegmentRow.token_ids).where(SegmentRow.snapshot_id == snapshot_id,
                                                                  SegmentRow.idx >= start).order_by(SegmentRow.idx))
