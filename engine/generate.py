@@ -93,8 +93,10 @@ def generate_ids(
     logits = stream.feed(prompt)
     answer: list[int] = []
     for _ in range(max_new_tokens):
-        seen = torch.tensor(sorted(set(answer)), dtype=torch.long, device=logits.device)
-        tok = sample(penalize(logits, seen, repetition_penalty), temperature, top_p, generator)
+        if repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(answer)), dtype=torch.long, device=logits.device)
+            logits = penalize(logits, seen, repetition_penalty)
+        tok = sample(logits, temperature, top_p, generator)
         if tok in stop_ids:
             break
         answer.append(tok)

@@ -160,6 +160,18 @@ class MemoryProjection(nn.Module):
         B, T, _ = x.shape
         return t.float() + self.delta(name, x, dtype).view(B, T, t.shape[1], t.shape[3]).transpose(1, 2)
 
+    def decode_weights(self) -> tuple[torch.Tensor, ...]:
+        """(A_q, A_k, A_v stacked (3r, C), B_q, B_k, B_v, A_o, B_o), float32, for decoding one token:
+        made again only when a parameter changes, where a model cast to bf16 would convert them for
+        every token of every layer."""
+        key = tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in self.parameters())
+        if getattr(self, "_decode_key", None) != key:
+            f = {n: p.detach().float() for n, p in self.named_parameters()}
+            self._decode_weights = (torch.cat((f["q_A"], f["k_A"], f["v_A"])), f["q_B"], f["k_B"], f["v_B"],
+                                    f["o_A"], f["o_B"])
+            self._decode_key = key
+        return self._decode_weights
+
     BF16_ROWS = 16  # below this many tokens (decoding) float32 products are the faster (docs/performance.md)
 
     @staticmethod
@@ -268,12 +280,15 @@ class InfiniAttention(nn.Module):
         v = self.v_proj(x).view(B, Hkv, 1, D)
         M, z = mem if mem is not None else (None, None)
 
-        # Memory path, pre-rotary and float32; an adapter's low-rank corrections in float32 (one row).
+        # Memory path, pre-rotary and float32; an adapter's low-rank corrections in float32 (one row),
+        # the three A products as one.
         mp = self.memory_proj
         q_m, k_m, v_m = q, k, v
         if mp is not None:
-            x32 = x.float()
-            q_m, k_m, v_m = (t.float() + mp.delta(n, x32).view(t.shape) for n, t in (("q", q), ("k", k), ("v", v)))
+            A_qkv, B_q, B_k, B_v, A_o, B_o = mp.decode_weights()
+            low = F.linear(x.float(), A_qkv).split(mp.rank, -1)  # 3 × (B, 1, r)
+            q_m, k_m, v_m = (t.float() + (F.linear(a, w) * mp.scale).view(t.shape)
+                             for t, a, w in zip((q, k, v), low, (B_q, B_k, B_v)))
         dM, dz = memory_delta(sigma(k_m.float()), v_m.float(), M, z, self.cfg.memory_update)
 
         # Local path: rotary on q and k together, the new key and value into the cache, attention.
@@ -289,7 +304,7 @@ class InfiniAttention(nn.Module):
             a = (read + (1 - g) * a_dot.float()).to(x.dtype)
         out = self.o_proj(a.view(B, 1, H * D))  # heads side by side, as forward's transpose gives them
         if read is not None and mp is not None:
-            out = out + mp.delta("o", read.view(B, 1, H * D)).to(out.dtype)
+            out = out + (F.linear(F.linear(read.view(B, 1, H * D), A_o), B_o) * mp.scale).to(out.dtype)
         return out, (dM, dz)
 
 

@@ -429,6 +429,7 @@ def _llama_child(spec: dict) -> dict:
     import time
 
     import llama_cpp
+    import numpy as np
 
     n, steps, threads = spec["length"], spec.get("decode_tokens") or 0, spec["threads"]
     t = time.perf_counter()
@@ -445,8 +446,9 @@ def _llama_child(spec: dict) -> dict:
     llm.reset()
     llm.eval(ids[: spec.get("prompt_tokens") or 32])
     t = time.perf_counter()
-    for _ in range(steps):
-        llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])  # greedy: the last position's argmax
+    for _ in range(steps):  # greedy: the argmax of the last position's logits (the only ones kept)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(llm.n_vocab(),))
+        llm.eval([int(logits.argmax())])
     decode = time.perf_counter() - t
     return {"load_seconds": load, "seconds": read, "decode_tps": steps / decode if steps else float("nan"),
             "version": llama_cpp.__version__, "system_info": llama_cpp.llama_print_system_info().decode()}

@@ -111,3 +111,16 @@ def test_adapters_side_by_side_on_a_tiny_model(tmp_path):
     assert _number(base["vs base"]) == 1 and _number(base["vs base (best segment)"]) == 1
     assert all(_number(r["vs base"]) > 0 and _number(r["tokens/s"]) > 0 for r in others)
     assert "decode tokens/s" not in header  # the random model has no tokenizer to answer with
+
+
+def test_llama_peer_is_skipped_with_a_note_when_llama_cpp_is_missing(monkeypatch):
+    import inspect
+
+    import lab.bench as bench
+
+    monkeypatch.setattr(bench, "llama_python", lambda: None)
+    (table,) = bench.llama_section(Options(peer_lengths=(96,), threads=2, log=lambda s: None))
+    md = table.markdown()
+    assert "llama.cpp side by side" in md and "llama.cpp skipped" in md and "llama-venv" in md
+    # the child is sent as source to another interpreter: it must stand alone
+    compile(inspect.getsource(bench._llama_child), "llama_child", "exec")
