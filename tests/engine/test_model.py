@@ -264,3 +264,36 @@ def test_rows_read_side_by_side_get_each_its_own_memory(rule):
     assert start.tokens == 40  # the memory read from is not changed
     with pytest.raises(ValueError, match="one length"):
         e.ingest_many([rows[0], rows[1][:-1]], start)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_load_weights_maps_the_same_model_that_copying_built(tmp_path, tied):
+    """`load_weights` (meta model, tensors assigned, not copied) gives the model `for_loading` +
+    `load_state_dict_into` gave: same weights, same fingerprint; plain checkpoints' gates get their
+    initial value; wrong checkpoints are still refused by name."""
+    from safetensors.torch import load_file, save_file
+
+    from infini_reader.engine.checkpoint import (
+        ModelLoadError, load_state_dict_into, load_weights, read_hf_directory, weights_fingerprint,
+    )
+
+    e = tiny_engine(seed=3, tie_word_embeddings=tied)
+    e.export_hf(tmp_path)
+    plain = {k: v for k, v in load_file(tmp_path / "model.safetensors").items() if not k.endswith("memory_gate")}
+    save_file(plain, tmp_path / "model.safetensors")  # as a Hugging Face checkpoint: no gates
+    cfg, tensors = read_hf_directory(tmp_path)
+    copied = engine.InfiniTransformer.for_loading(cfg)
+    load_state_dict_into(copied, tensors, "tiny")
+    mapped = load_weights(cfg, tensors, "tiny")
+    assert mapped.model.embed_tokens.weight.data_ptr() == tensors["model.embed_tokens.weight"].data_ptr()  # no copy
+    assert (mapped.lm_head.weight is mapped.model.embed_tokens.weight) == tied
+    assert weights_fingerprint(mapped) == weights_fingerprint(copied)
+    assert torch.equal(mapped.model.layers[0].self_attn.memory_gate, torch.full((6,), cfg.memory_gate_init))
+    assert torch.equal(mapped.rope_cos, copied.rope_cos)
+    ids = torch.arange(16)[None]
+    with torch.no_grad():
+        assert torch.equal(mapped.segment(ids, None)[0], copied.segment(ids, None)[0])
+    with pytest.raises(ModelLoadError, match="unexpected weights"):
+        load_weights(cfg, {**tensors, "model.layers.0.extra.weight": torch.zeros(1)}, "tiny")
+    with pytest.raises(ModelLoadError, match="has shape"):
+        load_weights(cfg, {**tensors, "model.norm.weight": torch.zeros(3)}, "tiny")
