@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import platformdirs
@@ -39,12 +38,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("INFINI_CACHE_DIR") or platformdirs.user_cache_dir(APP))
 
 
-# The project's resources/ folder: beside the packages (a checkout, an editable install, a PyInstaller
-# bundle, whose datas put it there), or under <prefix>/share/infini-reader (a wheel).
-RESOURCE_DIRS = (
-    Path(__file__).resolve().parents[2] / "resources",
-    Path(sys.prefix) / "share" / APP / "resources",
-)
+# The project's resources/ folder, beside the packages: the checkout's own folder (and an editable
+# install's), or the package infini_reader.resources that a wheel and a PyInstaller bundle carry.
+RESOURCE_DIRS = (Path(__file__).resolve().parents[2] / "resources",)
 
 
 def resource(name: str) -> Path | None:

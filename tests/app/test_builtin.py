@@ -97,32 +97,33 @@ def test_the_real_install_is_the_checked_file(builtin_engine_f32):
     assert h.hexdigest() == builtin.MODEL_SHA256
 
 
-def test_the_shipped_adapter_is_found_in_a_checkout_and_in_a_wheel_install(tmp_path, monkeypatch):
+def test_the_shipped_adapter_is_found_beside_the_packages(tmp_path, monkeypatch):
     from infini_reader.app.core import models, paths
 
     found = models.builtin_adapter()
     assert found is not None and found.parent.name == "resources" and found.stat().st_size > 1_000_000
-    # a wheel puts it under <prefix>/share/infini-reader/resources (pyproject's data-files)
-    share = tmp_path / "share" / "infini-reader" / "resources"
-    share.mkdir(parents=True)
-    (share / models.BUILTIN_ADAPTER_NAME).write_bytes(found.read_bytes())
-    monkeypatch.setattr(paths, "RESOURCE_DIRS", (tmp_path / "nowhere", share))
-    assert models.builtin_adapter() == share / models.BUILTIN_ADAPTER_NAME
+    elsewhere = tmp_path / "resources"
+    elsewhere.mkdir()
+    (elsewhere / models.BUILTIN_ADAPTER_NAME).write_bytes(found.read_bytes())
+    monkeypatch.setattr(paths, "RESOURCE_DIRS", (tmp_path / "nowhere", elsewhere))
+    assert models.builtin_adapter() == elsewhere / models.BUILTIN_ADAPTER_NAME
     monkeypatch.setattr(paths, "RESOURCE_DIRS", (tmp_path / "nowhere",))
     assert models.builtin_adapter() is None
 
 
-def test_the_wheel_carries_the_shipped_adapter(tmp_path):
+def test_the_wheel_and_the_bundle_carry_the_shipped_adapter():
     import tomllib
     from pathlib import Path
 
     from infini_reader.app.core.models import BUILTIN_ADAPTER_NAME
 
     root = Path(__file__).resolve().parents[2]
-    files = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
-    assert files["share/infini-reader/resources"][0] == f"resources/{BUILTIN_ADAPTER_NAME}"
-    assert (root / files["share/infini-reader/resources"][0]).is_file()
-    assert f'"resources" / "{BUILTIN_ADAPTER_NAME}"' in (root / "packaging" / "infini-reader.spec").read_text()
+    tool = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert tool["package-dir"]["infini_reader.resources"] == "resources"
+    assert BUILTIN_ADAPTER_NAME in tool["package-data"]["infini_reader.resources"]
+    assert (root / "resources" / BUILTIN_ADAPTER_NAME).is_file()
+    spec = (root / "packaging" / "infini-reader.spec").read_text()
+    assert f'"resources" / "{BUILTIN_ADAPTER_NAME}"' in spec and '"infini_reader/resources"' in spec
 
 
 def test_without_its_adapter_the_builtin_model_loads_plain_and_says_so(builtin_engine_f32, monkeypatch, caplog):
