@@ -183,8 +183,10 @@ def cmd_ask(ctx: Context, args) -> int:
 
     doc_id = ctx.doc(args.doc)
     settings = RetrievalSettings() if args.retrieval is None else RetrievalSettings(mode=args.retrieval)
-    cites, answer = [], ""
+    cites, answer, complete = [], "", None
     for ev in ask(ctx.library, ctx.engine, doc_id, args.question, reread=not args.memory_only, settings=settings):
+        if ev.memory_complete is not None:
+            complete = ev.memory_complete
         if ev.kind == "error":
             print(f"infini: {ev.text}", file=sys.stderr)
             return 1
@@ -196,12 +198,14 @@ def cmd_ask(ctx: Context, args) -> int:
         elif ev.kind == "done":
             answer = ev.text
     if args.json:
-        _print_json({"question": args.question, "answer": answer,
+        _print_json({"question": args.question, "answer": answer, "memory_complete": complete,
                      "citations": [asdict(c) for c in cites]})
         return 0
     print()
+    if complete is False:
+        print("  (answered while the book's memory pass is still under way: from the passages found)")
     for c in cites:
-        quote = " ".join(c.passage.split())
+        quote = " ".join((c.sentence or c.passage).split())
         print(f"  [{c.rank + 1}] {c.where()}: “{quote[:100]}{'…' if len(quote) > 100 else ''}”")
     return 0
 
@@ -301,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("doc", metavar="DOC")
     c.add_argument("question", metavar="QUESTION")
     c.add_argument("--json", action="store_true")
-    c.add_argument("--retrieval", choices=["fused", "bm25", "memory"],  # default: RetrievalSettings.mode
+    c.add_argument("--retrieval", choices=["hybrid", "fused", "bm25", "embeddings", "memory"],  # default: RetrievalSettings.mode
                    help="how passages are found (default: the best measured one, docs/quality.md)")
     c.add_argument("--memory-only", action="store_true", help="answer from the memory alone, re-reading nothing")
     c.set_defaults(func=cmd_ask)

@@ -74,8 +74,13 @@ class RetrievalSettings:
     # than chance (docs/quality.md, needle): fusing it at weight 0.5 moved the fact's passage out
     # of first place in 5 of 10 direct questions that BM25 alone put first. Hence BM25 by default,
     # and a small weight when fused (0.1 and 0.02 kept every BM25 hit).
-    mode: str = "bm25"
+    # bm25 | embeddings | memory | fused (BM25 + memory) | hybrid (BM25 + embeddings + memory)
+    mode: str = "hybrid"
     memory_weight: float = 0.1  # weight of the memory's ranking in the fusion
+    embedding_weight: float = 1.0  # weight of the embeddings' ranking in the hybrid fusion
+    embedding_candidates: int = 50  # passages the embeddings' ranking contributes
+    sentence_weight: float = 1.0  # weight of the reranking of the best `rerank` by their closest sentence
+    rerank: int = 20
     passages: int = 3  # how many passages are cited
     window_tokens: int = 300  # the most text re-read, in tokens (about 4 characters each)
     reread_passages: int = 2  # passages whose best-matching sentences are re-read
@@ -85,7 +90,28 @@ class RetrievalSettings:
     min_similarity: float = 0.25  # with embeddings: below this nothing is taken as support
 
 
+# (BM25, embeddings, memory) weights of each mode's fusion; "fused" and "hybrid" take theirs from the settings
+MODE_WEIGHTS = {
+    "bm25": (1.0, 0.0, 0.0),
+    "embeddings": (0.0, 1.0, 0.0),
+    "memory": (0.0, 0.0, 1.0),
+    "fused": (1.0, 0.0, 0.1),  # BM25 and the memory, as before embeddings
+    "hybrid": (1.0, 1.0, 0.1),
+}
+
+
 # ---- finding the passages ----
+
+
+def passage_similarities(library: Library, doc_id: int, question: str) -> np.ndarray | None:
+    """Cosine similarity of the question to every passage, or None without embeddings."""
+    from . import embeddings
+
+    blobs = library.passage_embeddings(doc_id)
+    embedder = embeddings.default_embedder() if blobs is not None else None
+    if embedder is None:
+        return None
+    return embeddings.from_bytes(blobs) @ embedder([question])[0]
 
 
 def load_memory(library: Library, engine: eng.Engine, doc_id: int) -> eng.Memory:
@@ -122,16 +148,28 @@ def _segment_attribution(library: Library, engine: eng.Engine, doc_id: int, ques
 
 def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: str,
                   settings: RetrievalSettings | None = None) -> list[Citation]:
+    """The passages that best match a question: reciprocal-rank fusion of BM25, the passages'
+    embeddings (their meaning) and the memory's attribution, weighted per `settings.mode`."""
     st = settings or RetrievalSettings()
     passages = library.passages(doc_id)
     if not passages:
         return []
+    w_bm25, w_emb, w_mem = MODE_WEIGHTS[st.mode]
+    if st.mode == "fused":
+        w_mem = st.memory_weight
+    if st.mode == "hybrid":
+        w_emb, w_mem = st.embedding_weight, st.memory_weight
     fused = np.zeros(len(passages))
-    if st.mode in ("bm25", "fused"):
+    if w_bm25:
         for rank, (idx, _score) in enumerate(library.search(doc_id, question)):
-            fused[idx] += 1.0 / (RRF_K + rank)
+            fused[idx] += w_bm25 / (RRF_K + rank)
+    if w_emb:
+        sims = passage_similarities(library, doc_id, question)
+        if sims is not None:
+            order = np.argsort(-sims)[: st.embedding_candidates]
+            fused[order] += w_emb / (RRF_K + np.arange(len(order)))
     seg_of = None
-    if st.mode in ("memory", "fused"):
+    if w_mem:
         attr = _segment_attribution(library, engine, doc_id, question)
         if attr is not None:
             starts, scores = attr
@@ -140,17 +178,31 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
             # a passage may overlap several segments: it takes the best-ranked of them
             first = np.searchsorted(starts, [p.char_start for p in passages], side="right") - 1
             last = np.searchsorted(starts, [max(p.char_start, p.char_end - 1) for p in passages], side="right") - 1
-            seg_of = np.array([a + int(np.argmin(seg_rank[a : b + 1])) for a, b in zip(first, last)])
-            w = 1.0 if st.mode == "memory" else st.memory_weight
-            fused += w / (RRF_K + seg_rank[seg_of])
-    best = [i for i in np.argsort(-fused, kind="stable") if fused[i] > 0][: st.passages]
+            ok = first >= 0  # passages before the first segment read so far (a reading under way) take none
+            seg_of = np.array([a + int(np.argmin(seg_rank[a : b + 1])) if a >= 0 else -1 for a, b in zip(first, last)])
+            fused[ok] += w_mem / (RRF_K + seg_rank[seg_of[ok]])
     doc = library.document(doc_id)
+    if w_emb and st.sentence_weight and fused.any():
+        # the best candidates again, by their single closest sentence: a planted fact is one
+        # sentence that a whole passage's vector dilutes
+        top = [i for i in np.argsort(-fused, kind="stable")[: st.rerank] if fused[i] > 0]
+        embedder = _embedder(library, doc_id)
+        if embedder is not None and top:
+            spans = [(i, a, b) for i in top for a, b in sentences(doc.text, passages[i].char_start,
+                                                                 passages[i].char_end)]
+            vecs = embedder([question] + [doc.text[a:b] for _, a, b in spans])
+            best_sent = {}
+            for (i, _, _), v in zip(spans, vecs[1:] @ vecs[0]):
+                best_sent[i] = max(best_sent.get(i, -1.0), float(v))
+            for rank, i in enumerate(sorted(best_sent, key=lambda i: -best_sent[i])):
+                fused[i] += st.sentence_weight / (RRF_K + rank)
+    best = [i for i in np.argsort(-fused, kind="stable") if fused[i] > 0][: st.passages]
     chapters = [s.title for s in doc.sections]
     out = []
     for rank, i in enumerate(best):
         p = passages[i]
         out.append(Citation(
-            rank=rank, segment_idx=int(seg_of[i]) if seg_of is not None else None, section_idx=p.section_idx,
+            rank=rank, segment_idx=int(seg_of[i]) if seg_of is not None and seg_of[i] >= 0 else None, section_idx=p.section_idx,
             chapter=chapters[p.section_idx] if p.section_idx is not None else None, page=p.page,
             char_start=p.char_start, char_end=p.char_end, score=float(fused[i]),
             passage=doc.text[p.char_start:p.char_end],
@@ -371,7 +423,11 @@ def _batched_memory(mem, B: int):
 
 def _embedder(library: Library, doc_id: int):
     """texts → unit vectors with the document's embedding model, or None when it has none."""
-    return None
+    from . import embeddings
+
+    if library.passage_embeddings(doc_id) is None:
+        return None
+    return embeddings.default_embedder()
 
 
 def _chat_id(session, doc_id: int) -> int:

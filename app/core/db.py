@@ -134,6 +134,8 @@ class PassageRow(Base):
     char_end: Mapped[int] = mapped_column(Integer)
     section_idx: Mapped[int | None] = mapped_column(Integer)
     page: Mapped[int | None] = mapped_column(Integer)
+    # the passage's meaning: all-MiniLM-L6-v2 vector, float16 little endian (app/core/embeddings.py)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class ChatRow(Base):
@@ -167,6 +169,8 @@ class CitationRow(Base):
     char_start: Mapped[int] = mapped_column(Integer)
     char_end: Mapped[int] = mapped_column(Integer)
     score: Mapped[float] = mapped_column(Float)
+    sentence_start: Mapped[int | None] = mapped_column(Integer)  # the sentence the answer came from
+    sentence_end: Mapped[int | None] = mapped_column(Integer)
 
 
 class SummaryRow(Base):

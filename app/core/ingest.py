@@ -88,12 +88,30 @@ def ingest_file(
             doc_id = library.add_document(doc, digest, size)
         else:  # the file is known, read by another model: its text is in the library
             doc = library.document(doc_id)
+        yield from index_passages(library, doc_id, title)
         if engine.tokenizer is None:
             raise ValueError("the model has no tokenizer")
         plans = plan_segments(doc, engine.tokenizer, engine.config.segment_length)
         snap_id = library.create_reading(doc_id, engine.fingerprint, model_name(engine),
                                          engine.config.segment_length, plans)
     yield from _read_segments(library, engine, doc_id, snap_id, cancel, checkpoint_segments, checkpoint_seconds)
+
+
+def index_passages(library: Library, doc_id: int, title: str, embedder=None) -> Iterator[Progress]:
+    """The passages' embeddings, computed in bulk and stored in one statement: with them (and the
+    full-text index, written with the passages) the document is askable before its memory pass.
+    Without an embedding model the document is searched by its words only."""
+    from . import embeddings
+
+    if library.passage_embeddings(doc_id) is not None:
+        return
+    embedder = embedder or embeddings.default_embedder()
+    if embedder is None:
+        return
+    yield Progress(doc_id, title, "parsing", message="indexing the passages")
+    doc = library.document(doc_id)
+    texts = [doc.text[p.char_start:p.char_end] for p in library.passages(doc_id)]
+    library.set_passage_embeddings(doc_id, embeddings.to_bytes(embedder(texts)))
 
 
 def _read_segments(library, engine, doc_id, snap_id, cancel, every, seconds) -> Iterator[Progress]:

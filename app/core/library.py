@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import defer, sessionmaker
 
 from sqlalchemy import text as sql
 
@@ -161,9 +161,26 @@ class Library:
         best = np.argsort(-scores)[:limit]
         return [(int(spans[i][0]), float(scores[i])) for i in best if scores[i] > 0]
 
+    def set_passage_embeddings(self, doc_id: int, blobs: list[bytes]) -> None:
+        """The passages' vectors, in passage order, in one statement."""
+        with self.Session.begin() as s:
+            ids = s.scalars(select(PassageRow.id).where(PassageRow.document_id == doc_id).order_by(PassageRow.idx)).all()
+            if len(ids) != len(blobs):
+                raise LibraryError(f"{len(blobs)} embeddings for {len(ids)} passages of document {doc_id}")
+            if ids:
+                s.execute(update(PassageRow), [{"id": i, "embedding": b} for i, b in zip(ids, blobs)])
+
+    def passage_embeddings(self, doc_id: int) -> list[bytes] | None:
+        """The passages' vectors in passage order, or None unless every passage has one."""
+        with self.Session() as s:
+            blobs = s.scalars(select(PassageRow.embedding).where(PassageRow.document_id == doc_id)
+                              .order_by(PassageRow.idx)).all()
+        return None if not blobs or any(b is None for b in blobs) else list(blobs)
+
     def passages(self, doc_id: int) -> list[PassageRow]:
         with self.Session() as s:
-            rows = s.scalars(select(PassageRow).where(PassageRow.document_id == doc_id).order_by(PassageRow.idx)).all()
+            rows = s.scalars(select(PassageRow).where(PassageRow.document_id == doc_id).order_by(PassageRow.idx)
+                             .options(defer(PassageRow.embedding))).all()
             s.expunge_all()
             return list(rows)
 

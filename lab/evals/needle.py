@@ -43,7 +43,7 @@ from .common import (
     write_json,
 )
 
-MODES = ("bm25", "memory", "fused")
+MODES = ("hybrid", "embeddings", "bm25", "memory", "fused")  # hybrid: BM25 + embeddings + memory, the default
 
 
 @dataclass
@@ -270,7 +270,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-paraphrases", action="store_true", help="ask only the direct questions")
     p.add_argument(
         "--answer-modes",
-        default="fused,bm25,memory",
+        default="hybrid,fused,bm25,memory",
         help="retrieval modes whose answers are generated (all modes' citations are scored)",
     )
     p.add_argument(
@@ -433,7 +433,7 @@ def tables(result: dict, answer_modes: list[str], args) -> list[Table]:
             if not its:
                 continue
             extra = [m for m in its[0]["modes"] if m not in MODES]  # retrieval only: other fusion weights
-            for mode in ["fused", "bm25", "memory", *extra]:
+            for mode in [*MODES, *extra]:
                 ms = [it["modes"][mode] for it in its]
                 acc = pct(np.mean([m["correct"] for m in ms])) if mode in answer_modes else "–"
                 rows.append(

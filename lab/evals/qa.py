@@ -33,7 +33,7 @@ from .common import (
     write_json,
 )
 
-SYSTEMS = ("fused", "bm25", "memory-only", "base")
+SYSTEMS = ("hybrid", "fused", "bm25", "memory-only", "base")
 
 
 def add_arguments(p) -> None:
@@ -109,7 +109,7 @@ def run(args) -> dict:
             with cached_generation(e):
                 for it in items:
                     for system in systems:
-                        if system in ("fused", "bm25", "memory"):
+                        if system in ("hybrid", "fused", "bm25", "memory"):
                             it["answers"][system], _ = ask_once(
                                 lib, e, doc_id, it["question"], system, True, args.max_new_tokens
                             )
@@ -137,6 +137,7 @@ def run(args) -> dict:
 
 
 LABELS = {
+    "hybrid": "pipeline: re-read sentences, BM25 + embeddings + memory (the default)",
     "fused": "pipeline: memory + re-reading, fused retrieval",
     "bm25": "pipeline: memory + re-reading, bm25 retrieval",
     "memory": "pipeline: memory + re-reading, memory retrieval",

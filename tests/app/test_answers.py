@@ -396,3 +396,18 @@ def test_a_span_answer_is_copied_from_the_cited_sentence_and_unsupported_questio
     nothing = list(ask(library, tiny_reader, last.document_id, "Who is Zanzibar Quetzalcoatl?",
                        settings=RetrievalSettings(mode="bm25")))
     assert nothing[-1].kind == "done" and nothing[-1].text == A.NOT_FOUND
+
+
+def test_a_book_is_askable_while_its_memory_pass_is_under_way(tiny_reader, library, tmp_path):
+    fact = "The harbourmaster Octavia Plimsoll painted the lighthouse crimson in the spring."
+    book = make_pdf(tmp_path / "early.pdf", fact_page=9, fact=fact)
+    cancel = threading.Event()
+    for ev in ingest_file(library, tiny_reader, book, cancel=cancel, checkpoint_segments=1):
+        if ev.phase == "reading" and ev.segments_done >= 2:
+            cancel.set()  # stopped early: the passages are indexed, the memory is partial
+    assert ev.phase == "cancelled" and ev.segments_done < ev.segments_total
+    events = list(ask(library, tiny_reader, ev.document_id, "What colour did Octavia Plimsoll paint the lighthouse?",
+                      max_new_tokens=8))
+    assert events[0].kind == "citations" and events[0].memory_complete is False
+    assert any("Octavia Plimsoll" in c.passage for c in events[0].citations)
+    assert events[-1].kind == "done" and events[-1].memory_complete is False
