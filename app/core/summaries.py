@@ -1,17 +1,29 @@
-"""Chapter and whole-book summaries, written over the document's memory and stored once made.
+"""Chapter and whole-book summaries, written over the document's memory, streamed, stored as they go.
 
-A chapter is summarised from its own text in the local window (in parts when it does not fit, the
-parts' summaries then joined in order, cut to their first sentences when together too long), on top
-of the memory of everything before it: the stored segments that end before the chapter starts are
-read again (exactly the memory the first reading had at that point), so names introduced earlier are known. The whole book is summarised from the chapter
-summaries over the whole memory. What is stored is shown at once next time, unless a new one is
-asked for.
+A chapter is cut into parts that fit the local window; each part is summarised on top of the memory
+of everything before the chapter (its stored segments read again, `MemoryBefore`), streamed as it is
+written, checked, and stored at once: Stop, or a crash, loses at most the part being written, and the
+next Summarize continues with the next part. The parts' notes are then merged into one connected
+account, a few at a time (a hierarchical merge: groups that fit the window, then the merges of the
+groups). The whole book is merged the same way from its chapters' summaries.
+
+Every text the model writes is checked before it is kept (`clean`):
+- lines that echo the instructions ("Summarise this part in three sentences.") are taken out;
+- a sentence in the first person outside quotes (the model speaking as the narrator: "In the end, I
+  was left…") makes the part be written again, with an answer begun in the third person; what is
+  still in the first person is dropped;
+- a sentence whose names or words are not in the text it summarises is dropped (invented details);
+- a merge that loses one of its inputs (few of its words kept) is replaced by the inputs' first
+  sentences, in order.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,22 +37,45 @@ from .db import SegmentRow, SummaryRow
 from .document import Document
 from .library import Library, LibraryError
 
-# Parts' summaries that together are no longer than this (a long paragraph) are the summary, joined in
-# order: asking a small model to merge them loses parts (SmolLM2-135M with the adapter kept only the
-# last of two, "In the end, …"). Longer ones are each cut to their first sentences, an equal share of
-# this many words each (at least one sentence), and joined the same way; only when even that is more
-# than twice as long (a chapter of many parts) does the model merge them.
-JOIN_WORDS = 260
+JOIN_WORDS = 260  # the most words a merge's inputs are cut to, in all (beside the window's budget)
 ANSWER_TOKENS = 220  # room left in the segment for the prompt's wording and the summary itself
 REPETITION_PENALTY = 1.15  # SmolLM2-135M loops on phrases without it
+NOTE_SENTENCES = 3  # a part's note ends after this many sentences (unless `stop_parts` is False)
+MERGE_KEEP = 0.25  # a merge must keep this share of each input's content words, else it is not used
+SUPPORT = 0.5  # a sentence whose content words are less often than this in its source is dropped
+PARTS_KEY = -1000  # stored part notes: section_idx PARTS_KEY - (chapter + 1); PARTS_KEY for the whole text
 SENTENCE_END = re.compile(r"[.!?][”\"’')]?(?=\s|$)")
+FIRST_PERSON = re.compile(r"\b(I|I'm|I've|I'd|I'll|me|my|mine|myself|we|us|our|ours|ourselves)\b")
+QUOTED = re.compile(r"[“\"][^”\"]*[”\"]")
+# what the prompts say, that must never be kept as part of a summary
+ECHO = re.compile(r"summari[sz]e|summary of (the|this)|in (a few|three|two) sentences|\bpart \d+ of\b|"
+                  r"you summari|for a reader|the third person|connected summary|consecutive parts",
+                  re.IGNORECASE)
+LABEL = re.compile(r"^\s*(summary|part \d+|chapter \d+|answer)\s*:\s*", re.IGNORECASE)
+WORD = re.compile(r"[A-Za-z][A-Za-z'’-]+")
+STOP = set("""the and that this with from they them their there then than were was have has had into onto
+about after before over under which while where when what who whom whose will would could should shall
+been being also only just very much more most some such other another each every both either neither
+upon said says like even well back down away here part story chapter book text summary reader things
+happens happen still again once through though until these those your yours its it's his her hers him
+she he not but for are all any can one two three first last later soon little long""".split())
 
 
 @dataclass
 class SummaryEvent:
-    kind: str  # "status" (what is being done), "token", "done", "error"
+    """kind: "status" (what is being done), "token" (a piece of text being written: of part `part`,
+    or of the merge when `part` is None), "part" (part `part` of `parts` is finished: its note),
+    "progress" (`done` of `total` parts of the whole job finished, `eta` seconds left when known),
+    "done" (the summary of `section_idx`), "error"."""
+
+    kind: str
     text: str = ""
     section_idx: int | None = None  # None: the whole book
+    part: int | None = None
+    parts: int | None = None
+    done: int = 0
+    total: int = 0
+    eta: float | None = None
 
 
 class MemoryBefore:
@@ -74,20 +109,68 @@ class MemoryBefore:
         return self.memory
 
 
+# ---- storage: finished summaries, and the notes of the parts finished so far ----
+
+def _parts_key(section_idx: int | None) -> int:
+    return PARTS_KEY if section_idx is None else PARTS_KEY - (section_idx + 1)
+
+
 def stored_summaries(library: Library, doc_id: int, fingerprint: str) -> dict[int | None, str]:
+    """The finished summaries: {chapter index or None for the whole book: text}."""
     with library.Session() as s:
         rows = s.scalars(select(SummaryRow).where(SummaryRow.document_id == doc_id,
                                                   SummaryRow.model_fingerprint == fingerprint)).all()
-        return {r.section_idx: r.text for r in rows}
+        return {r.section_idx: r.text for r in rows if r.section_idx is None or r.section_idx >= 0}
 
 
-def _store(library: Library, doc_id: int, fingerprint: str, section_idx: int | None, text: str) -> None:
+def _put(library: Library, doc_id: int, fingerprint: str, section_idx: int | None, text: str) -> None:
     with library.Session.begin() as s:
         s.execute(delete(SummaryRow).where(SummaryRow.document_id == doc_id, SummaryRow.model_fingerprint == fingerprint,
                                            SummaryRow.section_idx.is_(None) if section_idx is None
                                            else SummaryRow.section_idx == section_idx))
         s.add(SummaryRow(document_id=doc_id, model_fingerprint=fingerprint, section_idx=section_idx, text=text))
 
+
+def _drop(library: Library, doc_id: int, fingerprint: str, key: int) -> None:
+    with library.Session.begin() as s:
+        s.execute(delete(SummaryRow).where(SummaryRow.document_id == doc_id, SummaryRow.model_fingerprint == fingerprint,
+                                           SummaryRow.section_idx == key))
+
+
+def _store(library: Library, doc_id: int, fingerprint: str, section_idx: int | None, text: str) -> None:
+    """The finished summary; its parts' notes are no longer needed."""
+    _put(library, doc_id, fingerprint, section_idx, text)
+    _drop(library, doc_id, fingerprint, _parts_key(section_idx))
+
+
+def _plan_hash(parts: list[str]) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def stored_notes(library: Library, doc_id: int, fingerprint: str, section_idx: int | None,
+                 plan: str | None = None) -> list[str]:
+    """The notes of the parts finished so far (of the same cut into parts, when `plan` is given)."""
+    with library.Session() as s:
+        row = s.scalars(select(SummaryRow).where(SummaryRow.document_id == doc_id,
+                                                 SummaryRow.model_fingerprint == fingerprint,
+                                                 SummaryRow.section_idx == _parts_key(section_idx))).first()
+        if row is None:
+            return []
+        try:
+            data = json.loads(row.text)
+        except ValueError:
+            return []
+    if plan is not None and data.get("plan") != plan:
+        return []
+    return list(data.get("notes", []))
+
+
+def _store_notes(library: Library, doc_id: int, fingerprint: str, section_idx: int | None, plan: str,
+                 notes: list[str]) -> None:
+    _put(library, doc_id, fingerprint, _parts_key(section_idx), json.dumps({"plan": plan, "notes": notes}))
+
+
+# ---- cutting, sentences ----
 
 def _parts(engine: eng.Engine, text: str, budget: int) -> list[str]:
     """Cut text into pieces of at most `budget` tokens, at paragraph ends where possible."""
@@ -112,6 +195,23 @@ def _parts(engine: eng.Engine, text: str, budget: int) -> list[str]:
     return parts
 
 
+def _budget(engine: eng.Engine, max_new: int) -> int:
+    # What fits in one segment beside the instructions and the answer (a floor for short-segment models,
+    # whose prompt then spills over into the memory).
+    return max(engine.config.segment_length - max_new - 150, 256)
+
+
+def sentences(text: str) -> list[str]:
+    text = " ".join(text.split())
+    out, start = [], 0
+    for m in SENTENCE_END.finditer(text):
+        out.append(text[start : m.end()].strip())
+        start = m.end()
+    if text[start:].strip():
+        out.append(text[start:].strip())
+    return [s for s in out if s]
+
+
 def _whole_sentences(text: str) -> str:
     """The text up to its last sentence end (a summary cut by the token limit loses its stub)."""
     text = text.strip()
@@ -131,108 +231,307 @@ def _lead_sentences(text: str, words: int) -> str:
     return text[:keep]
 
 
-def _generate(engine, memory, messages, cancel, stream: bool, section_idx, max_new,
-              enough: Callable[[str], bool] | None = None) -> Iterator[SummaryEvent | str]:
-    """Events for the answer's pieces (when `stream`); the last item is the answer. `enough`, asked
-    after each piece with the text so far, ends the answer early when it says so."""
-    out = []
-    for piece in engine.generate(messages, memory, max_new_tokens=max_new, repetition_penalty=REPETITION_PENALTY):
+def _stem(w: str) -> str:
+    return w.lower().replace("’", "'").split("'")[0][:6]
+
+
+def _content(text: str) -> set[str]:
+    return {_stem(w) for w in WORD.findall(text) if len(w) > 3 and w.lower() not in STOP}
+
+
+def first_person(sentence: str) -> bool:
+    """Whether a sentence speaks as "I" or "we" outside quoted speech."""
+    return bool(FIRST_PERSON.search(QUOTED.sub(" ", sentence)))
+
+
+def supported(sentence: str, source_words: set[str], source_names: set[str]) -> bool:
+    """Whether a sentence's names and most of its words are in the text it summarises."""
+    words = WORD.findall(sentence)
+    names = {w.lower() for w in words[1:] if w[0].isupper() and len(w) > 2 and w.lower() not in STOP}
+    if names - source_names:
+        return False
+    content = _content(sentence)
+    return not content or len(content & source_words) / len(content) >= SUPPORT
+
+
+def clean(text: str, source: str | None = None, third_person: bool = True) -> str:
+    """What of a written summary is kept: whole sentences, no instruction echoed, no first person
+    (when `third_person`), nothing unsupported by `source` (when given)."""
+    text = "\n".join(LABEL.sub("", line) for line in text.splitlines())
+    words = _content(source) if source is not None else set()
+    names = {w.lower() for w in WORD.findall(source)} if source is not None else set()
+    kept = []
+    for s in sentences(_whole_sentences(text)):
+        if ECHO.search(s) or (third_person and first_person(s)):
+            continue
+        if source is not None and not supported(s, words, names):
+            continue
+        kept.append(s)
+    return " ".join(kept)
+
+
+def key_sentences(text: str, n: int = 2) -> str:
+    """An extractive note: the part's `n` sentences closest to its words as a whole, in order (the
+    fallback when nothing the model wrote can be kept); speech and first person left out."""
+    cands = [s for s in sentences(text) if 6 <= len(s.split()) <= 45 and not first_person(s) and not QUOTED.search(s)]
+    if not cands:
+        return ""
+    counts: dict[str, int] = {}
+    for w in WORD.findall(text):
+        if len(w) > 3 and w.lower() not in STOP:
+            counts[_stem(w)] = counts.get(_stem(w), 0) + 1
+    score = [sum(counts.get(w, 0) for w in _content(s)) / (len(s.split()) ** 0.5) for s in cands]
+    best = sorted(np.argsort(score)[::-1][:n])
+    return " ".join(cands[i] for i in best)
+
+
+# ---- timing ----
+
+_RATE: dict[str, float] = {}  # engine fingerprint → seconds a part took last (the ETA's first guess)
+
+
+def seconds_per_part(engine: eng.Engine, max_new: int = ANSWER_TOKENS) -> float:
+    """What one part takes on this machine: measured on the parts written so far in this process,
+    else by a short probe (a few tokens of a short answer)."""
+    fp = getattr(engine, "fingerprint", "")
+    if fp in _RATE:
+        return _RATE[fp]
+    t0, n = time.perf_counter(), 0
+    for _ in engine.generate([{"role": "user", "content": "Say hello to the reader. " * 20}], None, max_new_tokens=8):
+        n += 1
+    per_token = (time.perf_counter() - t0) / max(n, 1)
+    # a note is about 80 tokens (three sentences) after a prompt of a segment, read about 20× faster a token
+    guess = per_token * (min(max_new, 90) + _budget(engine, max_new) / 20)
+    _RATE[fp] = guess
+    return guess
+
+
+@dataclass
+class Estimate:
+    parts: int  # parts to write (the merges come on top, counted in the time)
+    seconds: float
+
+    def words(self) -> str:
+        m = round(self.seconds / 60)
+        return f"about {m} minute{'s' if m != 1 else ''}" if m >= 1 else "less than a minute"
+
+
+def _chapter_texts(doc: Document, section_idx: int | None) -> list[tuple[int | None, str]]:
+    if section_idx is not None:
+        sec = doc.sections[section_idx]
+        return [(section_idx, doc.text[sec.start:sec.end])]
+    if doc.sections:
+        return [(i, doc.text[s.start:s.end]) for i, s in enumerate(doc.sections)]
+    return [(None, doc.text)]
+
+
+def estimate(library: Library, engine: eng.Engine, doc_id: int, section_idx: int | None = None,
+             max_new_tokens: int = ANSWER_TOKENS, redo: bool = False) -> Estimate:
+    """How many parts are left to write for this summary, and about how long it will take."""
+    doc = library.document(doc_id)
+    stored = {} if redo else stored_summaries(library, doc_id, engine.fingerprint)
+    budget = _budget(engine, max_new_tokens)
+    parts = merges = 0
+    for key, text in _chapter_texts(doc, section_idx):
+        if key in stored and key is not None:
+            continue
+        plan = _parts(engine, text, budget)
+        have = 0 if redo else len(stored_notes(library, doc_id, engine.fingerprint, key, _plan_hash(plan)))
+        parts += max(len(plan) - have, 0)
+        merges += max(len(plan) - 1, 0) // 3 + (len(plan) > 1)
+    if section_idx is None and doc.sections:
+        merges += max(len(doc.sections) // 3, 1)
+    return Estimate(parts, (parts + 1.5 * merges) * seconds_per_part(engine, max_new_tokens))
+
+
+class _Clock:
+    """The job's parts done and left, and the time left, from the parts' measured pace."""
+
+    def __init__(self, engine, total: int, done: int, max_new: int):
+        self.fp = getattr(engine, "fingerprint", "")
+        self.total, self.done = total, done
+        self.guess = _RATE.get(self.fp)
+        self.spent, self.written = 0.0, 0
+
+    def part_done(self, seconds: float) -> None:
+        self.done += 1
+        self.spent += seconds
+        self.written += 1
+        _RATE[self.fp] = self.spent / self.written
+
+    def event(self, section_idx) -> SummaryEvent:
+        per = self.spent / self.written if self.written else self.guess
+        left = max(self.total - self.done, 0)
+        eta = None if per is None else per * (left + 1.5 * (1 + left // 3))
+        return SummaryEvent("progress", "", section_idx, done=self.done, total=self.total, eta=eta)
+
+
+# ---- writing ----
+
+def _ids(engine, messages: list[dict], prefix: str):
+    """The prompt with the answer begun (`prefix`), as token ids (a string would become a new turn)."""
+    if not prefix or getattr(engine, "chat", None) is None:
+        return messages
+    text = engine.chat.render(messages, add_generation_prompt=True) + prefix
+    return engine.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def _generate(engine, memory, prompt, cancel, section_idx, part, max_new,
+              enough: Callable[[str], bool] | None = None, prefix: str = "") -> Iterator[SummaryEvent | str]:
+    """Token events; the last item is the whole answer (None-free). Returns early when cancelled."""
+    out = [prefix] if prefix else []
+    if prefix:
+        yield SummaryEvent("token", prefix, section_idx, part=part)
+    for piece in engine.generate(_ids(engine, prompt, prefix), memory, max_new_tokens=max_new,
+                                 repetition_penalty=REPETITION_PENALTY):
         if cancel is not None and cancel.is_set():
             return
         out.append(piece)
-        if stream:
-            yield SummaryEvent("token", piece, section_idx)
+        yield SummaryEvent("token", piece, section_idx, part=part)
         if enough is not None and enough("".join(out)):
             break
     yield "".join(out).strip()
 
 
-def _written(events: Iterator) -> Iterator:
-    """The events of a streamed summary, its final text kept to whole sentences: what the token limit
-    cut off mid-sentence is shown while it streams, not stored."""
-    for ev in events:
-        yield _whole_sentences(ev) if isinstance(ev, str) else ev
-
-
-def _past_its_share(before: list[str], share: int) -> Callable[[str], bool]:
-    """For a part summary written after the parts' notes `before`: whether the join is now sure to
-    cut it to its first sentences (the notes so far already hold more than JOIN_WORDS words of whole
-    sentences) and those are settled (a sentence of it has ended past `share` words). Whatever the
-    model would write after that point the join throws away, so it need not be written (a model that
-    writes to the token limit, as one with a book-trained memory does, otherwise spends most of a
-    chapter's summary on it)."""
-    words_before = sum(len(_whole_sentences(n).split()) for n in before)
-
+def _sentences_done(n: int) -> Callable[[str], bool]:
+    """A note is enough once it has `n` sentences confirmed by the next character ("Mr." at the very
+    end may not be a sentence end)."""
     def enough(text: str) -> bool:
         text = text.strip()
-        # a sentence end that the next character confirms (one at the very end may be "Mr." or
-        # lack its closing quote)
-        for m in SENTENCE_END.finditer(text):
-            if m.end() < len(text):
-                words = len(text[: m.end()].split())
-                if words > share and words_before + words > JOIN_WORDS:
-                    return True
-        return False
-
+        return sum(1 for m in SENTENCE_END.finditer(text) if m.end() < len(text)) >= n
     return enough
 
 
-def _summarize_text(engine, memory, title: str, what: str, text: str, cancel, section_idx, max_new: int,
-                    depth: int = 0, stop_parts: bool = True) -> Iterator:
-    """Events for the final text's tokens; the last item is the summary string. `stop_parts`: a part
-    summary ends once the join is sure to cut the rest (`_past_its_share`); else it is written to its
-    end, as the model would (the same summary, unless the model must merge the parts)."""
-    # What fits in one segment beside the instructions and the answer (a floor for short-segment models,
-    # whose prompt then spills over into the memory).
-    budget = max(engine.config.segment_length - max_new - 150, 256)
-    parts = _parts(engine, text, budget)
-    if depth >= 2:  # summaries of summaries still too long: keep what fits
-        parts = parts[:1]
-    system = {"role": "system", "content": f"You summarise the book “{title}” for a reader."}
-    if len(parts) == 1:
-        msgs = [system, {"role": "user", "content": f"{what}:\n\n{parts[0]}\n\nSummarise {what.lower()} "
-                                                    "in a few sentences: who does what, and what happens."}]
-        yield from _written(_generate(engine, memory, msgs, cancel, True, section_idx, max_new))
-        return
-    notes = []
-    for i, part in enumerate(parts, 1):
-        yield SummaryEvent("status", f"reading part {i} of {len(parts)}", section_idx)
-        msgs = [system, {"role": "user", "content": f"Part {i} of {what.lower()}:\n\n{part}\n\n"
-                                                    "Summarise this part in three sentences."}]
+def _system(title: str) -> dict:
+    return {"role": "system", "content": f"You write summaries of the book “{title}”. Write in the third person "
+                                         "about the characters (he, she, they, their names), never as the narrator."}
+
+
+def _note(engine, memory, title, what, part, i, n, cancel, section_idx, max_new, stop_parts) -> Iterator:
+    """One part's note, checked: written again, begun in the third person, when it speaks as the
+    narrator; the part's key sentences when nothing of it can be kept. Last item: the note."""
+    where = f"{what}" if n == 1 else f"part {i + 1} of {n} of {what.lower()}"
+    ask = (f"Here is {where}:\n\n{part}\n\nTell in three sentences what happens in it: who does what. "
+           "Use the characters' names.")
+    msgs = [_system(title), {"role": "user", "content": ask}]
+    enough = _sentences_done(NOTE_SENTENCES) if stop_parts else None
+    note = ""
+    for prefix in ("", "In this part, "):
         result = None
-        enough = _past_its_share(notes, JOIN_WORDS // len(parts)) if stop_parts else None
-        for ev in _generate(engine, memory, msgs, cancel, False, section_idx, max_new, enough):
-            result = ev
-        if result is None:  # cancelled
+        for ev in _generate(engine, memory, msgs, cancel, section_idx, i, max_new, enough, prefix):
+            if isinstance(ev, str):
+                result = ev
+            else:
+                yield ev
+        if result is None:
+            return  # cancelled
+        narrator = any(first_person(s) for s in sentences(result))
+        note = clean(result, part)
+        if not narrator and note:
+            break
+        yield SummaryEvent("status", f"writing part {i + 1} again, in the third person", section_idx, part=i)
+    yield note or key_sentences(part)
+
+
+def _coverage(merged: str, source: str) -> float:
+    words = _content(source)
+    return len(words & _content(merged)) / len(words) if words else 1.0
+
+
+def _merge(engine, memory, title, what, notes: list[str], cancel, section_idx, max_new, depth: int = 0) -> Iterator:
+    """One connected account of consecutive notes: groups that fit the window merged by the model,
+    then their merges, until one is left. Last item: the account."""
+    notes = [n for n in notes if n.strip()]
+    if len(notes) <= 1:
+        yield notes[0] if notes else ""
+        return
+    budget = _budget(engine, max_new)
+    cut = [_lead_sentences(n, max(JOIN_WORDS // len(notes), 40)) for n in notes]
+    groups, cur, size = [], [], 0
+    for n in cut:
+        k = len(engine.tokenizer.encode(n, add_special_tokens=False).ids)
+        if cur and (size + k > budget or len(cur) >= 4):
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(n)
+        size += k
+    groups.append(cur)
+    merged = []
+    for g in groups:
+        if len(g) == 1:
+            merged.append(g[0])
+            continue
+        yield SummaryEvent("status", "connecting the parts", section_idx)
+        joined = "\n\n".join(g)
+        ask = (f"These are summaries of consecutive parts of {what.lower()}, in order:\n\n{joined}\n\n"
+               "Rewrite them as one connected account of what happens, in order, keeping every event and name.")
+        result = None
+        for ev in _generate(engine, memory, [_system(title), {"role": "user", "content": ask}], cancel,
+                            section_idx, None, max_new):
+            if isinstance(ev, str):
+                result = ev
+            else:
+                yield ev
+        if result is None:
             return
-        notes.append(result)
-    kept = [_whole_sentences(n) for n in notes]
-    if sum(len(n.split()) for n in kept) > JOIN_WORDS:
-        kept = [_lead_sentences(n, JOIN_WORDS // len(notes)) for n in notes]
-    if sum(len(n.split()) for n in kept) <= 2 * JOIN_WORDS:
-        text = "\n\n".join(n for n in kept if n)
-        yield SummaryEvent("token", text, section_idx)
-        yield text
+        text = clean(result, joined)
+        if not text or min(_coverage(text, n) for n in g) < MERGE_KEEP:  # a part lost: keep them all
+            text = " ".join(_lead_sentences(n, max(JOIN_WORDS // len(g), 30)) for n in g)
+        merged.append(text)
+    if len(merged) == 1 or depth >= 3:
+        yield " ".join(merged)
         return
-    yield SummaryEvent("status", "merging the parts", section_idx)
-    joined = "\n\n".join(f"Part {i}: {n}" for i, n in enumerate(notes, 1))
-    if len(engine.tokenizer.encode(joined, add_special_tokens=False).ids) > budget:  # summarise the summaries
-        yield from _summarize_text(engine, memory, title, what, joined, cancel, section_idx, max_new, depth + 1,
-                                   stop_parts)
-        return
-    msgs = [system, {"role": "user", "content": f"Summaries of the consecutive parts of {what.lower()}:\n\n"
-                                                f"{joined}\n\nWrite one summary of {what.lower()} in a few "
-                                                "sentences, in the order things happen."}]
-    yield from _written(_generate(engine, memory, msgs, cancel, True, section_idx, max_new))
+    yield from _merge(engine, memory, title, what, merged, cancel, section_idx, max_new, depth + 1)
+
+
+def _summarize_text(library, engine, memory, doc_id, title, what, text, cancel, section_idx, max_new, clock,
+                    stop_parts: bool, redo: bool) -> Iterator:
+    """A chapter (or a text without chapters): its parts' notes, stored one by one, then merged.
+    Events; the last item is the summary (nothing when cancelled)."""
+    parts = _parts(engine, text, _budget(engine, max_new))
+    plan = _plan_hash(parts)
+    fp = engine.fingerprint
+    if redo:
+        _drop(library, doc_id, fp, _parts_key(section_idx))
+    notes = stored_notes(library, doc_id, fp, section_idx, plan)[: len(parts)]
+    for i, note in enumerate(notes):  # finished before: shown as they are
+        yield SummaryEvent("part", note, section_idx, part=i, parts=len(parts))
+    for i in range(len(notes), len(parts)):
+        yield SummaryEvent("status", f"writing part {i + 1} of {len(parts)}" if len(parts) > 1 else "writing",
+                           section_idx, part=i, parts=len(parts))
+        yield clock.event(section_idx)
+        t0, note = time.perf_counter(), None
+        for ev in _note(engine, memory, title, what, parts[i], i, len(parts), cancel, section_idx, max_new,
+                        stop_parts):
+            if isinstance(ev, str):
+                note = ev
+            else:
+                yield ev
+        if note is None or (cancel is not None and cancel.is_set()):
+            return
+        notes.append(note)
+        _store_notes(library, doc_id, fp, section_idx, plan, notes)
+        clock.part_done(time.perf_counter() - t0)
+        yield SummaryEvent("part", note, section_idx, part=i, parts=len(parts))
+        yield clock.event(section_idx)
+    summary = None
+    for ev in _merge(engine, memory, title, what, notes, cancel, section_idx, max_new):
+        if isinstance(ev, str):
+            summary = ev
+        else:
+            yield ev
+    if summary is not None and not (cancel is not None and cancel.is_set()):
+        yield summary
 
 
 def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: int | None = None,
               redo: bool = False, cancel: threading.Event | None = None,
               max_new_tokens: int = ANSWER_TOKENS, before: MemoryBefore | None = None,
               stop_parts: bool = True) -> Iterator[SummaryEvent]:
-    """A chapter's summary (section_idx) or the whole book's (None), streamed, then stored.
-    `before` carries the re-read memory from one chapter to the next; `stop_parts` False writes every
-    part summary to its end (`_summarize_text`; for measuring what stopping saves)."""
+    """A chapter's summary (section_idx) or the whole book's (None: every chapter missing, then the
+    book), streamed; each part's note stored as it is finished, each summary once merged. Cancelled,
+    it ends without "done"; called again, it continues with the first part not finished. `redo`
+    writes everything again. `stop_parts` False lets every note run to the token limit."""
     try:
         stored = stored_summaries(library, doc_id, engine.fingerprint)
         if section_idx in stored and not redo:
@@ -246,44 +545,67 @@ def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: in
         yield SummaryEvent("error", str(exc), section_idx)
         return
 
-    if section_idx is not None:
-        sec = doc.sections[section_idx]
-        what, text = f"The chapter “{sec.title}”", doc.text[sec.start:sec.end]
-        if sec.start > 0:
-            yield SummaryEvent("status", "recalling the chapters before", section_idx)
-            before = before or MemoryBefore(library, engine, doc_id)
-            memory = before.at(sec.start, cancel)
-            if memory is None:
-                return
-    elif doc.sections:  # the whole book, from its chapters' summaries
-        notes = []
-        before = MemoryBefore(library, engine, doc_id)
-        for i, sec in enumerate(doc.sections):
-            if i not in stored or redo:
-                yield SummaryEvent("status", f"summarising chapter {i + 1} of {len(doc.sections)}", None)
-                result = None
-                for ev in summarize(library, engine, doc_id, i, redo, cancel, max_new_tokens, before, stop_parts):
-                    if ev.kind == "error":
-                        yield SummaryEvent("error", ev.text, None)
-                        return
-                    if ev.kind == "done":
-                        result = ev.text
-                if result is None:
-                    return  # cancelled
-                stored[i] = result
-            notes.append(f"{sec.title}: {stored[i]}")
-        what, text = "The whole book, chapter by chapter", "\n\n".join(notes)
-    else:
-        what, text = "The whole text", doc.text
+    budget = _budget(engine, max_new_tokens)
+    chapters = _chapter_texts(doc, section_idx)
+    sizes = {k: len(_parts(engine, t, budget)) for k, t in chapters}
+    done = 0
+    for k, _ in chapters:
+        if k is not None and k in stored and not redo:
+            done += sizes[k]
+        elif not redo:
+            done += min(len(stored_notes(library, doc_id, engine.fingerprint, k)), sizes[k])
+    clock = _Clock(engine, sum(sizes.values()), done, max_new_tokens)
 
-    summary = None
-    for ev in _summarize_text(engine, memory, doc.title, what, text, cancel, section_idx, max_new_tokens,
-                              stop_parts=stop_parts):
-        if isinstance(ev, str):
-            summary = ev
-        else:
-            yield ev
+    def chapter(i: int, text: str) -> Iterator:
+        nonlocal before
+        sec = doc.sections[i]
+        mem = memory
+        if sec.start > 0:
+            yield SummaryEvent("status", "recalling the chapters before", i)
+            before = before or MemoryBefore(library, engine, doc_id)
+            mem = before.at(sec.start, cancel)
+            if mem is None:
+                return
+        yield from _summarize_text(library, engine, mem, doc_id, doc.title, f"The chapter “{sec.title}”", text,
+                                   cancel, i, max_new_tokens, clock, stop_parts, redo)
+
+    if section_idx is not None or doc.sections:
+        notes = []
+        for i, text in chapters:
+            if i in stored and not redo:
+                notes.append(stored[i])
+                continue
+            if section_idx is None:
+                yield SummaryEvent("status", f"summarising chapter {i + 1} of {len(chapters)}", i)
+            result = None
+            for ev in chapter(i, text):
+                if isinstance(ev, str):
+                    result = ev
+                else:
+                    yield ev
+            if result is None:
+                return  # cancelled: the parts finished so far are stored
+            _store(library, doc_id, engine.fingerprint, i, result)
+            yield SummaryEvent("done", result, i)
+            notes.append(result)
+        if section_idx is not None:
+            return
+        yield SummaryEvent("status", "connecting the chapters", None)
+        summary = None
+        for ev in _merge(engine, memory, doc.title, "the whole book", notes, cancel, None, max_new_tokens):
+            if isinstance(ev, str):
+                summary = ev
+            else:
+                yield ev
+    else:  # a text without chapters: its parts, merged
+        summary = None
+        for ev in _summarize_text(library, engine, memory, doc_id, doc.title, "The whole text", doc.text, cancel,
+                                  None, max_new_tokens, clock, stop_parts, redo):
+            if isinstance(ev, str):
+                summary = ev
+            else:
+                yield ev
     if summary is None or (cancel is not None and cancel.is_set()):
         return
-    _store(library, doc_id, engine.fingerprint, section_idx, summary)
-    yield SummaryEvent("done", summary, section_idx)
+    _store(library, doc_id, engine.fingerprint, None, summary)
+    yield SummaryEvent("done", summary, None)

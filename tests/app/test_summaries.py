@@ -1,0 +1,120 @@
+"""Summaries: streamed part by part, each part stored as it finishes, continued after a stop, third
+person, no instruction echoed, merged into one account. Real library and readers, a tiny model whose
+words are scripted where the test looks at them."""
+
+import threading
+
+from infini_reader.app.core import summaries
+from infini_reader.app.core.ingest import ingest_file
+from infini_reader.app.core.summaries import clean, estimate, stored_notes, stored_summaries, summarize
+
+from .conftest import write_book
+
+
+def read_book(library, tiny_reader, tmp_path, chapters=2, paragraphs=12):
+    *_, last = ingest_file(library, tiny_reader, write_book(tmp_path / "b.txt", chapters, paragraphs))
+    return last.document_id
+
+
+def scripted(monkeypatch, e, answers):
+    """generate() says the next of `answers` word by word; records every prompt."""
+    said = iter(answers)
+    prompts = []
+
+    def generate(prompt, memory=None, **kw):
+        prompts.append(e.tokenizer.decode(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], int)
+                       else prompt)
+        for i, w in enumerate(next(said).split(" ")):
+            yield w if i == 0 else " " + w
+
+    monkeypatch.setattr(e, "generate", generate)
+    return prompts
+
+
+NOTE = "The keeper counted ships passing the rocks. A storm came in from the west. The keeper watched the lighthouse."
+
+
+def test_clean_drops_echoed_instructions_first_person_and_invented_names():
+    src = "The keeper counted the ships. Marmalade the cat slept on the stairs."
+    text = ("Summary: The keeper counted the ships. Summarise this part in three sentences. "
+            "In the end, I was left with a sense of emptiness. The Dreamwalker counted the ships. "
+            "Marmalade slept on the stairs.")
+    assert clean(text, src) == "The keeper counted the ships. Marmalade slept on the stairs."
+    assert clean('He said: "I counted the ships." The keeper slept.', None) == \
+        'He said: "I counted the ships." The keeper slept.'
+
+
+def test_parts_stream_are_stored_as_they_finish_and_a_stopped_summary_continues(tiny_reader, library, tmp_path,
+                                                                               monkeypatch):
+    doc_id = read_book(library, tiny_reader, tmp_path, chapters=1, paragraphs=16)
+    n = len(summaries._parts(tiny_reader, library.document(doc_id).text[library.document(doc_id).sections[0].start:],
+                             summaries._budget(tiny_reader, 12)))
+    assert n >= 3
+    scripted(monkeypatch, tiny_reader, [NOTE] * 20)
+    cancel = threading.Event()
+    seen = []
+    for ev in summarize(library, tiny_reader, doc_id, 0, cancel=cancel, max_new_tokens=12):
+        seen.append(ev)
+        if ev.kind == "part" and ev.part == 1:
+            cancel.set()  # Stop after the second part
+    kinds = [e.kind for e in seen]
+    assert "token" in kinds and "progress" in kinds and "done" not in kinds
+    assert [e.part for e in seen if e.kind == "part"] == [0, 1]
+    assert len(stored_notes(library, doc_id, tiny_reader.fingerprint, 0)) == 2
+    assert 0 not in stored_summaries(library, doc_id, tiny_reader.fingerprint)
+    progress = [e for e in seen if e.kind == "progress"][-1]
+    assert progress.done == 2 and progress.total == n and progress.eta is not None
+    assert estimate(library, tiny_reader, doc_id, 0, max_new_tokens=12).parts == n - 2
+
+    # continued: the two finished parts come back without the model, the rest are written
+    prompts = scripted(monkeypatch, tiny_reader, [NOTE] * 20)
+    events = list(summarize(library, tiny_reader, doc_id, 0, max_new_tokens=12))
+    parts = [e for e in events if e.kind == "part"]
+    assert [p.part for p in parts] == list(range(n))
+    note_prompts = [p for p in prompts if "happens in it" in str(p)]
+    assert len(note_prompts) == n - 2
+    assert events[-1].kind == "done" and events[-1].section_idx is None or events[-1].section_idx == 0
+    stored = stored_summaries(library, doc_id, tiny_reader.fingerprint)
+    assert 0 in stored and stored_notes(library, doc_id, tiny_reader.fingerprint, 0) == []
+    assert "Summarise" not in stored[0] and "I " not in stored[0]
+
+
+def test_first_person_is_written_again_in_the_third_person(tiny_reader, library, tmp_path, monkeypatch):
+    doc_id = read_book(library, tiny_reader, tmp_path, chapters=1, paragraphs=3)
+    prompts = scripted(monkeypatch, tiny_reader, ["In the end, I was left with a sense of emptiness.",
+                                                  "the keeper counted the ships passing the rocks."])
+    events = list(summarize(library, tiny_reader, doc_id, 0, max_new_tokens=12))
+    assert events[-1].kind == "done"
+    assert events[-1].text == "In this part, the keeper counted the ships passing the rocks."
+    assert "I was left" not in events[-1].text and len(prompts) == 2
+
+
+def test_parts_are_merged_into_one_account_and_a_lossy_merge_is_not_kept(tiny_reader, library, tmp_path,
+                                                                          monkeypatch):
+    doc_id = read_book(library, tiny_reader, tmp_path, chapters=1, paragraphs=16)
+    text = library.document(doc_id).text
+    n = len(summaries._parts(tiny_reader, text[library.document(doc_id).sections[0].start:],
+                             summaries._budget(tiny_reader, 12)))
+    notes = [f"The keeper counted {k + 3} ships at lighthouse number {100 + k}." for k in range(n)]
+    merged = "Then the keeper slept."  # loses every part
+    prompts = scripted(monkeypatch, tiny_reader, notes + [merged] * 10)
+    events = list(summarize(library, tiny_reader, doc_id, 0, max_new_tokens=12))
+    assert any("consecutive parts" in str(p) for p in prompts)  # the model was asked to merge
+    # the merge kept too little of each part: the parts' own sentences are kept instead, in order
+    assert events[-1].kind == "done" and events[-1].text.startswith(notes[0])
+    # a merge that keeps every part is the summary
+    good = " ".join(f"Lighthouse number {100 + k} had {k + 3} ships counted by the keeper." for k in range(n))
+    scripted(monkeypatch, tiny_reader, notes + [good] * 10)
+    events = list(summarize(library, tiny_reader, doc_id, 0, redo=True, max_new_tokens=12))
+    assert events[-1].text == good
+
+
+def test_whole_book_streams_chapters_then_the_book(tiny_reader, library, tmp_path, monkeypatch):
+    doc_id = read_book(library, tiny_reader, tmp_path, chapters=2, paragraphs=3)
+    scripted(monkeypatch, tiny_reader, [NOTE] * 30)
+    est = estimate(library, tiny_reader, doc_id, None, max_new_tokens=12)
+    assert est.parts == 2 and est.seconds >= 0 and est.words()
+    events = list(summarize(library, tiny_reader, doc_id, None, max_new_tokens=12))
+    assert [e.section_idx for e in events if e.kind == "done"] == [0, 1, None]
+    stored = stored_summaries(library, doc_id, tiny_reader.fingerprint)
+    assert set(stored) == {0, 1, None}
