@@ -86,7 +86,7 @@ class RetrievalSettings:
     reread_passages: int = 2  # passages whose best-matching sentences are re-read
     around: int = 1  # sentences re-read either side of each best match
     span_answers: bool = True  # who/what/where/... questions answered with a span of the cited text
-    memory_in_answer: bool = False  # the document's memory under the re-read text (measured: it hurt)
+    memory_in_answer: bool = False  # the document's memory under the re-read text (the 10 of 10 was without it)
     min_similarity: float = 0.25  # with embeddings: below this nothing is taken as support
 
 
@@ -452,7 +452,8 @@ def chat_history(library: Library, doc_id: int) -> list[ChatMessage]:
     for c in rows:
         cites.setdefault(c.message_id, []).append(Citation(
             c.rank, None, c.section_idx, c.chapter, c.page, c.char_start, c.char_end, c.score,
-            text[c.char_start:c.char_end]))
+            text[c.char_start:c.char_end], c.sentence_start, c.sentence_end,
+            text[c.sentence_start:c.sentence_end].strip() if c.sentence_start is not None else ""))
     return [ChatMessage(m.id, m.role, m.content, cites.get(m.id, [])) for m in msgs]
 
 
@@ -471,7 +472,8 @@ def _store_turn(library: Library, doc_id: int, question: str, answer: str, cites
         s.add(msg)
         s.flush()
         s.add_all(CitationRow(message_id=msg.id, rank=c.rank, section_idx=c.section_idx, chapter=c.chapter,
-                              page=c.page, char_start=c.char_start, char_end=c.char_end, score=c.score)
+                              page=c.page, char_start=c.char_start, char_end=c.char_end, score=c.score,
+                              sentence_start=c.sentence_start, sentence_end=c.sentence_end)
                   for c in cites)
         return msg.id
 

@@ -393,6 +393,8 @@ def test_a_span_answer_is_copied_from_the_cited_sentence_and_unsupported_questio
     assert events[0].citations[0].sentence == fact  # the best-matching sentence, shown at once
     doc = library.document(last.document_id)
     assert all(doc.text[c.sentence_start:c.sentence_end].strip() == c.sentence for c in done.citations)
+    stored = chat_history(Library(library.url), last.document_id)[-1].citations
+    assert [c.sentence for c in stored] == [c.sentence for c in done.citations]  # kept in the chat
     nothing = list(ask(library, tiny_reader, last.document_id, "Who is Zanzibar Quetzalcoatl?",
                        settings=RetrievalSettings(mode="bm25")))
     assert nothing[-1].kind == "done" and nothing[-1].text == A.NOT_FOUND

@@ -20,7 +20,7 @@ def test_migration_from_an_empty_database(tmp_path):
             "summaries", "alembic_version"} <= set(insp.get_table_names())
     con = sqlite3.connect(tmp_path / "lib.sqlite3")
     (version,) = con.execute("select version_num from alembic_version").fetchone()
-    assert version == "0002"
+    assert version == "0003"
     assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
     Library(url)  # opening again upgrades nothing and loses nothing
     assert con.execute("select count(*) from alembic_version").fetchone()[0] == 1
