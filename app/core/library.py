@@ -19,6 +19,7 @@ from sqlalchemy import text as sql
 
 from .db import DocumentRow, PassageRow, SectionRow, SegmentRow, SnapshotRow, open_database
 from .document import Document, Section
+from .errors import clean_line
 from .passages import split_passages
 
 if TYPE_CHECKING:  # numpy and the segment plan only where used: `infini list` and `info` start faster
@@ -189,8 +190,9 @@ class Library:
         with self.Session.begin() as s:
             row = s.scalar(select(DocumentRow).where(DocumentRow.content_hash == content_hash))
             if row is None:
-                row = DocumentRow(content_hash=content_hash, title=path.name, format=path.suffix.lstrip(".").lower()[:16],
-                                  path=str(path), file_size=file_size)
+                row = DocumentRow(content_hash=content_hash, title=clean_line(path.name),
+                                  format=clean_line(path.suffix.lstrip(".").lower())[:16], path=clean_line(str(path)),
+                                  file_size=file_size)
                 s.add(row)
             row.status, row.error = "failed", error
             s.flush()

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 from infini_reader.app.core.document import Document, ReaderError
+from infini_reader.app.core.errors import clean_line, os_message
 from infini_reader.app.core.readers.epub import read_epub
 from infini_reader.app.core.readers.html import read_html
 from infini_reader.app.core.readers.pdf import read_pdf
@@ -32,12 +33,25 @@ def read_document(path: str | os.PathLike) -> Document:
     """Read a book: EPUB, PDF, plain text, Markdown or HTML. Every failure is a one-line ReaderError."""
     path = Path(path)
     try:
-        return _read(path)
+        return _read(path).clean()  # readers may have set fields after building it
     except ReaderError as e:
-        raise ReaderError(" ".join(str(e).split())) from None
+        raise ReaderError(str(e)) from None
+    except MemoryError:
+        raise ReaderError(f"{path.name} is too large to read in the memory this computer has") from None
+    except OSError as e:  # the disk, not the file's contents: say so plainly
+        raise ReaderError(f"{path.name} cannot be read ({os_message(e)})") from None
     except Exception as e:  # a file no rule foresaw must still give the user a message, not a crash
-        log.exception("reading %s failed", path)
-        raise ReaderError(f"{path.name} could not be read ({type(e).__name__}: {' '.join(str(e).split())})") from e
+        # The traceback goes to the log file only (the window's and the command line's), never the terminal.
+        log.error("reading %s failed", clean_line(str(path)), exc_info=True)
+        raise ReaderError(f"{path.name} could not be read: {_unexpected(path, e)}") from e
+
+
+def _unexpected(path: Path, e: Exception) -> str:
+    detail = clean_line(str(e), 160)
+    if isinstance(e, NotImplementedError | zipfile.BadZipFile | zipfile.LargeZipFile) or "zip" in type(e).__module__:
+        what = "it uses a ZIP feature that is not supported" if isinstance(e, NotImplementedError) else "it is damaged"
+        return f"{what} ({detail})" if detail else what
+    return f"it is damaged or unusual ({type(e).__name__}{': ' + detail if detail else ''})"
 
 
 def _read(path: Path) -> Document:

@@ -8,12 +8,18 @@ and wide gaps end paragraphs; a paragraph that runs over a page break is joined 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import pymupdf
+# pymupdf 2 loads onnxruntime (for its layout analysis), whose official builds send telemetry: a
+# background thread looks up Microsoft's event servers (DNS) a few seconds after the import. The
+# application promises no network at run time; this must be set before onnxruntime starts.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
+import pymupdf  # noqa: E402
 
 from infini_reader.app.core.document import Document, ReaderError
 from infini_reader.app.core.readers.chapters import (

@@ -1,0 +1,58 @@
+"""Coordinating processes that share one library: a book is read by one of them at a time.
+
+A lock file per book (by the hash of its contents) in the library's folder, held with `flock` while
+the book is read: the operating system lets it go when the process ends, even by `kill -9`, so a
+crashed reading never leaves a stale lock behind. Where there is no such folder (a database server)
+or no `flock`, the database's unique constraints still keep the library consistent, and the loser of
+that race is told the book is being read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def lock_folder(url: str) -> Path | None:
+    """The folder beside an SQLite library's file, or None for other databases and in-memory ones."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if not u.drivername.startswith("sqlite") or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database).resolve().parent / "locks"
+
+
+@contextmanager
+def exclusive(folder: Path | None, key: str) -> Iterator[bool]:
+    """True while this process holds the lock `key`; False (at once, without waiting) when another
+    process holds it. Without a folder or `flock` everyone gets True."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the database's constraints are the only guard
+        yield True
+        return
+    fd = None
+    if folder is not None:
+        try:
+            folder.mkdir(exist_ok=True)
+            fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only library: writing will fail anyway, with its own message
+            log.warning("no lock file in %s: %s", folder, exc)
+    if fd is None:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
