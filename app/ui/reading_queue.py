@@ -128,7 +128,7 @@ class ReadingQueue(QObject):
                     yield path, ev
                 if ready is not None and self.summarize_after and not cancel.is_set():
                     for sev in summaries.summarize(library, engine, ready.document_id, None, cancel=cancel):
-                        if sev.kind in ("status", "done", "error"):
+                        if sev.kind in ("status", "error") or (sev.kind == "done" and sev.section_idx is None):
                             yield path, (ready.document_id, ready.title, sev.kind, sev.text)
 
         self._worker = self._tasks.run(work, on_item=self._event, on_done=self._ended, on_error=self._error)

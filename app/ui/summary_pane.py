@@ -49,6 +49,11 @@ class SummaryPane(QWidget):
         self._stream: dict[int, str] = {}  # section key → text so far, for the running document
         self._cancel: threading.Event | None = None
         self._status = ""
+        self._notes: dict[int, list[str]] = {}  # section key → finished parts' notes, for the running document
+        self._merging: dict[int, str] = {}  # section key → the connected account being written
+        self._progress: tuple[int, int, float | None] | None = None  # parts done, parts in all, seconds left
+        self._stopped: dict[int, str] = {}  # doc_id → what Stop kept
+        self._estimates: dict = {}  # (doc_id, key) → summaries.Estimate
 
         self.parts = QListWidget()
         self.parts.setMinimumWidth(150)
@@ -190,8 +195,11 @@ class SummaryPane(QWidget):
         self.title.setText(self.parts.currentItem().text().split(". ", 1)[-1] if key != WHOLE
                            else f"{self.row.title} — the whole book")
         running_here = self._running == self.row.doc_id
-        if running_here and key in self._stream:
-            self.text.setHtml(markdown_html(self._stream[key] + " ▍"))
+        if running_here and (key in self._stream or key in self._notes):
+            shown = "\n\n".join(self._notes.get(key, []) + ([self._stream[key]] if self._stream.get(key) else []))
+            if key in self._merging:
+                shown += "\n\n---\n\n*Connecting the parts into one account:* " + self._merging[key]
+            self.text.setHtml(markdown_html(shown + " ▍"))
         elif key in self.stored.get(self.row.doc_id, {}):
             self.text.setHtml(markdown_html(self.stored[self.row.doc_id][key]))
         else:
@@ -209,13 +217,32 @@ class SummaryPane(QWidget):
         self.read.setVisible(key is not None and key != WHOLE)
         self.export.setEnabled(self.row is not None)
         if self.busy and self.row is not None and self.row.doc_id == self._running:
-            self.state.setText(self._status or "Writing…")
+            self.state.setText((self._status or "Writing…") + self._progress_words())
         elif self.busy:  # another book's summary is being written: its progress is not this book's
             self.state.setText(f"Writing the summary of “{self._running_title}”; Stop ends it.")
         elif self.row is not None and self.row.status != "ready":
             self.state.setText("Summaries can be written once the document is read.")
+        elif self.row is not None and self.row.doc_id in self._stopped:
+            self.state.setText(self._stopped[self.row.doc_id])
+        elif ready and key is not None and not exists and self.row.doc_id in self.stored:
+            e = self._estimates.get((self.row.doc_id, key))
+            if e is None:
+                self._estimate(self.row.doc_id, key)
+                self.state.setText("")
+            elif e.parts:
+                self.state.setText(f"{e.parts} part{'s' if e.parts != 1 else ''} to write, {e.words()}.")
+            else:
+                self.state.setText("")
         else:
             self.state.setText("")
+
+    def _progress_words(self) -> str:
+        if not self._progress:
+            return ""
+        done, total, eta = self._progress
+        left = "" if eta is None else (f", about {round(eta / 60)} min left" if eta >= 90
+                                       else f", about {max(int(eta), 1)} s left")
+        return f" {done} of {total} parts done{left}"
 
     def _read(self) -> None:
         key = self.selected_key()
@@ -224,52 +251,73 @@ class SummaryPane(QWidget):
 
     # ---- writing ----
 
+    def _estimate(self, doc_id: int, key: int) -> None:
+        """The time the summary will take, shown before it starts (the whole book's can be long)."""
+        library, engine = self.library, self.engine
+        section = None if key == WHOLE else key
+
+        def est():
+            return summaries.estimate(library, engine, doc_id, section)
+
+        def shown(e) -> None:
+            self._estimates[(doc_id, key)] = e
+            self._update()
+
+        if (doc_id, key) not in self._estimates and (doc_id, key, "asked") not in self._estimates:
+            self._estimates[(doc_id, key, "asked")] = True
+            self._tasks.call(est, shown, lambda m: None)
+
     def summarize(self) -> None:
         key = self.selected_key()
         if key is None or not self.make.isEnabled():
             return
         doc_id, library, engine = self.row.doc_id, self.library, self.engine
-        stored = dict(self.stored[doc_id])
-        redo = key in stored
+        redo = key in self.stored[doc_id]
         cancel = self._cancel = threading.Event()
-        n_chapters = len(self.chapters.get(doc_id, []))
+        section = None if key == WHOLE else key
+        self._stopped.pop(doc_id, None)
+        for k in list(self._estimates):
+            if k[0] == doc_id:
+                del self._estimates[k]
 
         def work():
-            if key != WHOLE:
-                yield from summaries.summarize(library, engine, doc_id, key, redo=redo, cancel=cancel)
-                return
-            if not redo:  # each missing chapter first, streamed, so that one sees them come
-                for i in range(n_chapters):
-                    if i in stored:
-                        continue
-                    yield summaries.SummaryEvent("status", f"chapter {i + 1} of {n_chapters}", i)
-                    for ev in summaries.summarize(library, engine, doc_id, i, cancel=cancel):
-                        yield ev
-                        if ev.kind == "error":
-                            return
-                    if cancel.is_set():
-                        return
-            yield summaries.SummaryEvent("status", "the whole book", None)
-            yield from summaries.summarize(library, engine, doc_id, None, redo=redo, cancel=cancel)
+            yield from summaries.summarize(library, engine, doc_id, section, redo=redo, cancel=cancel)
 
         self._running, self._stream, self._status = doc_id, {}, "Writing…"
+        self._notes, self._merging, self._progress = {}, {}, None
         self._running_title = self.row.title
 
         def event(ev: summaries.SummaryEvent) -> None:
             k = _key(ev.section_idx)
+            here = self.row is not None and self.row.doc_id == doc_id
             if ev.kind == "status":
                 self._status = f"Writing: {ev.text}…"
-                if self.row is not None and self.row.doc_id == doc_id:
+                if ev.text.startswith("connecting"):
+                    self._merging[k] = ""
+                if here and self.selected_key() != k:
                     self.select(ev.section_idx)  # follow the part being written
                 self._update()
+            elif ev.kind == "progress":
+                self._progress = (ev.done, ev.total, ev.eta)
+                self._update()
+            elif ev.kind == "part":
+                notes = self._notes.setdefault(k, [])
+                notes[ev.part:] = [ev.text]
+                self._stream[k] = ""
+                if here:
+                    self._render_timer.start()
             elif ev.kind == "token":
-                self._stream[k] = self._stream.get(k, "") + ev.text
-                if not self._render_timer.isActive() and self.row is not None and self.row.doc_id == doc_id:
+                if ev.part is None and k in self._merging:
+                    self._merging[k] += ev.text
+                else:
+                    self._stream[k] = self._stream.get(k, "") + ev.text
+                if not self._render_timer.isActive() and here:
                     self._render_timer.start()
             elif ev.kind == "done":
-                self._stream.pop(k, None)
+                for d in (self._stream, self._notes, self._merging):
+                    d.pop(k, None)
                 self.stored.setdefault(doc_id, {})[k] = ev.text
-                if self.row is not None and self.row.doc_id == doc_id:
+                if here:
                     self._mark()
                     self.show_selected()
             elif ev.kind == "error":
@@ -277,10 +325,14 @@ class SummaryPane(QWidget):
 
         def end() -> None:
             stopped = cancel.is_set()
+            progress = self._progress
             self._running, self._cancel, self._stream, self._status = None, None, {}, ""
-            self.show_selected()
+            self._notes, self._merging, self._progress = {}, {}, None
             if stopped:
-                self.message.emit("Summary stopped; the parts finished so far are kept")
+                done, total = (progress[0], progress[1]) if progress else (0, 0)
+                self._stopped[doc_id] = f"Stopped: {done} of {total} parts kept; Summarize continues."
+                self.message.emit(self._stopped[doc_id])
+            self.show_selected()
 
         def failed(message: str) -> None:
             end()

@@ -449,7 +449,7 @@ def test_summaries_written_after_reading_when_the_setting_is_on(qtbot, tmp_path,
     dialog.summarize_after.setChecked(True)
     window.apply_settings(dialog.result_settings())
     assert Settings.load().summarize_after_reading is True and window.queue.summarize_after
-    scripted_generation(monkeypatch, tiny_reader, 0.0, "A short summary.")
+    scripted_generation(monkeypatch, tiny_reader, 0.0, "The keeper counted ships.")
     infos, summarised = window.library.infos, threading.Event()
 
     def late_listing(ids=None, fingerprint=None):  # the window's list lags behind (as on a busy machine)
@@ -466,7 +466,7 @@ def test_summaries_written_after_reading_when_the_setting_is_on(qtbot, tmp_path,
     qtbot.waitUntil(lambda: "The Lighthouse Keeper" in rows(window), timeout=WAIT)
     doc_id = rows(window)["The Lighthouse Keeper"].doc_id
     stored = stored_summaries(window.library, doc_id, tiny_reader.fingerprint)
-    assert set(stored) == {0, 1, 2, None} and stored[0] == "A short summary."
+    assert set(stored) == {0, 1, 2, None} and stored[0] == "The keeper counted ships."
     assert "Summarising “The Lighthouse Keeper”: summarising chapter 2 of 3" in said, said
     assert all("The Lighthouse Keeper" in m for m in said if m.startswith("Summarising")), said
 
