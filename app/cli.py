@@ -97,7 +97,7 @@ def _measured_rate(ctx: Context) -> tuple[float, str]:
     infos = [i for i in ctx.library.infos(fingerprint=ctx.engine.fingerprint)
              if i.model_fingerprint and i.status == "ready" and i.seconds > 0]
     tokens, seconds = sum(i.tokens for i in infos), sum(i.seconds for i in infos)
-    if tokens >= 2048 and seconds > 0:
+    if tokens >= 500 and seconds > 0:
         return tokens / seconds, "measured on earlier readings with this model"
     device = getattr(getattr(ctx.engine, "device", None), "type", "cpu")
     return ASSUMED_RATE.get(device, ASSUMED_RATE["cpu"]), "assumed: no reading with this model measured yet"
@@ -174,7 +174,8 @@ def cmd_ingest(ctx: Context, args) -> int:
                     results.append(ev)
                     if ev.phase == "failed":
                         failed += 1
-                        _say(f"{title}: {ev.message}")
+                        message = clean_line(ev.message)  # most readers' messages name the file already
+                        _say(message if message.startswith(title) else f"{title}: {message}")
                     elif ev.reused:
                         print(f"{title}: already in the library", file=sys.stderr)
     except KeyboardInterrupt:  # the reading so far is stored; `infini ingest` again resumes it
@@ -305,19 +306,23 @@ def cmd_summarize(ctx: Context, args) -> int:
     doc_id = ctx.doc(args.doc)
     section = None if args.chapter is None else args.chapter - 1
     text = ""
-    streamed = False
+    if not args.json:  # the time it will take, before it starts (a whole book can take many minutes)
+        from infini_reader.app.core.summaries import estimate, stored_summaries
+
+        if args.redo or section not in stored_summaries(ctx.library, doc_id, ctx.engine.fingerprint):
+            est = estimate(ctx.library, ctx.engine, doc_id, section, redo=args.redo)
+            if est.parts:
+                print(f"({est.parts} parts to write, {est.words()})", file=sys.stderr)
     for ev in summarize(ctx.library, ctx.engine, doc_id, section, redo=args.redo):
         if ev.kind == "error":
             _say(ev.text)
             return 1
         if ev.kind == "status":
             print(f"({clean_line(ev.text)})", file=sys.stderr)
-        elif ev.kind == "token" and not args.json:
-            streamed = True
-            sys.stdout.write(clean_text(ev.text))
-            sys.stdout.flush()
-        elif ev.kind == "done":
-            if not streamed and not args.json:  # a stored summary arrives whole
+        elif ev.kind == "part" and not args.json:  # each part's note as it is finished; the summary on stdout
+            print(f"(part {ev.part + 1} of {ev.parts}: {ev.text})", file=sys.stderr)
+        elif ev.kind == "done" and ev.section_idx == section:
+            if not args.json:
                 sys.stdout.write(clean_text(ev.text))
             text = ev.text
     if args.json:
@@ -457,6 +462,9 @@ def setup_logging(verbose: bool = False) -> Path | None:
 
     root = logging.getLogger()
     root.setLevel(logging.INFO)
+    for h in [h for h in root.handlers if getattr(h, "_infini_cli", False)]:  # main() called again (tests)
+        root.removeHandler(h)
+        h.close()
     path = None
     try:
         path = log_dir() / "infini-cli.log"
@@ -465,10 +473,12 @@ def setup_logging(verbose: bool = False) -> Path | None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     except OSError:  # no writable log folder: no log, and still nothing on the terminal
         path, handler = None, logging.NullHandler()
+    handler._infini_cli = True
     root.addHandler(handler)
     if verbose:
         err = logging.StreamHandler(sys.stderr)
         err.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        err._infini_cli = True
         root.addHandler(err)
     logging.captureWarnings(True)  # library warnings go to the log, not the terminal
     return path
