@@ -12,6 +12,8 @@ document (an answer, a summary) keeps writing to that document whatever is selec
 from __future__ import annotations
 
 import enum
+import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
 Loader = Callable[[ModelChoice], "Engine"]
 
+QUEUE_FILE = "queue.json"  # in the data folder: the files left to read, restored at the next start
 SUFFIXES = {".epub", ".pdf", ".txt", ".md", ".markdown", ".html", ".htm", ".xhtml"}
 
 
@@ -170,6 +173,30 @@ class ReadingList:
         with self._lock:
             return len(self.waiting)
 
+    # ---- kept across restarts ----
+
+    def unfinished(self) -> list[str]:
+        """What is left to read, in order: the book Stop interrupted and the one being read (each
+        resumes from its stored memory), then those waiting."""
+        with self._lock:
+            out = [p for p in (self.stopped[0] if self.stopped else None, self.current) if p is not None]
+            return list(dict.fromkeys(out + list(self.waiting)))
+
+    def save(self, path: Path) -> None:
+        """Written to a new file, then renamed: a crash while saving leaves the last whole list."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"version": 1, "files": self.unfinished()}, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+
+    @staticmethod
+    def saved(path: Path) -> list[str]:
+        """The files a list saved at `path` still had to read (none when the file is missing or damaged)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return [str(f) for f in data.get("files", []) if isinstance(f, str)]
+        except (OSError, ValueError, AttributeError):
+            return []
+
 
 class AppState:
     """The library, the document in the panes, the model and its loading, the reading queue, and the
@@ -291,3 +318,15 @@ class AppState:
         if moved:
             self.events.queue.emit()
         return moved
+
+    def queue_file(self, folder: Path) -> Path:
+        return Path(folder) / QUEUE_FILE
+
+    def save_queue(self, folder: Path) -> None:
+        self.queue.save(self.queue_file(folder))
+
+    def restore_queue(self, folder: Path) -> list[str]:
+        """The files left to read when the application last ended, queued again (those that still
+        exist); returns them."""
+        files = [f for f in ReadingList.saved(self.queue_file(folder)) if Path(f).exists()]
+        return self.enqueue(files) if files else []

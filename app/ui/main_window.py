@@ -77,6 +77,7 @@ class MainWindow(QMainWindow):
         self.state = AppState(load)
         self._data_dir = data_dir  # given on the command line or by a test: wins over the settings
         self.last_error = ""
+        self.restored_note = ""  # the files of last time queued again, said once the library is open
         self._refresh_gen = 0
         self._seen: set[int] = set()  # documents whose reading events have been seen
         self._select_when_listed: int | None = None
@@ -148,7 +149,10 @@ class MainWindow(QMainWindow):
         lib = self.menuBar().addMenu("&Library")
         act(lib, "&Search", self.focus_search, "Ctrl+F")
         act(lib, "&Resume reading", lambda: self.resume(self.library_pane.selected()))
-        act(lib, "S&top reading", self.queue.stop)
+        act(lib, "S&top reading", self.queue.stop, tip="Stop the book being read and pause the queue")
+        act(lib, "S&kip this book", self.queue.skip, tip="Stop the book being read (kept) and read the next one")
+        act(lib, "Move &up in the queue", lambda: self.move_in_queue(-1), "Ctrl+Up")
+        act(lib, "Move do&wn in the queue", lambda: self.move_in_queue(1), "Ctrl+Down")
         act(lib, "Read with &another model…", lambda: self.read_with_other_model(self.library_pane.selected()))
         lib.addSeparator()
         self.remove_action = act(lib, "Re&move", lambda: self.remove(self.library_pane.selected()), "Delete")
@@ -190,6 +194,7 @@ class MainWindow(QMainWindow):
         ev.model.connect(self._model_changed)
         ev.current.connect(lambda _: self._show_current())
         ev.queue.connect(lambda: self.library_pane.model.set_pending(self.queue.waiting()))
+        ev.queue.connect(self.save_queue)
 
     @property
     def library(self) -> Library | None:
@@ -232,13 +237,35 @@ class MainWindow(QMainWindow):
                         lambda m: self.show_error("The library could not be opened", f"The library could not be "
                                                   f"opened: {m}. Choose another folder in Settings."))
 
+    def save_queue(self) -> None:
+        """The files left to read, in the data folder: a restart (or a crash) does not lose them."""
+        if self.library is None:
+            return
+        try:
+            self.state.save_queue(paths.data_dir(self.data_dir()))
+        except OSError as exc:
+            log.warning("the reading queue could not be saved: %s", exc)
+
+    def move_in_queue(self, step: int) -> None:
+        """Move the selected waiting files up (-1) or down (1) in the order they will be read."""
+        waiting = self.state.queue.waiting
+        chosen = [r.path for r in self.library_pane.selected() if r is not None and r.path in waiting]
+        for path in (chosen if step < 0 else reversed(chosen)):
+            self.state.reorder(path, waiting.index(path) + step)
+
     def _library_ready(self, library: Library) -> None:
         self.state.open(None)  # another library's document ids mean nothing here
+        restored = self.state.restore_queue(paths.data_dir(self.data_dir()))
+        if restored:
+            n = len(restored)
+            self.restored_note = (f"{n} file{'s' if n > 1 else ''} left to read last time "
+                                  f"{'are' if n > 1 else 'is'} queued again")
+            self.queue.start()
         self.chat.bind(library, self.engine)
         self.summary.bind(library, self.engine)
         self.reading.bind(library)
         self.queue.bind(library, self.engine)
-        self.say("")
+        self.say(self.restored_note)
         self.refresh()
 
     def load_model(self) -> None:
@@ -362,6 +389,8 @@ class MainWindow(QMainWindow):
                 self._select_when_listed = ev.document_id
         if ev.phase in ("ready", "failed", "cancelled") or new_doc or ev.phase == "parsing":
             self.refresh()
+        if ev.phase in ("ready", "failed"):
+            self.save_queue()
         if ev.phase == "failed":
             self.say(f"“{ev.title}” could not be read: {ev.message}")
             log.warning("%s could not be read: %s", ev.title, ev.message)
@@ -399,6 +428,8 @@ class MainWindow(QMainWindow):
         elif self.queue.waiting():
             bar.show_stopped(self.queue.stopped[1].title, self.queue.stopped[1].fraction, len(self.queue.waiting()))
         self.library_pane.model.set_pending(self.queue.waiting())
+        if not self._closing:
+            self.save_queue()
         todo, self._after_idle = self._after_idle, []
         for fn in todo:
             fn()
@@ -583,7 +614,8 @@ class MainWindow(QMainWindow):
         if not self._closing:
             self._closing = True
             self.save_settings()
-            self.queue.stop()  # the reading so far is stored; Resume continues it next time
+            self.save_queue()
+            self.queue.stop()  # the reading so far is stored; it continues next time
             self.stop_work()
             self.tasks.cancel_all()
             for box in list(self._boxes):

@@ -39,6 +39,7 @@ class ReadingQueue(QObject):
         self.library = None
         self.engine = None
         self.summarize_after = False  # write every chapter's summary once a book is read
+        self._skipping = False
 
     # ---- what the window asks ----
 
@@ -92,6 +93,12 @@ class ReadingQueue(QObject):
         if self._cancel is not None:
             self._cancel.set()
             self.paused = True
+
+    def skip(self) -> None:
+        """Stop the book being read (kept: Resume continues it) and go on with the next one."""
+        if self._cancel is not None:
+            self._skipping = True
+            self._cancel.set()
 
     def resume(self) -> None:
         if self.stopped is not None:
@@ -148,12 +155,12 @@ class ReadingQueue(QObject):
             return
         if ev.document_id is not None and ev.phase in ("parsing", "reading"):
             self.files.reading(ev.document_id)
-        if ev.phase == "cancelled":
+        if ev.phase == "cancelled" and not self._skipping:
             self.stopped = (path, ev)
         self.progress.emit(ev)
 
     def _ended(self) -> None:
-        self._worker, self._cancel = None, None
+        self._worker, self._cancel, self._skipping = None, None, False
         self.files.finish()
         if self.paused:
             self.idle.emit()
