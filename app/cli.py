@@ -30,7 +30,7 @@ from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 
-from infini_reader.app.core.errors import clean_line, clean_text, database_message, os_message
+from infini_reader.app.core.errors import DISK_FULL, clean_line, clean_text, database_message, os_message
 
 log = logging.getLogger("infini_reader.app.cli")
 
@@ -484,13 +484,27 @@ def setup_logging(verbose: bool = False) -> Path | None:
     return path
 
 
-def explain(exc: BaseException) -> str | None:
+def explain(exc: BaseException, folder: str | None = None) -> str | None:
     """One plain line for a failure a person can act on, or None for a bug."""
     if isinstance(exc, OSError):
         return os_message(exc)
     if isinstance(exc, _user_errors()):
         return clean_line(str(exc))
-    return database_message(exc)
+    message = database_message(exc)
+    if message and "input/output" in message and _disk_full(folder):  # SQLite says "disk I/O error" when
+        return DISK_FULL  # its journal cannot grow on a full disk
+    return message
+
+
+def _disk_full(folder: str | None) -> bool:
+    import shutil
+
+    from infini_reader.app.core.paths import data_dir
+
+    try:
+        return shutil.disk_usage(data_dir(folder)).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -505,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `infini list | head`: the reader went away
         return 1
     except Exception as exc:
-        message = explain(exc)
+        message = explain(exc, args.data_dir)
         log.error("%s failed: %s", args.command, message or type(exc).__name__, exc_info=True)
         if args.verbose:
             traceback.print_exc(file=sys.stderr)

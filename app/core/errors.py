@@ -42,9 +42,10 @@ def clean_text(text: str) -> str:
 
 # ---- the database and the disk ----
 
+DISK_FULL = ("the disk is full: the library could not be written (nothing was half-written; "
+             "free some space and run the command again)")
 _DB_MESSAGES = (
-    ("database or disk is full", "the disk is full: the library could not be written (nothing was half-written; "
-                                 "free some space and run the command again)"),
+    ("database or disk is full", DISK_FULL),
     ("readonly database", "the library's folder is read-only: nothing can be stored there "
                           "(use --data-dir with a writable folder)"),
     ("read-only", "the library's folder is read-only: nothing can be stored there (use --data-dir with a writable folder)"),
