@@ -7,7 +7,11 @@ is written and read in bulk.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +37,11 @@ how i if in into is it its me my no not of on or our she so than that the their 
 to up was we were what when where which who whom why will with would you your""".split())
 
 
+# PostgreSQL: a passage's lexemes, cut from its document's text on the server (substr counts from 1).
+FILL_TSV = ("UPDATE passages AS p SET tsv = to_tsvector('english', substr(d.text, p.char_start + 1, "
+            "p.char_end - p.char_start)) FROM documents AS d WHERE d.id = p.document_id")
+
+
 class LibraryError(ValueError):
     """A request the library cannot satisfy (unknown or ambiguous document, ...)."""
 
@@ -43,6 +52,11 @@ def file_hash(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _where(path: str | None) -> str:
+    """Where a file was added from, as information: an absolute path (no file is opened from it)."""
+    return os.path.abspath(path) if path else ""
 
 
 @dataclass
@@ -96,7 +110,9 @@ class Library:
                 row = DocumentRow(content_hash=content_hash)
                 s.add(row)
             row.title, row.author, row.language, row.format = doc.title, doc.author, doc.language, doc.format
-            row.path, row.file_size, row.pages, row.chars = doc.source_path, file_size, doc.pages, len(doc.text)
+            # the document is its contents (content_hash); where it was added from is information only,
+            # stored absolute so that it still says something to another process or machine
+            row.path, row.file_size, row.pages, row.chars = _where(doc.source_path), file_size, doc.pages, len(doc.text)
             row.text = doc.text
             row.page_starts = np.asarray(doc.page_starts, "<i8").tobytes() if doc.page_starts is not None else None
             row.warnings = "\n".join(doc.warnings)
@@ -114,8 +130,43 @@ class Library:
             return row.id
 
     @property
+    def dialect(self) -> str:
+        return self.Session.kw["bind"].dialect.name
+
+    @property
     def has_fts(self) -> bool:
-        return self.Session.kw["bind"].dialect.name == "sqlite"
+        """SQLite: passages searched through the FTS5 table `passage_fts`."""
+        return self.dialect == "sqlite"
+
+    @property
+    def has_tsv(self) -> bool:
+        """PostgreSQL: passages searched through their `tsv` column (migration 0004, GIN index)."""
+        return self.dialect == "postgresql"
+
+    @contextmanager
+    def exclusive(self, key: str) -> Iterator[bool]:
+        """True while this process holds the library-wide lock `key` (a book's content hash: one reader
+        of a book at a time), False at once when another process holds it. SQLite: a lock file beside
+        the library (app/core/locks.py). PostgreSQL: a session advisory lock on a connection of its own,
+        shared by every machine using the server and let go by the server when the holder's connection
+        ends, even by `kill -9`. Other databases: always True (their unique constraints still guard)."""
+        if self.dialect != "postgresql":
+            from .locks import exclusive, lock_folder
+
+            with exclusive(lock_folder(self.url), key) as mine:
+                yield mine
+            return
+        lock_id = zlib.crc32(b"infini-reader") << 32 | zlib.crc32(key.encode())
+        lock_id -= 1 << 63  # a signed bigint
+        with self.Session.kw["bind"].connect() as conn:
+            mine = bool(conn.execute(sql("SELECT pg_try_advisory_lock(:k)"), {"k": lock_id}).scalar())
+            conn.commit()
+            try:
+                yield mine
+            finally:
+                if mine:
+                    conn.execute(sql("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
+                    conn.commit()
 
     def _drop_passages(self, s, doc_id: int) -> None:
         if self.has_fts:  # a virtual table knows no foreign keys: its rows go by hand
@@ -133,11 +184,14 @@ class Library:
         if self.has_fts:
             s.execute(sql("INSERT INTO passage_fts(rowid, text) VALUES (:id, :text)"),
                       [{"id": i, "text": doc.text[p.start:p.end]} for i, p in zip(ids, spans)])
+        elif self.has_tsv:  # the lexemes made on the server from the document's text, in one statement
+            s.execute(sql(FILL_TSV + " AND p.document_id = :d"), {"d": doc_id})
 
     def search(self, doc_id: int, query: str, limit: int = 50) -> list[tuple[int, float]]:
         """Passages of a document ranked by BM25 for `query`: [(passage idx, score)], best first,
-        higher is better. SQLite's FTS5 on SQLite; on other databases BM25 over the document's
-        passages in Python (rank-bm25)."""
+        higher is better. SQLite's FTS5 on SQLite; PostgreSQL's full-text search (english stemming,
+        GIN index, ts_rank_cd weighted by each word's rarity in the document) on PostgreSQL; on other
+        databases BM25 over the document's passages in Python (rank-bm25)."""
         words = [w for w in re.findall(r"\w+", query.lower()) if w not in STOPWORDS]
         if not words:
             return []
@@ -149,6 +203,8 @@ class Library:
                     "WHERE passage_fts MATCH :q AND p.document_id = :d ORDER BY bm25(passage_fts) LIMIT :k"),
                     {"q": match, "d": doc_id, "k": limit}).all()
                 return [(int(i), -float(score)) for i, score in rows]  # FTS5's bm25 is lower-is-better
+            if self.has_tsv:
+                return self._search_tsv(s, doc_id, list(dict.fromkeys(words)), limit)
             import numpy as np
             from rank_bm25 import BM25Okapi
 
@@ -161,6 +217,29 @@ class Library:
         scores = bm.get_scores(words)
         best = np.argsort(-scores)[:limit]
         return [(int(spans[i][0]), float(scores[i])) for i in best if scores[i] > 0]
+
+    @staticmethod
+    def _search_tsv(s, doc_id: int, words: list[str], limit: int) -> list[tuple[int, float]]:
+        """PostgreSQL: the passages holding any of the words (through the GIN index), each scored by
+        Σ idf(word) · ts_rank_cd(tsv, word, 1), idf as in BM25 over the document's passages, so that a
+        rare word counts more than a common one as it does in FTS5's bm25."""
+        params: dict = {"d": doc_id, "k": limit}
+        terms = []
+        for i, w in enumerate(words):
+            params[f"w{i}"] = w
+            terms.append(f"({i}, plainto_tsquery('english', :w{i}))")
+        rows = s.execute(sql(
+            f"WITH t(k, q) AS (VALUES {', '.join(terms)}), "
+            "t2 AS (SELECT k, q FROM t WHERE numnode(q) > 0), "  # words english drops (stop words)
+            "c AS (SELECT p.idx, p.tsv FROM passages p WHERE p.document_id = :d "
+            "      AND p.tsv @@ (SELECT coalesce(tsquery_or_agg, ''::tsquery) FROM "
+            "           (SELECT string_agg(q::text, ' | ')::tsquery AS tsquery_or_agg FROM t2) u)), "
+            "n AS (SELECT count(*)::float8 AS n FROM passages WHERE document_id = :d), "
+            "df AS (SELECT t2.k, t2.q, count(c.idx)::float8 AS df FROM t2 JOIN c ON c.tsv @@ t2.q GROUP BY t2.k, t2.q) "
+            "SELECT c.idx, sum(ln((n.n - df.df + 0.5) / (df.df + 0.5) + 1) * ts_rank_cd(c.tsv, df.q, 1)) AS score "
+            "FROM c JOIN df ON c.tsv @@ df.q CROSS JOIN n GROUP BY c.idx ORDER BY score DESC, c.idx LIMIT :k"),
+            params).all()
+        return [(int(i), float(score)) for i, score in rows]
 
     def set_passage_embeddings(self, doc_id: int, blobs: list[bytes]) -> None:
         """The passages' vectors, in passage order, in one statement."""
@@ -191,7 +270,7 @@ class Library:
             row = s.scalar(select(DocumentRow).where(DocumentRow.content_hash == content_hash))
             if row is None:
                 row = DocumentRow(content_hash=content_hash, title=clean_line(path.name),
-                                  format=clean_line(path.suffix.lstrip(".").lower())[:16], path=clean_line(str(path)),
+                                  format=clean_line(path.suffix.lstrip(".").lower())[:16], path=_where(clean_line(str(path))),
                                   file_size=file_size)
                 s.add(row)
             row.status, row.error = "failed", error

@@ -1,29 +1,57 @@
-"""The library's schema, round trips and lookups, on a real SQLite file."""
-
-import sqlite3
+"""The library's schema, round trips, lookups and search, on a real SQLite file and on a real
+PostgreSQL server started by the test session (tests/app/conftest.py: `postgres_server`)."""
 
 import numpy as np
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from infini_reader.app.core.db import create_db_engine
 from infini_reader.app.core.document import Document, Section
 from infini_reader.app.core.library import Library, LibraryError
 from infini_reader.app.core.segments import SegmentPlan
 
+HEAD = "0004"
 
-def test_migration_from_an_empty_database(tmp_path):
-    url = f"sqlite:///{tmp_path / 'lib.sqlite3'}"
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    """An empty library's URL on each backend."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path / 'library.sqlite3'}"
+
+
+@pytest.fixture
+def library(url):
+    return Library(url)
+
+
+def sql(library: Library, query: str, **params):
+    """A statement straight on the library's database (to look behind the library's back)."""
+    with library.Session.kw["bind"].begin() as c:
+        result = c.execute(text(query), params)
+        return result.fetchall() if result.returns_rows else None
+
+
+def test_migration_from_an_empty_database(url):
     Library(url)
-    insp = inspect(create_db_engine(url))
-    assert {"documents", "sections", "memory_snapshots", "segments", "chats", "messages", "citations",
+    eng = create_db_engine(url)
+    insp = inspect(eng)
+    assert {"documents", "sections", "memory_snapshots", "segments", "passages", "chats", "messages", "citations",
             "summaries", "alembic_version"} <= set(insp.get_table_names())
-    con = sqlite3.connect(tmp_path / "lib.sqlite3")
-    (version,) = con.execute("select version_num from alembic_version").fetchone()
-    assert version == "0003"
-    assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
+    with eng.connect() as c:
+        assert c.execute(text("select version_num from alembic_version")).scalar() == HEAD
+        if eng.dialect.name == "sqlite":
+            assert c.execute(text("pragma journal_mode")).scalar() == "wal"
+            assert "passage_fts" in insp.get_table_names()
+        else:  # PostgreSQL's own full-text search: a tsvector with a GIN index
+            assert "tsv" in {col["name"] for col in insp.get_columns("passages")}
+            assert c.execute(text("select indexdef from pg_indexes where indexname = 'ix_passages_tsv'")
+                             ).scalar().lower().count("gin") == 1
     Library(url)  # opening again upgrades nothing and loses nothing
-    assert con.execute("select count(*) from alembic_version").fetchone()[0] == 1
+    with eng.connect() as c:
+        assert c.execute(text("select count(*) from alembic_version")).scalar() == 1
+    eng.dispose()
 
 
 def sample_doc(title="Persuasion") -> Document:
@@ -51,7 +79,7 @@ def test_document_round_trip_and_lookup(library):
         library.resolve("Emma")
 
 
-def test_readings_store_segments_in_bulk_and_removal_cascades(library, tmp_path):
+def test_readings_store_segments_in_bulk_and_removal_cascades(library):
     did = library.add_document(sample_doc(), "ab" * 32, 1234)
     plans = [SegmentPlan(i, i * 10, i * 10 + 10, np.arange(i, i + 5, dtype=np.int32), i % 2, 1, 1) for i in range(7)]
     sid = library.create_reading(did, "f" * 64, "tiny", 5, plans)
@@ -63,20 +91,17 @@ def test_readings_store_segments_in_bulk_and_removal_cascades(library, tmp_path)
     assert (info.segments_done, info.segments_total, info.tokens, info.memory_bytes, info.status) == (4, 7, 35, 12, "reading")
     assert library.memory_bytes(did, "f" * 64) == b"memory-bytes"
     library.remove(did)
-    con = sqlite3.connect(tmp_path / "library.sqlite3")
-    for table in ("documents", "sections", "memory_snapshots", "segments"):
-        assert con.execute(f"select count(*) from {table}").fetchone()[0] == 0, table
+    for table in ("documents", "sections", "memory_snapshots", "segments", "passages"):
+        assert sql(library, f"select count(*) from {table}")[0][0] == 0, table
     with pytest.raises(LibraryError):
         library.info(did)
 
 
-def test_damaged_memory_is_reported(library, tmp_path):
+def test_damaged_memory_is_reported(library):
     did = library.add_document(sample_doc(), "ab" * 32, 1234)
     sid = library.create_reading(did, "f" * 64, "tiny", 5, [])
     library.save_progress(sid, b"good", 0, 0, 0.0, {})
-    con = sqlite3.connect(tmp_path / "library.sqlite3")
-    con.execute("update memory_snapshots set memory = ?", (b"evil",))
-    con.commit()
+    sql(library, "update memory_snapshots set memory = :m", m=b"evil")
     with pytest.raises(LibraryError, match="damaged"):
         library.memory_bytes(did, "f" * 64)
 
