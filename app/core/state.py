@@ -46,6 +46,76 @@ def expand(paths: list[str]) -> list[str]:
     return out
 
 
+MAX_BYTES = 1 << 30  # a book larger than this (1 GiB) is refused: it is not text a person reads
+
+
+def check_file(path: str) -> str | None:
+    """Why a file cannot be read, in plain words, before it is queued (None: it looks readable).
+    Cheap: the format, the size, a PDF's encryption and text layer, an EPUB's archive; the reader
+    itself still says what it finds later."""
+    p = Path(path)
+    name = p.name or str(p)
+    if not p.exists():
+        return f"{name}: there is no such file"
+    if p.is_dir():
+        return f"{name}: this folder holds no books"
+    if p.suffix.lower() not in SUFFIXES:
+        return f"{name}: this kind of file cannot be read (books are EPUB, PDF, TXT, Markdown or HTML)"
+    try:
+        size = p.stat().st_size
+        if size == 0:
+            return f"{name}: this file is empty"
+        if size > MAX_BYTES:
+            return f"{name}: this file is too large to be a book ({size / (1 << 30):.1f} GB)"
+        suffix = p.suffix.lower()
+        if suffix == ".pdf":
+            return _check_pdf(p, name)
+        if suffix == ".epub":
+            return _check_epub(p, name)
+    except OSError as exc:
+        return f"{name}: this file cannot be opened ({exc.strerror or 'not readable'})"
+    return None
+
+
+def _check_pdf(p: Path, name: str) -> str | None:
+    import pymupdf
+
+    try:
+        doc = pymupdf.open(p)
+    except Exception:  # noqa: BLE001 (PyMuPDF raises several kinds for a damaged file)
+        return f"{name}: this PDF is damaged and cannot be opened"
+    with doc:
+        if doc.needs_pass or doc.is_encrypted:
+            return f"{name}: this PDF is protected by a password"
+        try:
+            if doc.page_count == 0:
+                return f"{name}: this PDF has no pages"
+            pages = range(min(doc.page_count, 20))
+            if not any(doc[i].get_text().strip() for i in pages):
+                return f"{name}: this PDF has no text layer (scanned pages); run it through OCR first"
+        except Exception:  # noqa: BLE001
+            return f"{name}: this PDF is damaged and cannot be opened"
+    return None
+
+
+def _check_epub(p: Path, name: str) -> str | None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+            if any(i.flag_bits & 0x1 for i in z.infolist()):
+                return f"{name}: this EPUB is encrypted"
+            if "META-INF/encryption.xml" in names and b"EncryptedData" in z.read("META-INF/encryption.xml") \
+                    and not all(n.endswith((".ttf", ".otf", ".woff")) for n in names if "font" in n.lower()):
+                return f"{name}: this EPUB is protected (DRM) and cannot be read"
+            if not any(n.lower().endswith((".xhtml", ".html", ".htm")) for n in names):
+                return f"{name}: this EPUB holds no text"
+    except zipfile.BadZipFile:
+        return f"{name}: this EPUB is damaged and cannot be opened"
+    return None
+
+
 class Event:
     """A list of callbacks, each called with the event's arguments (a Qt signal without Qt).
     Emitted on the thread that changed the state: the window changes it on the GUI thread only."""

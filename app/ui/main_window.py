@@ -26,7 +26,7 @@ from infini_reader.app.core.fingerprints import recall
 from infini_reader.app.core.ingest import Progress
 from infini_reader.app.core.library import Library
 from infini_reader.app.core.models import ModelChoice, describe
-from infini_reader.app.core.state import AppState, Loader, ModelState, ModelStatus, expand
+from infini_reader.app.core.state import AppState, Loader, ModelState, ModelStatus, check_file, expand
 
 from .chat_pane import ChatPane
 from .library_model import Row
@@ -77,7 +77,8 @@ class MainWindow(QMainWindow):
         self.state = AppState(load)
         self._data_dir = data_dir  # given on the command line or by a test: wins over the settings
         self.last_error = ""
-        self.restored_note = ""  # the files of last time queued again, said once the library is open
+        self.restored_note = ""
+        self.refused: list[str] = []  # the files last refused when added, and why  # the files of last time queued again, said once the library is open
         self._refresh_gen = 0
         self._seen: set[int] = set()  # documents whose reading events have been seen
         self._select_when_listed: int | None = None
@@ -366,9 +367,25 @@ class MainWindow(QMainWindow):
             self.open_files(files)
 
     def open_files(self, files: list[str]) -> None:
-        files = expand(files)
+        """Files dropped or opened: each checked now (format, size, encryption, text layer) and
+        refused at once in plain words; the others queued."""
+        found = expand(files)
+        refused = [f"{Path(p).name}: this folder holds no books" for p in files
+                   if Path(p).is_dir() and not any(f.startswith(str(Path(p).resolve())) for f in found)]
+        good = []
+        for f in found:
+            why = check_file(f)
+            if why is None:
+                good.append(f)
+            else:
+                refused.append(why)
+        self.refused = refused
+        if refused:
+            self.show_error("Not added" if not good else "Some files were not added", "\n".join(refused))
+        files = good
         if not files:
-            self.say(f"Nothing to read there: drop {FORMATS} files")
+            if not refused:
+                self.say(f"Nothing to read there: drop {FORMATS} files")
             return
         if self.state.current is None and self._select_when_listed is None:
             self._select_when_listed = -1  # the document the first file becomes: open it

@@ -67,3 +67,34 @@ def test_the_queue_is_reordered_and_a_book_skipped_from_the_window(qtbot, tmp_pa
     for t in ("Second Book", "Third Book"):
         wait_ready(qtbot, window, t)
     assert rows(window)["First Book"].status != "ready"
+
+
+def test_bad_files_are_refused_on_drop_in_plain_words(qtbot, tmp_path, tiny_reader):
+    import pymupdf
+
+    window = open_window(qtbot, tmp_path, tiny_reader)
+    good = make_epub(tmp_path / "good.epub", title="Good Book", chapters=1, paragraphs=3)
+    bad = tmp_path / "bad.pdf"
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 72), "Some text on a page.")
+    data = doc.tobytes()
+    bad.write_bytes(data[: len(data) // 3])  # truncated
+    empty = tmp_path / "empty.epub"
+    empty.write_bytes(b"")
+    scanned = tmp_path / "scanned.pdf"
+    doc = pymupdf.open()
+    doc.new_page()
+    doc.save(scanned)
+    locked = tmp_path / "locked.pdf"
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 72), "Secret text.")
+    doc.save(locked, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="pw", owner_pw="pw")
+    drop(window, bad, empty, scanned, locked, good)
+    assert "bad.pdf: this PDF is damaged and cannot be opened" in window.refused
+    assert "empty.epub: this file is empty" in window.refused
+    assert any(r.startswith("scanned.pdf: this PDF has no text layer") for r in window.refused)
+    assert "locked.pdf: this PDF is protected by a password" in window.refused
+    assert "bad.pdf" in window.last_error and "Error" not in window.last_error
+    assert window.queue.waiting() == [] or window.queue.waiting() == [str(good.resolve())]
+    wait_ready(qtbot, window, "Good Book")
+    assert set(rows(window)) == {"Good Book"}  # the bad ones never entered the library
