@@ -604,7 +604,13 @@ class MainWindow(QMainWindow):
         QMessageBox.information(self, "Keyboard shortcuts", f"<table>{rows}</table>")
 
     def show_about(self) -> None:
-        QMessageBox.about(self, "Infini Reader", "<b>Infini Reader</b><p>Reads whole books with a local "
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("infini-reader")
+        except PackageNotFoundError:
+            v = "unknown"
+        QMessageBox.about(self, "Infini Reader", f"<b>Infini Reader</b> {v}<p>Reads whole books with a local "
                           "Infini-Transformer: a compressive memory per book, saved with it, for questions with "
                           f"citations and summaries.</p><p>Library: {paths.data_dir(self.data_dir())}<br>"
                           f"Log: {paths.log_dir()}</p>")
