@@ -82,7 +82,9 @@ def ingest_file(
         yield Progress(None, title, "failed", message=f"{clean_line(str(path))}: no such file")
         return
     digest = file_hash(path)
-    with exclusive(lock_folder(library.url), digest) as mine:
+    # a lock file beside an SQLite library; on PostgreSQL an advisory lock shared by every machine
+    lock = library.exclusive(digest) if library.dialect == "postgresql" else exclusive(lock_folder(library.url), digest)
+    with lock as mine:
         if not mine:
             yield Progress(None, title, "failed", message=BEING_READ)
             return

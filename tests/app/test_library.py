@@ -128,3 +128,130 @@ def test_a_models_fingerprint_record_counts_only_while_its_files_are_unchanged(t
     assert fps.recall(tmp_path, key) is None
     fps.remember(tmp_path, key, [adapter], "d" * 64)
     assert fps.recall(tmp_path, key) == "d" * 64
+
+
+def philosophy_doc() -> Document:
+    paras = ["The old philosopher follows the river every morning.",
+             "A cat sat on the mat and watched the birds.",
+             "Philosophers were followed by their pupils through the market.",
+             "Nothing here but rain, rain and more rain on the roof."]
+    text = "\n\n".join(paras)
+    return Document("Walks", None, "en", "txt", text, [Section("One", 0, len(text), None, None)],
+                    source_path="walks.txt")
+
+
+def test_search_stems_and_ranks_on_the_databases_own_index(library):
+    did = library.add_document(philosophy_doc(), "ee" * 32, 10)
+    idx = {p.idx: library.document(did).text[p.char_start:p.char_end] for p in library.passages(did)}
+    hits = library.search(did, "philosophers followed")
+    assert hits and "Philosophers were followed" in idx[hits[0][0]]  # stemmed: both words in one passage
+    assert {i for i, _ in hits} == {i for i, t in idx.items() if "hilosopher" in t}
+    assert all(a[1] >= b[1] > 0 for a, b in zip(hits, hits[1:]))  # best first, higher is better
+    assert library.search(did, "the of and") == []  # stop words only
+    assert library.search(did, "zeppelin") == []
+    assert library.search(did, 'rain" OR cat*') and library.search(did, "it's (rain)")  # no query syntax leaks
+    other = library.add_document(sample_doc(), "ab" * 32, 10)
+    assert library.search(other, "philosophers") == []  # one document's passages only
+    library.add_document(philosophy_doc(), "ee" * 32, 10)  # the same file again: passages replaced
+    assert len(library.search(did, "rain")) == 1
+    if library.has_tsv:  # the index is the one searched: the planner can use the GIN index
+        assert sql(library, "select count(*) from passages where tsv is null")[0][0] == 0
+
+
+def test_source_path_is_information_and_absolute(library):
+    did = library.add_document(philosophy_doc(), "ee" * 32, 10)
+    import os
+
+    assert library.info(did).path == os.path.abspath("walks.txt")
+    assert library.find_by_hash("ee" * 32) == did  # a document is found by its contents, not its path
+
+
+def test_passage_embeddings_round_trip(library):
+    did = library.add_document(philosophy_doc(), "ee" * 32, 10)
+    n = len(library.passages(did))
+    assert library.passage_embeddings(did) is None
+    blobs = [np.full(384, i, dtype="<f2").tobytes() for i in range(n)]
+    library.set_passage_embeddings(did, blobs)
+    assert library.passage_embeddings(did) == blobs
+    with pytest.raises(LibraryError):
+        library.set_passage_embeddings(did, blobs[:-1])
+
+
+def test_one_reader_of_a_book_at_a_time(url):
+    """Two processes' libraries (here two Library objects, each with its own connections): the lock
+    of a book is held by one of them; the other is told at once, without waiting."""
+    a, b = Library(url), Library(url)
+    with a.exclusive("cd" * 32) as first:
+        with b.exclusive("cd" * 32) as second:
+            assert first and not second
+        with b.exclusive("ef" * 32) as third:
+            assert third  # another book
+    with b.exclusive("cd" * 32) as again:
+        assert again  # let go at the end
+
+
+def test_the_same_book_read_twice_at_once(url, tiny_reader, tmp_path):
+    """Two ingests of one file at the same time (two threads, two Library objects as two processes
+    would have): one reads it, the other says so in one line; one document, one reading, nothing lost."""
+    import threading
+
+    from infini_reader.app.core.ingest import BEING_READ, ingest_file
+
+    from .conftest import write_book
+
+    book = write_book(tmp_path / "book.txt", chapters=4, paragraphs=8)
+    libs, last = [Library(url), Library(url)], [None, None]
+    barrier = threading.Barrier(2)
+
+    def ingest(i):
+        barrier.wait()
+        last[i] = list(ingest_file(libs[i], tiny_reader, book, checkpoint_segments=1))[-1]
+
+    threads = [threading.Thread(target=ingest, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    phases = sorted(p.phase for p in last)
+    assert phases in (["failed", "ready"], ["ready", "ready"]), [(p.phase, p.message) for p in last]
+    for p in last:
+        if p.phase == "failed":
+            assert p.message == BEING_READ and "\n" not in p.message
+    winner = next(p for p in last if p.phase == "ready")
+    assert sql(libs[0], "select count(*) from documents")[0][0] == 1
+    assert sql(libs[0], "select count(*), min(status) from memory_snapshots")[0] == (1, "ready")
+    info = libs[0].info(winner.document_id)
+    assert info.segments_done == info.segments_total > 0
+    again = list(ingest_file(libs[1], tiny_reader, book))[-1]
+    assert again.phase == "ready" and again.reused
+
+
+def test_a_unique_conflict_is_one_line(url):
+    """Where the lock is not shared (two machines with lock files, say), the database's constraint
+    keeps one reading per book and model; the loser's error is a single plain line."""
+    import threading
+
+    from sqlalchemy.exc import IntegrityError
+
+    from infini_reader.app.core.errors import database_message
+
+    a, b = Library(url), Library(url)
+    did = a.add_document(sample_doc(), "ab" * 32, 10)
+    barrier, errors = threading.Barrier(2), []
+
+    def create(lib):
+        barrier.wait()
+        try:
+            lib.create_reading(did, "f" * 64, "tiny", 5, [])
+        except IntegrityError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(lib,)) for lib in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(errors) == 1
+    message = database_message(errors[0])
+    assert message and "\n" not in message and "same time" in message
+    assert sql(a, "select count(*) from memory_snapshots")[0][0] == 1
