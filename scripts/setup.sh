@@ -30,5 +30,17 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
     touch "$stamp"
 fi
 
+# The library tests also run on a PostgreSQL server they start themselves (tests/app/conftest.py):
+# its programs come from the distribution. Not needed by the application; where they cannot be
+# installed the PostgreSQL tests are skipped, with the reason in pytest's summary.
+if [ "$extra" = test ] && ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+        && command -v apt-get >/dev/null 2>&1; then
+    sudo=(); [ "$(id -u)" -eq 0 ] || { command -v sudo >/dev/null 2>&1 && sudo=(sudo -n); }
+    echo "Installing PostgreSQL for the library tests (apt-get)…"
+    { "${sudo[@]}" apt-get install -y -q postgresql >/dev/null 2>&1 \
+        || { "${sudo[@]}" apt-get update -q >/dev/null 2>&1 && "${sudo[@]}" apt-get install -y -q postgresql >/dev/null 2>&1; }; } \
+        || echo "PostgreSQL could not be installed: its tests will be skipped" >&2
+fi
+
 # The built-in model (SmolLM2-135M-Instruct) is fetched once into the user data folder.
 .venv/bin/infini model install --quiet
