@@ -403,29 +403,47 @@ def read_book(tmp_path, tiny_model_dir):
 
 def test_kill_during_ask_leaves_no_half_answer(read_book, tiny_model_dir):
     data = read_book
-    read_then_kill(data, tiny_model_dir, ["ask", "1", "Who keeps the light?"], {"T_SLOW_WRITE": "0.2"})
+    question = "Why did the storm come in from the west, and what did the keeper feel?"  # generated, streamed
+    read_then_kill(data, tiny_model_dir, ["ask", "1", question], {"T_SLOW_WRITE": "0.2"})
     assert integrity_ok(data)
     with sqlite3.connect(data / "library.sqlite3") as db:
-        assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0  # the turn is stored whole or not
-    proc = spawn(data, tiny_model_dir, "ask", "1", "Who keeps the light?")
+        before = db.execute("SELECT role, content FROM messages ORDER BY id").fetchall()
+    proc = spawn(data, tiny_model_dir, "ask", "1", question, "--json")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
+    answer = json.loads(out)["answer"]
+    assert len(answer) > 10  # long enough to have been cut by the kill, had it been stored as it streamed
     with sqlite3.connect(data / "library.sqlite3") as db:
-        roles = [r for (r,) in db.execute("SELECT role FROM messages ORDER BY id")]
-    assert roles == ["user", "assistant"]
+        after = db.execute("SELECT role, content FROM messages ORDER BY id").fetchall()
+    # the killed turn is stored whole (the same answer: greedy) or not at all, never cut off
+    assert after[len(before):] == [("user", question), ("assistant", answer)]
+    assert before in ([], [("user", question), ("assistant", answer)]), before
 
 
-def test_kill_during_summarize_leaves_no_half_summary(read_book, tiny_model_dir):
+def test_kill_during_summarize_leaves_no_half_summary(read_book, tiny_model_dir, tmp_path):
+    from infini_reader.app.core.summaries import PARTS_KEY
+
     data = read_book
+    whole = tmp_path / "uninterrupted"
+    shutil.copytree(data, whole)
+    proc = spawn(whole, tiny_model_dir, "summarize", "1", "--chapter", "1", "--json")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    expected = json.loads(out)["summary"]
     read_then_kill(data, tiny_model_dir, ["summarize", "1", "--chapter", "1"], {"T_SLOW_WRITE": "0.2"})
     assert integrity_ok(data)
     with sqlite3.connect(data / "library.sqlite3") as db:
-        before = db.execute("SELECT count(*) FROM summaries").fetchone()[0]
-    assert before == 0  # a summary is stored once written, never in part
+        rows = db.execute("SELECT section_idx, text FROM summaries").fetchall()
+    for idx, text in rows:
+        if idx is not None and idx <= PARTS_KEY:  # the notes of the parts finished so far: whole notes
+            notes = json.loads(text)["notes"]
+            assert all(isinstance(n, str) and n.strip() for n in notes)
+        else:  # a finished summary is stored whole, never in part
+            assert text == expected
     proc = spawn(data, tiny_model_dir, "summarize", "1", "--chapter", "1", "--json")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert json.loads(out)["summary"].strip()
+    assert json.loads(out)["summary"] == expected  # it continued to the summary an uninterrupted run wrote
 
 
 # ---- the network ----
