@@ -352,9 +352,11 @@ def cmd_export(ctx: Context, args) -> int:
 
 
 def cmd_model_install(ctx: Context, args) -> int:
+    from infini_reader.app.core import embeddings
     from infini_reader.app.core.builtin import install
 
     print(install(quiet=args.quiet))
+    print(embeddings.install(quiet=args.quiet))  # the passage embeddings' model, so that reading needs no network
     return 0
 
 

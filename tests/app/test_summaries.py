@@ -118,3 +118,13 @@ def test_whole_book_streams_chapters_then_the_book(tiny_reader, library, tmp_pat
     assert [e.section_idx for e in events if e.kind == "done"] == [0, 1, None]
     stored = stored_summaries(library, doc_id, tiny_reader.fingerprint)
     assert set(stored) == {0, 1, None}
+
+
+def test_a_note_cut_by_the_token_limit_is_kept_without_its_stub(tiny_reader, library, tmp_path, monkeypatch):
+    """The last, unfinished sentence of a note the token limit cut is not stored (a one-part chapter)."""
+    doc_id = read_book(library, tiny_reader, tmp_path, chapters=3, paragraphs=1)
+    cut = "The keeper counted ships passing the rocks. A storm came in from the"
+    scripted(monkeypatch, tiny_reader, [cut] * 4)
+    events = list(summarize(library, tiny_reader, doc_id, 0, max_new_tokens=12))
+    assert events[-1].kind == "done" and events[-1].text == "The keeper counted ships passing the rocks."
+    assert stored_summaries(library, doc_id, tiny_reader.fingerprint)[0] == "The keeper counted ships passing the rocks."

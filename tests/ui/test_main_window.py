@@ -104,7 +104,8 @@ def test_drop_an_epub_read_it_ask_and_open_a_citation(qtbot, tmp_path, tiny_read
     window.library_pane.reading.bar.valueChanged.connect(bar_values.append)
     drop(window, book)
     wait_ready(qtbot, window, "The Lighthouse Keeper")
-    assert [e.phase for e in events][:2] == ["parsing", "reading"] and events[-1].phase == "ready"
+    phases = [p for i, p in enumerate(e.phase for e in events) if i == 0 or p != events[i - 1].phase]
+    assert phases[:2] == ["parsing", "reading"] and events[-1].phase == "ready"
     assert events[-1].fraction == 1.0 and max(bar_values) == 100
     row = rows(window)["The Lighthouse Keeper"]
     assert (row.author, row.format, row.status_text) == ("Ann Author", "epub", "ready")
@@ -114,9 +115,9 @@ def test_drop_an_epub_read_it_ask_and_open_a_citation(qtbot, tmp_path, tiny_read
     scripted_generation(monkeypatch, tiny_reader)
     shown = []
     window.chat.transcript.textChanged.connect(lambda: shown.append(window.chat.transcript.toPlainText()))
-    ask(qtbot, window, "What was the keeper's cat called?")
+    ask(qtbot, window, "Describe the keeper's cat.")
     you, answer = window.chat.turns
-    assert you.content == "What was the keeper's cat called?" and answer.content and not answer.error
+    assert you.content == "Describe the keeper's cat." and answer.content and not answer.error
     assert answer.message_id is not None
     # streamed: the transcript showed the answer growing, piece by piece
     partial = [s for s in shown if "▍" in s]

@@ -43,16 +43,16 @@ def test_a_question_asked_while_the_model_loads_is_answered_once_it_is_ready(qtb
     window.library_pane.select(rows(window)["The Lighthouse Keeper"].doc_id)
     qtbot.waitUntil(window.chat.send.isEnabled, timeout=WAIT)  # one can ask while the model loads
 
-    type_question(qtbot, window, "What was the keeper's cat called?")
+    type_question(qtbot, window, "Describe the keeper's cat.")
     assert window.chat.question.toPlainText() == ""
-    assert [q.text for q in window.state.questions] == ["What was the keeper's cat called?"]
+    assert [q.text for q in window.state.questions] == ["Describe the keeper's cat."]
     you, waiting = window.chat.turns
-    assert you.content == "What was the keeper's cat called?" and waiting.waiting
+    assert you.content == "Describe the keeper's cat." and waiting.waiting
     shown = window.chat.transcript.toPlainText()
-    assert "What was the keeper's cat called?" in shown and "Waiting for the model" in shown
+    assert "Describe the keeper's cat." in shown and "Waiting for the model" in shown
     assert window.chat.banner.isVisible() and "Waiting for the model" in window.chat.banner.text.text()
     assert window.model_label.text() == "Loading the model…"
-    type_question(qtbot, window, "Who counted the ships?")  # a second one waits its turn
+    type_question(qtbot, window, "Describe who counted the ships.")  # a second one waits its turn
     assert len(window.state.questions) == 2
 
     release.set()
@@ -61,7 +61,7 @@ def test_a_question_asked_while_the_model_loads_is_answered_once_it_is_ready(qtb
                     and all(t.message_id is not None for t in window.chat.turns[1::2]), timeout=WAIT)
     turns = window.chat.turns
     assert [t.role for t in turns] == ["user", "assistant"] * 2
-    assert turns[0].content == "What was the keeper's cat called?" and turns[2].content == "Who counted the ships?"
+    assert turns[0].content == "Describe the keeper's cat." and turns[2].content == "Describe who counted the ships."
     assert all(t.content == ANSWER.strip() and not t.error and not t.waiting for t in turns[1::2])
     assert "Waiting for the model" not in window.chat.transcript.toPlainText()
     assert not window.chat.banner.isVisible() and window.chat.send.isEnabled()
@@ -85,7 +85,7 @@ def test_questions_waiting_for_a_model_that_fails_say_so(qtbot, tmp_path, tiny_r
     qtbot.waitUntil(lambda: "The Lighthouse Keeper" in rows(window), timeout=WAIT)
     window.library_pane.select(rows(window)["The Lighthouse Keeper"].doc_id)
     qtbot.waitUntil(window.chat.send.isEnabled, timeout=WAIT)
-    type_question(qtbot, window, "Who counted the ships?")
+    type_question(qtbot, window, "Describe who counted the ships.")
     release.set()
     qtbot.waitUntil(lambda: "not a GGUF file" in window.last_error, timeout=WAIT)
     answer = window.chat.turns[-1]
@@ -145,7 +145,7 @@ def test_panes_keep_their_document_while_the_selection_changes(qtbot, tmp_path, 
     # a chat answer keeps writing to its book while another is shown
     window.tabs.setCurrentWidget(window.chat)
     qtbot.waitUntil(window.chat.send.isEnabled, timeout=WAIT)
-    type_question(qtbot, window, "Who counted the ships?")
+    type_question(qtbot, window, "Describe who counted the ships.")
     assert window.chat.busy
     lib.select(apple)
     qtbot.waitUntil(lambda: window.chat.row.doc_id == apple, timeout=WAIT)
