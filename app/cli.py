@@ -80,7 +80,22 @@ class Context:
         return self.library.resolve(ref)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("infini-reader")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+JSON_SCHEMA = 1  # every object `--json` prints carries "schema": this number; keys are only ever added
+
+
 def _print_json(obj) -> None:
+    """`obj` (an object, or a list of objects) with each object's "schema" first (docs/user-guide.md)."""
+    stamp = lambda o: {"schema": JSON_SCHEMA, **o} if isinstance(o, dict) else o  # noqa: E731
+    obj = [stamp(o) for o in obj] if isinstance(obj, list) else stamp(obj)
     print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
@@ -233,7 +248,7 @@ def cmd_list(ctx: Context, args) -> int:
     fp = recall(ctx.data_dir, ctx.choice_key)
     infos = ctx.library.infos() if fp is None else [for_model(i) for i in ctx.library.infos(fingerprint=fp)]
     if args.json:
-        _print_json([asdict(i) | {"chapters": len(i.chapters)} for i in infos])
+        _print_json([asdict(i) for i in infos])  # chapters: their titles, as `info --json` gives them
         return 0
     if not infos:
         print("The library is empty. Add a book with: infini ingest FILE", file=sys.stderr)
@@ -374,6 +389,7 @@ def cmd_model_path(ctx: Context, args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     # Imports nothing of the app: `infini --help`, `list` and `info` start without torch (tests/app/test_cli.py).
     p = argparse.ArgumentParser(prog="infini", description="Read whole books with a local Infini-Transformer.")
+    p.add_argument("--version", action="version", version=f"infini {_version()}")
     p.add_argument("--data-dir", help="the library's folder (default: the user data folder; or $INFINI_DATA_DIR)")
     p.add_argument("--db", help="an SQLAlchemy database URL instead of the SQLite file in the data folder")
     p.add_argument("--model", default="builtin", help="builtin (default), a GGUF file or a model folder")

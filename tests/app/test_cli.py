@@ -38,7 +38,8 @@ def test_ingest_list_info_export_rm(capsys, tmp_path, tiny_model_dir):
 
     code, out, _ = run(capsys, data, tiny_model_dir, "list", "--json")
     (entry,) = json.loads(out)
-    assert entry["id"] == doc_id and entry["status"] == "ready" and entry["chapters"] == 3
+    assert entry["id"] == doc_id and entry["status"] == "ready" and len(entry["chapters"]) == 3
+    assert entry["schema"] == 1 and set(entry) >= {"title", "author", "format", "pages", "tokens", "chapters"}
 
     code, out, _ = run(capsys, data, tiny_model_dir, "info", entry["title"][:5].upper(), "--json")  # a title prefix
     info = json.loads(out)
@@ -182,3 +183,11 @@ def test_help_list_and_info_start_without_torch(capsys, tmp_path, tiny_model_dir
     proc = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, *common, "ask", doc, "Who keeps the light?"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert "torch" in json.loads(proc.stdout.strip().splitlines()[-1])["heavy"]
+
+
+def test_version_is_the_installed_packages(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"infini {version('infini-reader')}"
