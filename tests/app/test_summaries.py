@@ -5,6 +5,7 @@ words are scripted where the test looks at them."""
 import threading
 
 from infini_reader.app.core import summaries
+from infini_reader.app.core.export import export_markdown
 from infini_reader.app.core.ingest import ingest_file
 from infini_reader.app.core.summaries import clean, estimate, stored_notes, stored_summaries, summarize
 
@@ -62,6 +63,7 @@ def test_parts_stream_are_stored_as_they_finish_and_a_stopped_summary_continues(
     assert [e.part for e in seen if e.kind == "part"] == [0, 1]
     assert len(stored_notes(library, doc_id, tiny_reader.fingerprint, 0)) == 2
     assert 0 not in stored_summaries(library, doc_id, tiny_reader.fingerprint)
+    assert "## Summaries" not in export_markdown(library, doc_id)  # the kept parts are not a summary yet
     progress = [e for e in seen if e.kind == "progress"][-1]
     assert progress.done == 2 and progress.total == n and progress.eta is not None
     assert estimate(library, tiny_reader, doc_id, 0, max_new_tokens=12).parts == n - 2

@@ -287,7 +287,9 @@ def test_export_writes_the_summaries_and_the_chat(qtbot, tmp_path, tiny_reader, 
     qtbot.waitUntil(lambda: target.exists() and bool(target.read_text()), timeout=WAIT)  # written, not just created
     text = target.read_text()
     assert text.startswith("# The Lighthouse Keeper") and "Who slept on the stairs?" in text
-    assert "- Chapter 2" in text  # the citations
+    assert "- Chapter 2" in text  # the citations, each quoting its sentence
+    quotes = [line.split("“", 1)[1].rstrip("”") for line in text.splitlines() if line.startswith("- ") and "“" in line]
+    assert quotes and any("stairs" in q for q in quotes), text
 
 
 def test_the_list_names_another_models_reading_before_the_model_has_loaded(qtbot, tmp_path, tiny_reader):
