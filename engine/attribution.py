@@ -7,6 +7,8 @@ heads) while ingesting; here the question's queries are summarised the same way 
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -22,8 +24,11 @@ def query_features(engine: Engine, text_or_ids, per_head: bool = False) -> np.nd
     ids = engine._ids(text_or_ids)[: engine.config.segment_length]
     feats: list[torch.Tensor] = []
     H, D = engine.config.num_attention_heads, engine.config.head_dim
+    me = threading.get_ident()
 
     def grab(module, args):
+        if threading.get_ident() != me:  # the same model reading a book on another thread meanwhile
+            return
         x = args[0]  # the layer's normed input (B, T, C)
         q = module.q_proj(x).float()
         if module.memory_proj is not None:  # the queries the memory is read with (model.py)

@@ -28,6 +28,12 @@ def cite_label(c: Citation) -> str:
     return ", ".join(p for p in parts if p) or "passage"
 
 
+def cite_quote(c: Citation, chars: int = 140) -> str:
+    """The cited sentence (the one the answer came from, or the passage's best), short, on one line."""
+    text = " ".join((c.sentence or c.passage).split())
+    return text if len(text) <= chars else text[:chars].rsplit(" ", 1)[0] + " …"
+
+
 def passage_preview(c: Citation, chars: int = 320) -> str:
     text = " ".join(c.passage.split())
     return text if len(text) <= chars else text[:chars].rsplit(" ", 1)[0] + " …"
@@ -73,11 +79,11 @@ def render(turns: list[Turn], palette: QPalette, cache: dict[str, str]) -> str:
         out.append(f"<p style='margin-top:6px; margin-bottom:0'><b>Infini Reader</b></p>{part}")
         if t.error:
             out.append(f"<p style='color:#c0392b'>⚠ {html.escape(t.error)}</p>")
-        if t.citations:
-            links = " &nbsp;·&nbsp; ".join(
+        if t.citations:  # one line a source: where it is (chapter, page) and what it says
+            links = "<br>".join(
                 f"<a href='cite:{i}/{k}' style='color:{link}; text-decoration:none'>[{k + 1}] "
-                f"{html.escape(cite_label(c))}</a>" for k, c in enumerate(t.citations))
-            out.append(f"<p style='color:{muted}; margin-top:2px'>Sources: {links}</p>")
+                f"{html.escape(cite_label(c))}</a> — “{html.escape(cite_quote(c))}”" for k, c in enumerate(t.citations))
+            out.append(f"<p style='color:{muted}; margin-top:2px'>Sources:<br>{links}</p>")
         if body and not t.streaming:
             out.append(f"<p style='margin-top:0'><a href='copy:{i}' style='color:{muted}'>Copy answer</a></p>")
     return "".join(out)

@@ -297,3 +297,28 @@ def test_load_weights_maps_the_same_model_that_copying_built(tmp_path, tied):
         load_weights(cfg, {**tensors, "model.layers.0.extra.weight": torch.zeros(1)}, "tiny")
     with pytest.raises(ModelLoadError, match="has shape"):
         load_weights(cfg, {**tensors, "model.norm.weight": torch.zeros(3)}, "tiny")
+
+
+def test_query_features_ignore_a_reading_on_another_thread():
+    """A question's attribution hooks the model's layers; a book read by the same model on another
+    thread at the same time (askable while reading) must not add its layers' queries to the question's."""
+    import threading
+
+    from infini_reader.engine.attribution import query_features
+
+    e = tiny_engine(num_hidden_layers=2, segment_length=64)
+    alone = query_features(e, list(range(20)))
+    stop = threading.Event()
+
+    def read():
+        while not stop.is_set():
+            e.ingest(list(range(60)), e.new_memory())
+
+    t = threading.Thread(target=read)
+    t.start()
+    try:
+        for _ in range(20):
+            assert query_features(e, list(range(20))).shape == alone.shape == (2, e.config.head_dim)
+    finally:
+        stop.set()
+        t.join()

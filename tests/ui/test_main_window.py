@@ -127,6 +127,8 @@ def test_drop_an_epub_read_it_ask_and_open_a_citation(qtbot, tmp_path, tiny_read
     assert answer.citations and "Marmalade" in answer.citations[0].passage
     text = text_of(window.chat.transcript)
     assert "Sources:" in text and "[1] Chapter 2" in text
+    first = answer.citations[0]  # each source labelled with its chapter and the sentence it cites
+    assert f"[1] Chapter 2 — “{' '.join((first.sentence or first.passage).split())[:40]}" in text
 
     click_text(qtbot, window.chat.transcript, "[1] Chapter 2")
     qtbot.waitUntil(lambda: window.reading.passage is not None, timeout=WAIT)
