@@ -359,6 +359,10 @@ def span_candidates(text: str, question: str, max_words: int = 4) -> list[str]:
     return list(out)
 
 
+class PromptTooLong(ValueError):
+    """The re-read text and a span do not fit in one segment (a model with short segments)."""
+
+
 @torch.inference_mode()
 def score_spans(engine: eng.Engine, messages: list[dict], spans: list[str], memory: eng.Memory | None = None,
                 batch: int = 16) -> np.ndarray:
@@ -386,7 +390,7 @@ def score_spans(engine: eng.Engine, messages: list[dict], spans: list[str], memo
             ids[k, 0] = prompt[-1]
             ids[k, 1 : 1 + len(g)] = torch.tensor(g, device=dev)
         if caches[0].pos + n > engine.config.segment_length:
-            raise ValueError("the prompt is too long to score answers on")
+            raise PromptTooLong("the prompt is too long to score answers on")
         bc = [_batched_cache(c, len(group), n) for c in caches]
         h, _ = model.segment(ids, _batched_memory(stream.mem, len(group)), bc)
         logp = torch.log_softmax(model.lm_head(h).float(), -1)  # (B, n, V)
@@ -572,7 +576,11 @@ def _span_answer(engine, messages, doc_text, question, ranked, windows, cites, m
     spans = spans[:MAX_SPANS]
     if not spans:
         return " ".join(doc_text[ranked[0].start:ranked[0].end].split())
-    scores = score_spans(engine, messages, spans, memory)
+    try:
+        scores = score_spans(engine, messages, spans, memory)
+    except PromptTooLong:  # the best sentence itself, as when it offers no span
+        log.info("span answer: the prompt does not fit one segment; answering with the best sentence")
+        return " ".join(doc_text[ranked[0].start:ranked[0].end].split())
     best = spans[int(np.argmax(scores))]
     s = where[best]
     cites[s.cite] = replace(cites[s.cite], sentence_start=s.start, sentence_end=s.end,

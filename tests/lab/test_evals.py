@@ -48,10 +48,10 @@ def test_needle(capsys, tmp_path, tiny_model_dir):
     assert [x["length"] for x in data["lengths"]] == [600, 1024]
     assert len(data["items"]) == 2 * 2 * 2  # lengths × facts × (direct, paraphrase)
     for it in data["items"]:
-        assert set(it["modes"]) == {"bm25", "memory", "fused", "fused w=0.1"}
+        assert set(it["modes"]) == {"bm25", "memory", "fused", "fused w=0.1", "hybrid", "embeddings"}
         for name, m in it["modes"].items():
             assert {"top1", "top3", "segment_top3", "citations"} <= set(m)
-            assert ("answer" in m) == (name != "fused w=0.1")  # other weights: citations only
+            assert ("answer" in m) == (name not in ("fused w=0.1", "embeddings"))  # citations only
         assert set(it["base"]) == {"answer", "correct", "fact_in_window"}
         assert "÷ neutral question, all layers" in it["attribution_rank"]
         segments = next(x["segments"] for x in data["lengths"] if x["length"] == it["length"])
@@ -73,10 +73,10 @@ def test_qa_through_the_module_command(capsys, tmp_path, tiny_model_dir):
     data = json.loads(out_json.read_text())
     assert len(data["items"]) == 3 and len(data["stories"]) == 2
     for it in data["items"]:
-        assert set(it["answers"]) == set(it["rougeL"]) == {"fused", "bm25", "memory-only", "base"}
+        assert set(it["answers"]) == set(it["rougeL"]) == {"hybrid", "fused", "bm25", "memory-only", "base"}
         assert it["references"] and all(0.0 <= v <= 1.0 for v in it["rougeL"].values())
     rows = table_rows(out)
-    assert rows[0] == ["system", "n", "ROUGE-L"] and len(rows) == 5
+    assert rows[0] == ["system", "n", "ROUGE-L"] and len(rows) == 6
 
 
 def test_summary(capsys, tmp_path, tiny_model_dir):

@@ -23,8 +23,8 @@ def test_a_queue_is_restored_after_a_restart(qtbot, tmp_path, tiny_reader):
     assert window.state.queue.waiting == [str(b.resolve()) for b in books]
     saved = tmp_path / "data" / QUEUE_FILE
     assert ReadingList.saved(saved) == [str(b.resolve()) for b in books]  # written as they were added
+    window.queue.library = None  # quit before anything is read (set before the model may finish loading)
     gate.set()
-    window.queue.library = None  # quit before anything is read
     window.close()
     qtbot.waitUntil(lambda: not window.tasks.busy, timeout=WAIT)
     assert ReadingList.saved(saved) == [str(b.resolve()) for b in books]
