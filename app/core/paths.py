@@ -49,3 +49,10 @@ def resource(name: str) -> Path | None:
         if (d / name).is_file():
             return d / name
     return None
+
+
+def user_guide() -> Path | None:
+    """The user guide (docs/user-guide.md): the checkout's, or the copy a wheel carries as
+    infini_reader.docs. None when this installation has neither."""
+    guide = Path(__file__).resolve().parents[2] / "docs" / "user-guide.md"
+    return guide if guide.is_file() else None

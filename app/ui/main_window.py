@@ -165,9 +165,17 @@ class MainWindow(QMainWindow):
         act(doc, "&Chat", lambda: self.tabs.setCurrentWidget(self.chat), "Ctrl+1")
         act(doc, "S&ummary", lambda: self.tabs.setCurrentWidget(self.summary), "Ctrl+2")
         h = self.menuBar().addMenu("&Help")
+        self.guide_action = act(h, "&User guide", self.open_guide, "F1")
         act(h, "&Keyboard shortcuts", self.show_shortcuts)
         act(h, "Open the &log folder", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(paths.log_dir()))))
         act(h, "&About Infini Reader", self.show_about)
+
+    def open_guide(self) -> None:
+        guide = paths.user_guide()
+        if guide is None:
+            self.show_error("User guide", "The user guide is not part of this installation.")
+            return
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(guide)))
 
     def _connect(self) -> None:
         lp = self.library_pane

@@ -41,6 +41,7 @@ def test_the_wheel_holds_one_import_root_and_the_shipped_adapter(installed):
     assert {p.name for p in root.iterdir()} >= {"engine", "kernels", "app", "resources"}
     assert (root / "resources" / "smollm2-135m-infini-adapter.safetensors").stat().st_size > 1_000_000
     assert (root / "app" / "core" / "migrations" / "versions").is_dir()
+    assert (root / "docs" / "user-guide.md").is_file()  # Help → User guide
     assert not (root / "lab").exists() and not (installed / "lab").exists()
 
 

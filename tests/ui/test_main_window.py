@@ -548,3 +548,16 @@ def test_read_a_book_again_with_another_model(qtbot, tmp_path, tiny_reader, buil
     assert window.library.snapshot_id(doc_id, other.fingerprint) is not None  # read by the new model
     assert window.library.snapshot_id(doc_id, tiny_reader.fingerprint) is not None  # the first reading is kept
     assert window.settings.model == str(tmp_path / "other.gguf")
+
+
+def test_help_opens_the_user_guide(qtbot, tmp_path, tiny_reader, monkeypatch):
+    from PySide6.QtGui import QDesktopServices
+
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url) or True)
+    window = open_window(qtbot, tmp_path, tiny_reader)
+    assert window.guide_action.shortcut().toString() == "F1"
+    window.guide_action.trigger()
+    (url,) = opened
+    guide = Path(url.toLocalFile())
+    assert guide.name == "user-guide.md" and guide.read_text(encoding="utf-8").startswith("# Infini Reader")
