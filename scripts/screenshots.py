@@ -101,8 +101,7 @@ def main() -> int:
     clear_chat(window.library, row("Alice").doc_id)  # a run that goes on starts its chat afresh
     window.chat.chats.clear()
     window.chat.set_document(None)
-    window.library_pane.select(row("Alice").doc_id)
-    window._current_changed(window.library_pane.current())
+    window._show_current()  # the panes show the open document (Alice) again, its chat empty
     spin(lambda: window.chat.send.isEnabled(), 60, "the chat")
     window.chat.question.setPlainText(QUESTION)
     window.chat.ask()
