@@ -88,11 +88,21 @@ def tune_allocator() -> None:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """auto, cpu, cuda or cuda:N (the Nth GPU this process sees); a device that is not there is a
+    one-line ModelLoadError."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ModelLoadError(f"unsupported device {str(device)!r}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("a GPU (cuda) was asked for, but PyTorch sees none; use device 'cpu' or 'auto'")
+        raise ModelLoadError(f"a GPU ({device}) was asked for, but PyTorch sees none; use device 'cpu' or 'auto'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ModelLoadError(f"GPU {device} was asked for, but PyTorch sees {n} (cuda:0 to cuda:{n - 1})")
     return device
 
 
