@@ -201,7 +201,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def create_db_engine(url: str) -> SqlEngine:
-    eng = create_engine(url)
+    kw = {}
+    if url.startswith("postgresql"):  # each connection names its process: Library.readers tells who reads a book
+        from .locks import application_name
+
+        kw["connect_args"] = {"application_name": application_name()}
+    eng = create_engine(url, **kw)
     if eng.dialect.name == "sqlite":
         event.listen(eng, "connect", _sqlite_pragmas)
     return eng

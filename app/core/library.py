@@ -24,6 +24,7 @@ from sqlalchemy import text as sql
 from .db import DocumentRow, PassageRow, SectionRow, SegmentRow, SnapshotRow, open_database
 from .document import Document, Section
 from .errors import clean_line
+from .locks import Reader
 from .passages import split_passages
 
 if TYPE_CHECKING:  # numpy and the segment plan only where used: `infini list` and `info` start faster
@@ -52,6 +53,11 @@ def file_hash(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _advisory_key(key: str) -> int:
+    """PostgreSQL's advisory lock id (a signed bigint) of a library-wide lock `key`."""
+    return (zlib.crc32(b"infini-reader") << 32 | zlib.crc32(key.encode())) - (1 << 63)
 
 
 def _where(path: str | None) -> str:
@@ -156,8 +162,7 @@ class Library:
             with exclusive(lock_folder(self.url), key) as mine:
                 yield mine
             return
-        lock_id = zlib.crc32(b"infini-reader") << 32 | zlib.crc32(key.encode())
-        lock_id -= 1 << 63  # a signed bigint
+        lock_id = _advisory_key(key)
         with self.Session.kw["bind"].connect() as conn:
             mine = bool(conn.execute(sql("SELECT pg_try_advisory_lock(:k)"), {"k": lock_id}).scalar())
             conn.commit()
@@ -167,6 +172,29 @@ class Library:
                 if mine:
                     conn.execute(sql("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
                     conn.commit()
+
+    def readers(self, doc_id: int) -> list[Reader]:
+        """Who is reading the book `doc_id` now (holds its lock, `exclusive`): each process's machine
+        name and process id, this process included; [] when nobody is. Qt-free, for the window's
+        "who else is reading" and for the reading cluster."""
+        with self.Session() as s:
+            key = s.scalar(select(DocumentRow.content_hash).where(DocumentRow.id == doc_id))
+        return [] if key is None else self.readers_of(key)
+
+    def readers_of(self, key: str) -> list[Reader]:
+        """`readers` by the lock's key (a book's content hash)."""
+        from .locks import holders, lock_folder, parse_application_name
+
+        if self.dialect != "postgresql":
+            return holders(lock_folder(self.url), key)
+        unsigned = _advisory_key(key) & ((1 << 64) - 1)  # a bigint key is held as (classid, objid)
+        with self.Session() as s:
+            names = s.execute(sql(
+                "SELECT a.application_name, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                "AND l.classid = CAST(:hi AS oid) AND l.objid = CAST(:lo AS oid)"),
+                {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).all()
+        return [parse_application_name(n) or Reader(str(addr or "?"), 0) for n, addr in names]
 
     def _drop_passages(self, s, doc_id: int) -> None:
         if self.has_fts:  # a virtual table knows no foreign keys: its rows go by hand

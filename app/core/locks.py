@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,63 @@ def exclusive(folder: Path | None, key: str) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
+        try:  # who holds it, for `readers` (the window's "who else is reading")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            pass
         yield True
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A process reading a book now: its machine's name and its process id there."""
+
+    host: str
+    pid: int
+
+    def __str__(self) -> str:
+        return f"process {self.pid} on {self.host}"
+
+
+def me() -> Reader:
+    return Reader(socket.gethostname(), os.getpid())
+
+
+def application_name() -> str:
+    """How this process names its PostgreSQL connections (pg_stat_activity.application_name, at most 63
+    bytes): `readers` finds who holds a book's lock by it."""
+    return f"infini {os.getpid()}@{socket.gethostname()}"[:63]
+
+
+def parse_application_name(name: str | None) -> Reader | None:
+    if not name or not name.startswith("infini "):
+        return None
+    pid, _, host = name[len("infini "):].partition("@")
+    return Reader(host, int(pid)) if pid.isdigit() else None
+
+
+def holders(folder: Path | None, key: str) -> list[Reader]:
+    """Who holds the lock file `key` now: [] when nobody does (or without lock files)."""
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    if folder is None:
+        return []
+    try:
+        fd = os.open(folder / f"{key}.lock", os.O_RDONLY)
+    except OSError:
+        return []
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return []  # nobody holds it
+        except BlockingIOError:
+            pass
+        pid, _, host = os.pread(fd, 300, 0).decode("utf-8", "replace").strip().partition(" ")
+        return [Reader(host or "?", int(pid))] if pid.isdigit() else [Reader("?", 0)]
+    finally:
+        os.close(fd)

@@ -190,6 +190,43 @@ def test_one_reader_of_a_book_at_a_time(url):
         assert again  # let go at the end
 
 
+def test_readers_names_the_process_that_holds_a_book(url):
+    """`readers` (the window's "who else is reading"): the machine and process id of whoever holds a
+    book's lock, another process here; nobody once it has let go, even when it was killed."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    library = Library(url)
+    doc_id = library.add_document(sample_doc(), "ab" * 32, 10)
+    assert library.readers(doc_id) == []
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom infini_reader.app.core.library import Library\n"
+         f"with Library({url!r}).exclusive({'ab' * 32!r}) as mine:\n"
+         "    print(mine, flush=True)\n    sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        (who,) = library.readers(doc_id)
+        assert (who.host, who.pid) == (socket.gethostname(), holder.pid)
+        assert str(who) == f"process {holder.pid} on {socket.gethostname()}"
+        with library.exclusive("ab" * 32) as mine:
+            assert not mine
+    finally:
+        holder.kill()
+        holder.wait()
+    for _ in range(50):  # the server notices the closed connection at once, give it a moment
+        if library.readers(doc_id) == []:
+            break
+        time.sleep(0.1)
+    assert library.readers(doc_id) == []
+    with library.exclusive("ab" * 32) as mine:
+        assert mine
+        assert [r.pid for r in library.readers(doc_id)] == [os.getpid()]
+
+
 def test_the_same_book_read_twice_at_once(url, tiny_reader, tmp_path):
     """Two ingests of one file at the same time (two threads, two Library objects as two processes
     would have): one reads it, the other says so in one line; one document, one reading, nothing lost."""
