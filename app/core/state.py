@@ -400,3 +400,57 @@ class AppState:
         exist); returns them."""
         files = [f for f in ReadingList.saved(self.queue_file(folder)) if Path(f).exists()]
         return self.enqueue(files) if files else []
+
+
+# ---- find in a document ----
+
+
+@dataclass
+class Found:
+    """A passage of a document holding the words looked for: where it is, and a line of it."""
+
+    start: int  # document offsets of the passage
+    end: int
+    section_idx: int | None
+    chapter: str  # "" where the passage lies outside every chapter
+    page: int | None
+    snippet: str  # the passage around the first word found, one line
+    words: list[tuple[int, int]] = field(default_factory=list)  # the words found, document offsets
+
+    def where(self) -> str:
+        return " · ".join(x for x in (self.chapter, f"p. {self.page}" if self.page else "") if x) or "Outside the chapters"
+
+
+def find_in_document(library: Library, doc_id: int, query: str, limit: int = 50,
+                     doc: Any | None = None) -> list[Found]:
+    """The passages of a document that the library's full-text index finds for `query`, best first,
+    each with its chapter, page, a snippet and the places of the words found. `doc`: the document
+    when the caller has it already (else read from the library)."""
+    import re
+
+    from .errors import clean_line
+    from .library import STOPWORDS
+
+    ranked = library.search(doc_id, query, limit=limit)
+    if not ranked:
+        return []
+    doc = doc if doc is not None else library.document(doc_id)
+    spans = {p.idx: p for p in library.passages(doc_id)}
+    words = [w for w in re.findall(r"\w+", query.lower()) if w not in STOPWORDS]
+    # the words as typed, or longer (the index stems: "philosophers" finds "philosopher's")
+    pattern = re.compile(r"\b(?:" + "|".join(re.escape(w[:max(4, len(w) - 2)]) for w in words) + r")\w*",
+                         re.IGNORECASE) if words else None
+    out = []
+    for idx, _score in ranked:
+        p = spans.get(idx)
+        if p is None:
+            continue
+        text = doc.text[p.char_start:p.char_end]
+        hits = [(p.char_start + m.start(), p.char_start + m.end()) for m in pattern.finditer(text)] if pattern else []
+        first = hits[0][0] - p.char_start if hits else 0
+        a = max(0, first - 60)
+        snippet = ("…" if a > 0 else "") + clean_line(text[a:a + 160]) + ("…" if a + 160 < len(text) else "")
+        sec_idx = p.section_idx
+        chapter = doc.sections[sec_idx].title if sec_idx is not None and 0 <= sec_idx < len(doc.sections) else ""
+        out.append(Found(p.char_start, p.char_end, sec_idx, clean_line(chapter), p.page, snippet, hits))
+    return out

@@ -12,6 +12,7 @@ from pathlib import Path
 from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
     QLabel,
     QMainWindow,
@@ -43,7 +44,8 @@ log = logging.getLogger(__name__)
 OPEN_FILTER = "Books (*.epub *.pdf *.txt *.md *.markdown *.html *.htm *.xhtml);;All files (*)"
 
 SHORTCUTS = [("Ctrl+O", "Open books"), ("Ctrl+N", "New question"), ("Esc", "Stop the answer or summary"),
-             ("Ctrl+F", "Search the library"), ("Ctrl+E", "Export chat and summaries to Markdown"),
+             ("Ctrl+F", "Search the library; in the reading pane, find in the document"), ("Ctrl+Shift+F", "Find in the open document"),
+             ("Ctrl+E", "Export chat and summaries to Markdown"),
              ("Ctrl+1 / Ctrl+2", "Chat / Summary"), ("Ctrl+,", "Settings"), ("Delete", "Remove from the library")]
 
 
@@ -148,7 +150,7 @@ class MainWindow(QMainWindow):
         f.addSeparator()
         act(f, "&Quit", self.close, "Ctrl+Q")
         lib = self.menuBar().addMenu("&Library")
-        act(lib, "&Search", self.focus_search, "Ctrl+F")
+        act(lib, "&Search", self.find, "Ctrl+F")
         act(lib, "&Resume reading", lambda: self.resume(self.library_pane.selected()))
         act(lib, "S&top reading", self.queue.stop, tip="Stop the book being read and pause the queue")
         act(lib, "S&kip this book", self.queue.skip, tip="Stop the book being read (kept) and read the next one")
@@ -162,6 +164,8 @@ class MainWindow(QMainWindow):
         doc = self.menuBar().addMenu("&Document")
         act(doc, "&New question", self.new_question, "Ctrl+N")
         self.stop_action = act(doc, "&Stop", self.stop_work, "Esc", "Stop the answer or the summary being written")
+        act(doc, "&Find in the document…", self.find_in_document, "Ctrl+Shift+F",
+            "Find words in the open document: the passages, with chapter and page")
         act(doc, "&Chat", lambda: self.tabs.setCurrentWidget(self.chat), "Ctrl+1")
         act(doc, "S&ummary", lambda: self.tabs.setCurrentWidget(self.summary), "Ctrl+2")
         h = self.menuBar().addMenu("&Help")
@@ -542,6 +546,20 @@ class MainWindow(QMainWindow):
     def stop_work(self) -> None:
         self.chat.stop()
         self.summary.stop()
+
+    def find(self) -> None:
+        """Ctrl+F: in the reading pane, find in its document; elsewhere, search the library."""
+        focus = QApplication.focusWidget()
+        if self.reading.isVisible() and focus is not None and self.reading.isAncestorOf(focus) \
+                and self.reading.start_find():
+            return
+        self.focus_search()
+
+    def find_in_document(self) -> None:
+        """Find in the document in the panes (shown in the reading pane)."""
+        doc_id = self.reading.doc_id if self.reading.isVisible() and self.reading.doc_id is not None else self.state.current
+        if doc_id is None or not self.reading.start_find(doc_id):
+            self.say("Choose a document in the library to search in it")
 
     def focus_search(self) -> None:
         self.library_pane.search.setFocus()
