@@ -43,10 +43,15 @@ REPETITION_PENALTY = 1.15  # SmolLM2-135M loops on phrases without it
 NOTE_SENTENCES = 3  # a part's note ends after this many sentences (unless `stop_parts` is False)
 MERGE_KEEP = 0.25  # a merge must keep this share of each input's content words, else it is not used
 SUPPORT = 0.5  # a sentence whose content words are less often than this in its source is dropped
+STYLES = ("extractive", "abstractive")  # how a part's note is made (see `_note`, `_note_extractive`)
+DEFAULT_STYLE = "abstractive"
+KEY_SENTENCES = 3  # sentences an extractive note starts from
+MMR = 0.7  # key sentences: closeness to the part's meaning against closeness to those already chosen
 PARTS_KEY = -1000  # stored part notes: section_idx PARTS_KEY - (chapter + 1); PARTS_KEY for the whole text
 SENTENCE_END = re.compile(r"[.!?][”\"’')]?(?=\s|$)")
 FIRST_PERSON = re.compile(r"\b(I|I'm|I've|I'd|I'll|me|my|mine|myself|we|us|our|ours|ourselves)\b")
 QUOTED = re.compile(r"[“\"][^”\"]*[”\"]")
+SPEECH = re.compile(r"[“”\"]|(^|\s)['‘]|['’](\s|$)")  # any quotation mark: a sentence of, or cut from, dialogue
 # what the prompts say, that must never be kept as part of a summary
 ECHO = re.compile(r"summari[sz]e|summary of (the|this)|in (a few|three|two) sentences|\bpart \d+ of\b|"
                   r"you summari|for a reader|the third person|connected summary|consecutive parts",
@@ -143,8 +148,9 @@ def _store(library: Library, doc_id: int, fingerprint: str, section_idx: int | N
     _drop(library, doc_id, fingerprint, _parts_key(section_idx))
 
 
-def _plan_hash(parts: list[str]) -> str:
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+def _plan_hash(parts: list[str], style: str = "abstractive") -> str:
+    """Which cut into parts, and which kind of notes, the stored notes belong to."""
+    return hashlib.sha256("\x00".join([style] + parts).encode()).hexdigest()[:16]
 
 
 def stored_notes(library: Library, doc_id: int, fingerprint: str, section_idx: int | None,
@@ -285,6 +291,78 @@ def key_sentences(text: str, n: int = 2) -> str:
     return " ".join(cands[i] for i in best)
 
 
+def _candidates(text: str, third_person: bool = True) -> list[str]:
+    """Sentences that can stand alone in a note: of a reasonable length, not speech (and not the
+    narrator speaking, when `third_person`)."""
+    return [s for s in _paragraph_sentences(text) if 8 <= len(s.split()) <= 45 and not SPEECH.search(s)
+            and not (third_person and first_person(s))]
+
+
+def _paragraph_sentences(text: str) -> list[str]:
+    """The sentences of each paragraph (a heading stays out of the sentence after it)."""
+    return [x for para in re.split(r"\n\s*\n", text) for x in sentences(para)]
+
+
+def choose_sentences(text: str, n: int = KEY_SENTENCES, embedder=None) -> list[str]:
+    """The part's `n` key sentences, in the text's order: by meaning (each candidate's closeness to
+    the whole part's embedding, maximal marginal relevance so that they say different things) when an
+    embedding model is given, else by the part's most frequent words. Sentences in the first person
+    are taken only when the text has too few others (a narrator telling the story: the rewrite turns
+    them to the third person)."""
+    cands = _candidates(text) or _candidates(text, third_person=False)
+    if len(cands) <= n:
+        return cands
+    if embedder is None:
+        return sentences(key_sentences(text, n))
+    everything = [s for s in _paragraph_sentences(text) if len(s.split()) >= 3] or cands
+    vecs = embedder(cands)
+    centre = embedder(everything).mean(axis=0)
+    centre /= np.linalg.norm(centre) + 1e-9
+    relevance = vecs @ centre
+    chosen: list[int] = []
+    while len(chosen) < n:
+        overlap = (vecs @ vecs[chosen].T).max(axis=1) if chosen else np.zeros(len(cands))
+        score = MMR * relevance - (1 - MMR) * overlap
+        score[chosen] = -np.inf
+        chosen.append(int(np.argmax(score)))
+    return [cands[i] for i in sorted(chosen)]
+
+
+def _embedder():
+    from .embeddings import default_embedder
+    return default_embedder()
+
+
+def _note_extractive(engine, memory, title, what, part, i, n, cancel, section_idx, max_new, stop_parts) -> Iterator:
+    """One part's note made from the part's own key sentences (`choose_sentences`), retold by the model
+    in the third person from those sentences alone: the model writes from three sentences, not a whole
+    part, so it has little room to invent, and the prompt is short (fast). The retelling is kept when
+    every sentence of it is supported by the part and it keeps enough of the key sentences' words;
+    otherwise the key sentences themselves are the note. Last item: the note."""
+    key = choose_sentences(part, KEY_SENTENCES, _embedder())
+    if not key:
+        yield ""
+        return
+    picked = " ".join(key)
+    where = f"{what}" if n == 1 else f"part {i + 1} of {n} of {what.lower()}"
+    ask = (f"Here are sentences from {where}, in order:\n\n{picked}\n\nRetell them in two or three short "
+           "sentences: who does what. Use the characters' names. Add nothing that is not in them.")
+    msgs = [_system(title), {"role": "user", "content": ask}]
+    result = None
+    for ev in _generate(engine, memory, msgs, cancel, section_idx, i, min(max_new, 120),
+                        _sentences_done(NOTE_SENTENCES) if stop_parts else None):
+        if isinstance(ev, str):
+            result = ev
+        else:
+            yield ev
+    if result is None:
+        return  # cancelled
+    note = clean(result, part)
+    if not note or _coverage(note, picked) < MERGE_KEEP:
+        note = " ".join(s for s in key if not first_person(s))
+    yield note
+
+
 # ---- timing ----
 
 _RATE: dict[str, float] = {}  # engine fingerprint → seconds a part took last (the ETA's first guess)
@@ -326,17 +404,18 @@ def _chapter_texts(doc: Document, section_idx: int | None) -> list[tuple[int | N
 
 
 def estimate(library: Library, engine: eng.Engine, doc_id: int, section_idx: int | None = None,
-             max_new_tokens: int = ANSWER_TOKENS, redo: bool = False) -> Estimate:
+             max_new_tokens: int = ANSWER_TOKENS, redo: bool = False, style: str | None = None) -> Estimate:
     """How many parts are left to write for this summary, and about how long it will take."""
     doc = library.document(doc_id)
     stored = {} if redo else stored_summaries(library, doc_id, engine.fingerprint)
     budget = _budget(engine, max_new_tokens)
+    style = style or DEFAULT_STYLE
     parts = merges = 0
     for key, text in _chapter_texts(doc, section_idx):
         if key in stored and key is not None:
             continue
         plan = _parts(engine, text, budget)
-        have = 0 if redo else len(stored_notes(library, doc_id, engine.fingerprint, key, _plan_hash(plan)))
+        have = 0 if redo else len(stored_notes(library, doc_id, engine.fingerprint, key, _plan_hash(plan, style)))
         parts += max(len(plan) - have, 0)
         merges += max(len(plan) - 1, 0) // 3 + (len(plan) > 1)
     if section_idx is None and doc.sections:
@@ -485,12 +564,13 @@ def _merge(engine, memory, title, what, notes: list[str], cancel, section_idx, m
 
 
 def _summarize_text(library, engine, memory, doc_id, title, what, text, cancel, section_idx, max_new, clock,
-                    stop_parts: bool, redo: bool) -> Iterator:
+                    stop_parts: bool, redo: bool, style: str = "abstractive") -> Iterator:
     """A chapter (or a text without chapters): its parts' notes, stored one by one, then merged.
     Events; the last item is the summary (nothing when cancelled)."""
     parts = _parts(engine, text, _budget(engine, max_new))
-    plan = _plan_hash(parts)
+    plan = _plan_hash(parts, style)
     fp = engine.fingerprint
+    write_note = _note_extractive if style == "extractive" else _note
     if redo:
         _drop(library, doc_id, fp, _parts_key(section_idx))
     notes = stored_notes(library, doc_id, fp, section_idx, plan)[: len(parts)]
@@ -501,8 +581,8 @@ def _summarize_text(library, engine, memory, doc_id, title, what, text, cancel, 
                            section_idx, part=i, parts=len(parts))
         yield clock.event(section_idx)
         t0, note = time.perf_counter(), None
-        for ev in _note(engine, memory, title, what, parts[i], i, len(parts), cancel, section_idx, max_new,
-                        stop_parts):
+        for ev in write_note(engine, memory, title, what, parts[i], i, len(parts), cancel, section_idx, max_new,
+                             stop_parts):
             if isinstance(ev, str):
                 note = ev
             else:
@@ -527,11 +607,13 @@ def _summarize_text(library, engine, memory, doc_id, title, what, text, cancel, 
 def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: int | None = None,
               redo: bool = False, cancel: threading.Event | None = None,
               max_new_tokens: int = ANSWER_TOKENS, before: MemoryBefore | None = None,
-              stop_parts: bool = True) -> Iterator[SummaryEvent]:
+              stop_parts: bool = True, style: str | None = None) -> Iterator[SummaryEvent]:
     """A chapter's summary (section_idx) or the whole book's (None: every chapter missing, then the
     book), streamed; each part's note stored as it is finished, each summary once merged. Cancelled,
     it ends without "done"; called again, it continues with the first part not finished. `redo`
-    writes everything again. `stop_parts` False lets every note run to the token limit."""
+    writes everything again. `stop_parts` False lets every note run to the token limit. `style`: how
+    the parts' notes are made (`STYLES`; default `DEFAULT_STYLE`)."""
+    style = style or DEFAULT_STYLE
     try:
         stored = stored_summaries(library, doc_id, engine.fingerprint)
         if section_idx in stored and not redo:
@@ -567,7 +649,7 @@ def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: in
             if mem is None:
                 return
         yield from _summarize_text(library, engine, mem, doc_id, doc.title, f"The chapter “{sec.title}”", text,
-                                   cancel, i, max_new_tokens, clock, stop_parts, redo)
+                                   cancel, i, max_new_tokens, clock, stop_parts, redo, style)
 
     if section_idx is not None or doc.sections:
         notes = []
@@ -600,7 +682,7 @@ def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: in
     else:  # a text without chapters: its parts, merged
         summary = None
         for ev in _summarize_text(library, engine, memory, doc_id, doc.title, "The whole text", doc.text, cancel,
-                                  None, max_new_tokens, clock, stop_parts, redo):
+                                  None, max_new_tokens, clock, stop_parts, redo, style):
             if isinstance(ev, str):
                 summary = ev
             else:

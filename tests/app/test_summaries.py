@@ -4,6 +4,8 @@ words are scripted where the test looks at them."""
 
 import threading
 
+import pytest
+
 from infini_reader.app.core import summaries
 from infini_reader.app.core.export import export_markdown
 from infini_reader.app.core.ingest import ingest_file
@@ -130,3 +132,62 @@ def test_a_note_cut_by_the_token_limit_is_kept_without_its_stub(tiny_reader, lib
     events = list(summarize(library, tiny_reader, doc_id, 0, max_new_tokens=12))
     assert events[-1].kind == "done" and events[-1].text == "The keeper counted ships passing the rocks."
     assert stored_summaries(library, doc_id, tiny_reader.fingerprint)[0] == "The keeper counted ships passing the rocks."
+
+
+# ---- extractive-first notes ----
+
+@pytest.fixture(scope="session")
+def embedder():
+    from infini_reader.app.core.embeddings import default_embedder
+
+    e = default_embedder()
+    if e is None:
+        pytest.skip("the embedding model could not be installed (offline)")
+    return e
+
+
+STORY = ("Mara rowed the small boat across the harbour at dawn to reach the lighthouse. "
+         "The lighthouse keeper had not lit the lamp for three nights, and the fishing fleet was late. "
+         "“Is anyone there?” she called up the dark stairway. "
+         "Mara climbed the stairway and found the keeper asleep beside the broken lamp. "
+         "The price of flour at the market had risen again that spring, the baker said to nobody. "
+         "She mended the lamp with wire from her boat, and its light swept the harbour again. "
+         "The fishing fleet saw the light and came home safely through the rocks before midnight.")
+
+
+def test_key_sentences_are_chosen_by_meaning_in_order_without_speech(embedder):
+    chosen = summaries.choose_sentences(STORY, 3, embedder)
+    assert len(chosen) == 3
+    assert all(c in STORY for c in chosen)
+    assert [STORY.index(c) for c in chosen] == sorted(STORY.index(c) for c in chosen)  # the text's order
+    assert not any("“" in c or "flour" in c for c in chosen)  # no speech, not the stray sentence
+    # marginal relevance: a sentence said twice is chosen once
+    twice = STORY + " " + chosen[0]
+    again = summaries.choose_sentences(twice, 3, embedder)
+    assert len(set(again)) == 3
+    # without an embedding model, by the part's frequent words; a first-person narration still gives notes
+    assert len(summaries.choose_sentences(STORY, 2, None)) == 2
+    narrated = "I rowed the boat across the harbour to the old lighthouse at dawn. " * 2 + \
+        "I climbed the dark stairway and found the keeper asleep by the lamp."
+    assert summaries.choose_sentences(narrated, 3, None)
+
+
+def test_an_extractive_note_retells_the_key_sentences_or_keeps_them(tiny_reader, library, tmp_path, monkeypatch,
+                                                                    embedder):
+    doc_id = read_book(library, tiny_reader, tmp_path, chapters=1, paragraphs=4)
+    doc = library.document(doc_id)
+    part = doc.text[doc.sections[0].start:doc.sections[0].end]
+    key = summaries.choose_sentences(part, summaries.KEY_SENTENCES, embedder)
+    assert key
+    retold = "The keeper of lighthouse number 101 counted ships passing the rocks before the storm."
+    prompts = scripted(monkeypatch, tiny_reader, [retold, "The Dreamwalker sailed to Paris with a dragon."])
+    events = list(summarize(library, tiny_reader, doc_id, 0, style="extractive", redo=True))
+    done = [ev for ev in events if ev.kind == "done"]
+    assert done and done[-1].text == retold
+    asked = str(prompts[0])
+    assert key[0] in asked and "Retell" in asked  # the model was given the key sentences...
+    assert part.count("counted") > asked.count("counted")  # ...not the whole part
+    # a retelling the text does not support is not kept: the key sentences are the note
+    events = list(summarize(library, tiny_reader, doc_id, 0, style="extractive", redo=True))
+    assert [ev for ev in events if ev.kind == "done"][-1].text == " ".join(key)
+    assert stored_summaries(library, doc_id, tiny_reader.fingerprint)[0] == " ".join(key)
