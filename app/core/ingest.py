@@ -44,6 +44,7 @@ class Progress:
     eta_s: float | None = None
     message: str = ""
     reused: bool = False  # the library already held this file read by this model
+    saved: bool = False  # the memory and position reached were stored with this event (a resumable point)
 
     @property
     def fraction(self) -> float:
@@ -72,12 +73,14 @@ def ingest_file(
     checkpoint_segments: int = 8,
     checkpoint_seconds: float = 20.0,
     max_tokens: int | None = None,
+    origin: str | None = None,
 ) -> Iterator[Progress]:
     """Read one file into the library. One process reads a book at a time: another asked for the same
     book meanwhile says so at once ("failed", BEING_READ) and stores nothing. A book longer than about
-    `max_tokens` tokens is refused before it is split."""
+    `max_tokens` tokens is refused before it is split. `origin`: where the file came from, stored
+    instead of `path` (a reading cluster's worker reads a copy of the caller's file)."""
     path = Path(path)
-    title = clean_line(path.name)
+    title = clean_line(Path(origin).name if origin else path.name)
     if not path.is_file():
         yield Progress(None, title, "failed", message=f"{clean_line(str(path))}: no such file")
         return
@@ -90,7 +93,7 @@ def ingest_file(
             return
         try:
             yield from _ingest_file(library, engine, path, title, digest, cancel, checkpoint_segments,
-                                    checkpoint_seconds, max_tokens)
+                                    checkpoint_seconds, max_tokens, origin)
         except IntegrityError:  # the same book added by another process where no lock file is shared
             log.warning("%s: a unique conflict with another process", title, exc_info=True)
             yield Progress(None, title, "failed", message=BEING_READ)
@@ -103,8 +106,9 @@ def failed_key(digest: str, path: Path) -> str:
 
 
 def _ingest_file(library, engine, path: Path, title: str, digest: str, cancel, checkpoint_segments,
-                 checkpoint_seconds, max_tokens) -> Iterator[Progress]:
+                 checkpoint_seconds, max_tokens, origin=None) -> Iterator[Progress]:
     size = path.stat().st_size
+    shown = Path(origin) if origin else path  # what the library records as the file's place
     doc_id = library.find_by_hash(digest)
     snap_id = library.snapshot_id(doc_id, engine.fingerprint) if doc_id is not None else None
     if snap_id is None:
@@ -113,21 +117,23 @@ def _ingest_file(library, engine, path: Path, title: str, digest: str, cancel, c
             try:
                 doc = _read(path)
             except ReaderError as exc:
-                doc_id = library.add_failed(path, failed_key(digest, path), size, str(exc))
+                doc_id = library.add_failed(shown, failed_key(digest, shown), size, str(exc))
                 yield Progress(doc_id, title, "failed", message=str(exc))
                 return
             except Exception as exc:  # a reader bug must not take the queue down
                 log.exception("reading %s failed", title)
                 message = clean_line(f"could not read the file ({exc})")
-                doc_id = library.add_failed(path, failed_key(digest, path), size, message)
+                doc_id = library.add_failed(shown, failed_key(digest, shown), size, message)
                 yield Progress(doc_id, title, "failed", message=message)
                 return
             if max_tokens and (estimate := len(doc.text) // CHARS_PER_TOKEN) > max_tokens:
                 message = (f"too long to read: about {estimate:,} tokens, above the limit of {max_tokens:,} "
                            "(raise it with --max-tokens, or in the settings)")
-                doc_id = library.add_failed(path, failed_key(digest, path), size, message)
+                doc_id = library.add_failed(shown, failed_key(digest, shown), size, message)
                 yield Progress(doc_id, title, "failed", message=message)
                 return
+            if origin:
+                doc.source_path = origin
             doc_id = library.add_document(doc, digest, size)
         else:  # the file is known, read by another model: its text is in the library
             doc = library.document(doc_id)
@@ -162,8 +168,9 @@ def _read_segments(library, engine, doc_id, snap_id, cancel, every, seconds) -> 
     title = library.info(doc_id).title
     total, done = reading.segments_total, reading.segments_done
 
-    def event(phase, tps=0.0, eta=None, message="", reused=False) -> Progress:
-        return Progress(doc_id, title, phase, done, total, tokens_done, reading.tokens_total, tps, eta, message, reused)
+    def event(phase, tps=0.0, eta=None, message="", reused=False, saved=False) -> Progress:
+        return Progress(doc_id, title, phase, done, total, tokens_done, reading.tokens_total, tps, eta, message, reused,
+                        saved)
 
     tokens_done = reading.tokens_done
     if reading.status == "ready":
@@ -194,11 +201,12 @@ def _read_segments(library, engine, doc_id, snap_id, cancel, every, seconds) -> 
             elapsed = time.perf_counter() - t_start
             tps = session_tokens / elapsed if elapsed > 0 else 0.0
             eta = (reading.tokens_total - tokens_done) / tps if tps > 0 else None
-            if done == total or len(pending) >= every or time.perf_counter() - last_save >= seconds:
+            saved = done == total or len(pending) >= every or time.perf_counter() - last_save >= seconds
+            if saved:
                 library.save_progress(snap_id, memory.to_bytes(), done, tokens_done, spent + elapsed, pending,
                                       "ready" if done == total else "reading")
                 pending, last_save = {}, time.perf_counter()
-            yield event("reading" if done < total else "ready", tps, eta)
+            yield event("reading" if done < total else "ready", tps, eta, saved=saved)
     except Exception as exc:
         log.exception("reading document %s failed", doc_id)
         library.set_reading_status(snap_id, "failed", f"the model failed while reading: {exc}")
