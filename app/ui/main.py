@@ -36,6 +36,15 @@ def _excepthook(window_ref):
     return hook
 
 
+def bring_forward(window, files: list[str]) -> None:
+    """Another `infini-reader` handed over its files: queue them, and show the window."""
+    window.showNormal() if window.isMinimized() else window.show()
+    window.raise_()
+    window.activateWindow()
+    if files:
+        window.open_files(files)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infini-reader", description="Read whole books with a local model.")
     parser.add_argument("files", nargs="*", metavar="FILE", help="books to add to the library (EPUB, PDF, TXT, "
@@ -49,13 +58,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from infini_reader.app.ui.main_window import MainWindow
-    from infini_reader.app.ui.settings import Settings
+    from infini_reader.app.ui.single_instance import InstanceServer, hand_over
 
     app = QApplication.instance() or QApplication([sys.argv[0], *qt_args])
     app.setApplicationName("Infini Reader")
     app.setOrganizationName("infini-reader")
     app.setDesktopFileName("infini-reader")
+    # One window per user: when one is running, it takes the files (and comes to the front).
+    server = InstanceServer(parent=app)
+    if not server.listen() and hand_over(args.files, server.name):
+        n = len(args.files)
+        log.info("handed %d file(s) to the window already open", n)
+        print("infini-reader: " + (f"{n} file{'s' if n != 1 else ''} handed to the window already open" if n
+                                   else "the window is already open"), file=sys.stderr)
+        return 0
+
+    from infini_reader.app.ui.main_window import MainWindow
+    from infini_reader.app.ui.settings import Settings
+
     from infini_reader.app.ui.icon import app_icon
 
     app.setWindowIcon(app_icon())
@@ -65,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device:
         settings.device = args.device
     window = MainWindow(settings=settings, data_dir=args.data_dir, files=args.files)
+    server.files.connect(lambda files: bring_forward(window, files))
     import weakref
 
     sys.excepthook = _excepthook(weakref.ref(window))
@@ -73,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     window.queue.stop()
     window.tasks.cancel_all()
     window.tasks.wait_all()  # a thread must not outlive the application (the reading stores its place)
+    server.close()
     return code
 
 
