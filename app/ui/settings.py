@@ -91,4 +91,11 @@ def apply_theme(theme: str) -> bool:
     dark = theme == "dark" or (theme == "system" and system_is_dark())
     app.setStyle("Fusion")  # the same look everywhere, and palettes that apply fully
     app.setPalette(_dark_palette() if dark else app.style().standardPalette())
+    # A style sheet's palette(...) colours are taken when it is set: set again, each takes the new
+    # palette's (else a banner made in the light theme stays white in the dark one).
+    for w in app.allWidgets():
+        sheet = w.styleSheet()
+        if sheet:
+            w.setStyleSheet("")
+            w.setStyleSheet(sheet)
     return dark
