@@ -1,8 +1,9 @@
 """The `infini` command line: a thin layer over the services, one subcommand per task.
 
-    infini [--data-dir DIR] [--db URL] [--model SPEC] [--device auto|cpu|cuda] COMMAND
-      ingest PATH... [--summaries] [--json] [--yes] [--max-tokens N]
-                                  read books into the library (progress on stderr)
+    infini [--data-dir DIR] [--db URL] [--model SPEC] [--device auto|cpu|cuda|cuda:N] COMMAND
+      ingest PATH... [--summaries] [--json] [--yes] [--max-tokens N] [--workers N|auto] [--ray ADDRESS]
+                                  read books (files, folders searched recursively) into the library;
+                                  several processes at once (--workers), or on a Ray cluster (--ray)
       list [--json]               the library
       info DOC [--json]           one document: chapters, pages, tokens, reading state, memory
       ask DOC QUESTION [--json]   a streamed answer with its citations (chapter, page)
@@ -31,15 +32,13 @@ from functools import cached_property
 from pathlib import Path
 
 from infini_reader.app.core.errors import DISK_FULL, clean_line, clean_text, database_message, os_message
+from infini_reader.app.core.estimate import ASSUMED_RATE, CONFIRM_ABOVE_S, duration_text, measured_rate
 
 log = logging.getLogger("infini_reader.app.cli")
 
-# A reading longer than this at the expected rate is asked about first (--yes skips the question).
-CONFIRM_ABOVE_S = 3600
+# A reading longer than CONFIRM_ABOVE_S at the expected rate is asked about first (--yes skips the
+# question); the rate and the estimate are shared with the window (app/core/estimate.py).
 DEFAULT_MAX_TOKENS = 5_000_000  # about 20 MB of English text; $INFINI_MAX_TOKENS or --max-tokens change it
-# Tokens a second assumed for a model never measured on this library: the built-in model on a slow
-# laptop CPU (2 cores, AVX2) reads about 60; a GPU reads thousands.
-ASSUMED_RATE = {"cpu": 50.0, "cuda": 1000.0}
 
 
 class Context:
@@ -51,9 +50,14 @@ class Context:
     @cached_property
     def library(self):
         from infini_reader.app.core.library import Library
+
+        return Library(self.db_url)
+
+    @property
+    def db_url(self) -> str:
         from infini_reader.app.core.paths import default_db_url
 
-        return Library(self.args.db or default_db_url(self.data_dir))
+        return self.args.db or default_db_url(self.data_dir)
 
     @cached_property
     def data_dir(self) -> Path:
@@ -109,21 +113,11 @@ def _say(text: str) -> None:
 
 def _measured_rate(ctx: Context) -> tuple[float, str]:
     """Tokens a second for this model on this library: measured by its finished readings, else assumed."""
-    infos = [i for i in ctx.library.infos(fingerprint=ctx.engine.fingerprint)
-             if i.model_fingerprint and i.status == "ready" and i.seconds > 0]
-    tokens, seconds = sum(i.tokens for i in infos), sum(i.seconds for i in infos)
-    if tokens >= 500 and seconds > 0:
-        return tokens / seconds, "measured on earlier readings with this model"
-    device = getattr(getattr(ctx.engine, "device", None), "type", "cpu")
-    return ASSUMED_RATE.get(device, ASSUMED_RATE["cpu"]), "assumed: no reading with this model measured yet"
+    return measured_rate(ctx.library, ctx.engine)
 
 
 def _duration(seconds: float) -> str:
-    if seconds >= 2 * 86400:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 2 * 3600:
-        return f"{seconds / 3600:.0f} hours"
-    return f"{seconds / 60:.0f} minutes"
+    return duration_text(seconds)
 
 
 def _go_ahead(ctx: Context, args, ev) -> bool:
@@ -150,16 +144,37 @@ def _go_ahead(ctx: Context, args, ev) -> bool:
 
 
 def cmd_ingest(ctx: Context, args) -> int:
+    from infini_reader.app.core.batch import default_workers, find_books
+
+    paths, problems = find_books(args.paths)
+    for line in problems:  # a missing path or an empty folder: said, and the rest is read
+        _say(line)
+    if not paths:
+        return 1
+    if args.ray:
+        return _ingest_many(ctx, args, paths, len(problems), cluster=args.ray)
+    workers = default_workers(len(paths), args.device) if args.workers == "auto" else args.workers
+    if workers > 1 and len(paths) > 1:
+        return _ingest_many(ctx, args, paths, len(problems), workers=workers)
+    return _ingest_one_by_one(ctx, args, paths, len(problems))
+
+
+def _max_tokens(args) -> int:
+    return args.max_tokens if args.max_tokens is not None else _env_int("INFINI_MAX_TOKENS", DEFAULT_MAX_TOKENS)
+
+
+def _ingest_one_by_one(ctx: Context, args, paths, failed: int = 0) -> int:
     from tqdm import tqdm
 
+    from infini_reader.app.core.batch import summary
     from infini_reader.app.core.ingest import ingest_file
 
     e, lib = ctx.engine, ctx.library
-    max_tokens = args.max_tokens if args.max_tokens is not None else _env_int("INFINI_MAX_TOKENS", DEFAULT_MAX_TOKENS)
-    results, bar, failed = [], None, 0
+    max_tokens = _max_tokens(args)
+    results, bar = [], None
     cancel = threading.Event()
     try:
-        for path in args.paths:
+        for path in paths:
             cancel = threading.Event()  # one per file: a reading declined does not stop the others
             asked = False
             for ev in ingest_file(lib, e, path, cancel=cancel, max_tokens=max_tokens or None):
@@ -202,9 +217,18 @@ def cmd_ingest(ctx: Context, args) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if len(paths) > 1:
+        print(summary(dict(enumerate(results)), len(paths)), file=sys.stderr)
+    return _after_reading(ctx, args, results, failed)
+
+
+def _after_reading(ctx: Context, args, results, failed: int) -> int:
+    """Summaries when asked for, then the documents' ids (or --json); 1 when anything failed."""
+    failed += sum(1 for r in results if r.phase in ("failed", "cancelled"))
     if args.summaries:
         from infini_reader.app.core.summaries import summarize
 
+        lib, e, cancel = ctx.library, ctx.engine, threading.Event()
         for r in results:
             if r.phase != "ready":
                 continue
@@ -225,6 +249,93 @@ def cmd_ingest(ctx: Context, args) -> int:
                 print(r.document_id)
     return 1 if failed else 0
 
+
+def _ingest_many(ctx: Context, args, paths, failed: int, workers: int | None = None, cluster: str | None = None) -> int:
+    """Books read by several processes at once (--workers N) or on a Ray cluster (--ray ADDRESS): a
+    line for each book as it starts, is handed on or ends, a bar over the books, a summary at the end.
+    Nothing is asked first (as --yes): the workers read what they are given."""
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from infini_reader.app.core.batch import (
+        THREADS_PER_WORKER,
+        WorkerSpec,
+        default_workers,
+        read_in_parallel,
+        summary,
+        worker_threads,
+    )
+    from infini_reader.app.core.models import ModelChoice, remember_fingerprint
+
+    spec = WorkerSpec(ctx.db_url, args.model, args.device, args.adapter, max_tokens=_max_tokens(args) or None)
+    if cluster:
+        from infini_reader.app.core.cluster import ClusterError, read_on_ray
+
+        n = None if args.workers == "auto" else args.workers
+        local = cluster == "local"
+        if local:  # this machine's cores shared as --workers would share them
+            n = n or default_workers(len(paths), args.device)
+            spec.threads = worker_threads(n)
+        else:
+            spec.threads = THREADS_PER_WORKER
+        events = read_on_ray(cluster, spec, paths, workers=n)
+        where = f"the Ray cluster at {cluster}" if not local else "a local Ray cluster"
+    else:
+        spec.threads = worker_threads(workers)
+        events = read_in_parallel(spec, paths, workers)
+        where = f"{workers} processes ({spec.threads} threads each)"
+    if not args.quiet:
+        print(f"Reading {len(paths)} books with {where}…", file=sys.stderr)
+    outcomes: dict[int, object] = {}
+    latest: dict[int, object] = {}
+    started: set[int] = set()
+    bar = tqdm(total=len(paths), unit="book", file=sys.stderr, dynamic_ncols=True, disable=args.quiet)
+    say = lambda line: bar.write(line, file=sys.stderr) if not args.quiet else None  # noqa: E731
+    remembered = False
+    try:
+        for i, ev in events:
+            title = clean_line(ev.title)
+            if ev.phase in ("parsing", "reading"):
+                latest[i] = ev
+                if i not in started:
+                    started.add(i)
+                    say(f"Reading {title}… ({clean_line(ev.worker)})")
+            elif ev.phase == "requeued":
+                latest.pop(i, None)
+                started.discard(i)
+                say(f"{title}: {clean_line(ev.message)}")
+            else:
+                outcomes[i], _ = ev, latest.pop(i, None)
+                bar.update(1)
+                if ev.phase == "failed":
+                    message = clean_line(ev.message)
+                    bar.clear()
+                    _say(message if message.startswith(title) else f"{title}: {message}")
+                elif ev.reused:
+                    say(f"{title}: already in the library")
+                elif ev.phase == "ready":
+                    say(f"{title}: read, {ev.tokens_done:,} tokens ({clean_line(ev.worker)})")
+                if ev.model_fingerprint and not remembered and args.model and not cluster:
+                    remembered = True  # `infini list` tells the books read by this model apart without loading it
+                    remember_fingerprint(ctx.data_dir, ModelChoice(args.model, args.device, adapter=args.adapter),
+                                         SimpleNamespace(fingerprint=ev.model_fingerprint))
+            tps = sum(p.tokens_per_s for p in latest.values())
+            bar.set_postfix_str(f"{len(latest)} reading, {tps:,.0f} tok/s", refresh=True)
+    except KeyboardInterrupt:
+        bar.close()
+        _say("stopped; run the same command again to resume")
+        return 130
+    except Exception as exc:
+        bar.close()
+        if cluster and isinstance(exc, ClusterError):
+            _say(str(exc))
+            return 1
+        raise
+    bar.close()
+    print(summary(outcomes, len(paths)), file=sys.stderr)
+    results = [outcomes[i] for i in sorted(outcomes)]
+    return _after_reading(ctx, args, results, failed)
 
 def _env_int(name: str, default: int) -> int:
     try:
@@ -386,6 +497,28 @@ def cmd_model_path(ctx: Context, args) -> int:
     return 0
 
 
+def _device(text: str) -> str:
+    """auto, cpu, cuda or cuda:N; the engine says whether that device is there (one line)."""
+    import re
+
+    text = text.strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{clean_line(text)!r}: use auto, cpu, cuda or cuda:N (N: the GPU's number)")
+    return text
+
+
+def _workers(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{clean_line(text)!r}: a number of processes (1 or more), or auto")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Imports nothing of the app: `infini --help`, `list` and `info` start without torch (tests/app/test_cli.py).
     p = argparse.ArgumentParser(prog="infini", description="Read whole books with a local Infini-Transformer.")
@@ -393,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="the library's folder (default: the user data folder; or $INFINI_DATA_DIR)")
     p.add_argument("--db", help="an SQLAlchemy database URL instead of the SQLite file in the data folder")
     p.add_argument("--model", default="builtin", help="builtin (default), a GGUF file or a model folder")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", type=_device, metavar="auto|cpu|cuda|cuda:N",
+                   help="where the model runs (default auto: the GPU when there is one); cuda:N the Nth GPU")
     p.add_argument("--adapter", default="auto", metavar="auto|none|FILE",
                    help="the trained adapter: auto (the shipped one, built-in model only), none, or a file "
                         "written by python -m lab.train; a document read with one is asked with the same")
@@ -412,6 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-tokens", type=int, metavar="N",
                    help=f"refuse a book longer than about N tokens (default: $INFINI_MAX_TOKENS or "
                         f"{DEFAULT_MAX_TOKENS:,}; 0: no limit)")
+    c.add_argument("--workers", type=_workers, default="auto", metavar="N|auto",
+                   help="processes reading at once, each with its own model and cores/N threads (default "
+                        "auto: from the cores, the memory and the GPUs; 1 reads one book at a time, asking "
+                        "first about long ones); with --ray, the workers on the cluster")
+    c.add_argument("--ray", metavar="ADDRESS",
+                   help="read on a Ray cluster (HOST:PORT, ray://HOST:PORT, auto, or local to start one "
+                        "here) into the shared library given by --db (needs the ray extra; docs/scale.md)")
     c.set_defaults(func=cmd_ingest)
     c = cmds.add_parser("list", help="the documents in the library")
     c.add_argument("--json", action="store_true")
