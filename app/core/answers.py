@@ -88,6 +88,8 @@ class RetrievalSettings:
     span_answers: bool = True  # who/what/where/... questions answered with a span of the cited text
     memory_in_answer: bool = False  # the document's memory under the re-read text (the 10 of 10 was without it)
     min_similarity: float = 0.25  # with embeddings: below this nothing is taken as support
+    lm_weight: float = 1.0  # weight of the candidates' ranking by the model's question likelihood (0: off)
+    lm_sentences: int = 24  # sentences of the candidates whose question likelihood is scored
 
 
 # (BM25, embeddings, memory) weights of each mode's fusion; "fused" and "hybrid" take theirs from the settings
@@ -196,6 +198,9 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
                 best_sent[i] = max(best_sent.get(i, -1.0), float(v))
             for rank, i in enumerate(sorted(best_sent, key=lambda i: -best_sent[i])):
                 fused[i] += st.sentence_weight / (RRF_K + rank)
+    lm_best: dict[int, tuple[int, int]] = {}
+    if st.mode == "hybrid" and st.lm_weight and st.lm_sentences and fused.any() and engine.tokenizer is not None:
+        lm_best = _lm_rerank(engine, doc.text, passages, fused, question, st, _embedder(library, doc_id) if w_emb else None)
     best = [i for i in np.argsort(-fused, kind="stable") if fused[i] > 0][: st.passages]
     chapters = [s.title for s in doc.sections]
     out = []
@@ -207,6 +212,79 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
             char_start=p.char_start, char_end=p.char_end, score=float(fused[i]),
             passage=doc.text[p.char_start:p.char_end],
         ))
+        if i in lm_best:  # the sentence the model found likeliest to be asked about
+            a, b = lm_best[i]
+            out[-1].sentence_start, out[-1].sentence_end, out[-1].sentence = a, b, doc.text[a:b].strip()
+    return out
+
+
+LM_PROMPT = "\nA question about this: "  # plain text, no chat template: the shortest prompt to score
+
+
+def _lm_rerank(engine, text, passages, fused, question, st, embed) -> dict[int, tuple[int, int]]:
+    """The best `st.rerank` candidates again, by how likely the model finds the question after their
+    best sentence (query likelihood, as in UPR, Sachan et al. 2022): the sentences of the
+    candidates, the `st.lm_sentences` closest to the question by words and meaning, are each given to
+    the model with a request for a question, and scored by the mean log-probability of the
+    question's tokens. It finds the sentence a question in other words is about ("the sea captain's
+    soup dish" for Captain Pollard's stew), where words fail and one vector per sentence is blunt.
+    `fused` gains each passage's rank by its best sentence; returns passage → that sentence."""
+    top = [i for i in np.argsort(-fused, kind="stable")[: st.rerank] if fused[i] > 0]
+    spans = [(i, a, b) for i in top for a, b in sentences(text, passages[i].char_start, passages[i].char_end)]
+    if not spans:
+        return {}
+    q = content_words(question)
+    weights = _word_weights(text, q)
+    total = sum(weights.values()) or 1.0
+    pre = np.array([sum(weights[w] for w in set(q) if w in set(content_words(text[a:b]))) / total
+                    for _, a, b in spans])
+    if embed is not None:
+        vecs = embed([question] + [text[a:b] for _, a, b in spans])
+        pre = pre + vecs[1:] @ vecs[0]
+    keep = [spans[k] for k in np.argsort(-pre, kind="stable")[: st.lm_sentences]]
+    scores = question_likelihood(engine, question, [" ".join(text[a:b].split()) for _, a, b in keep])
+    best: dict[int, tuple[float, int, int]] = {}
+    for (i, a, b), sc in zip(keep, scores):
+        if i not in best or sc > best[i][0]:
+            best[i] = (float(sc), a, b)
+    for rank, i in enumerate(sorted(best, key=lambda i: -best[i][0])):
+        fused[i] += st.lm_weight / (RRF_K + rank)
+    return {i: (a, b) for i, (_, a, b) in best.items()}
+
+
+def question_likelihood(engine: eng.Engine, question: str, texts: list[str], max_tokens: int = 96) -> np.ndarray:
+    """Mean log P(question tokens | a plain prompt holding the text), for each text, by the model
+    with an empty memory; texts are cut to `max_tokens` tokens."""
+    tok = engine.tokenizer
+    qids = tok.encode(question.strip(), add_special_tokens=False).ids
+    prompts = [tok.encode(t, add_special_tokens=False).ids[:max_tokens] + tok.encode(LM_PROMPT, add_special_tokens=False).ids
+               for t in texts]
+    return continuation_logprobs(engine, prompts, [qids] * len(texts))
+
+
+@torch.inference_mode()
+def continuation_logprobs(engine: eng.Engine, prompts: list[list[int]], conts: list[list[int]],
+                          batch: int = 8) -> np.ndarray:
+    """Mean log P(continuation tokens | prompt) for each pair, by the model with an empty memory,
+    in batches (a pair longer than a segment keeps its last tokens)."""
+    out = np.zeros(len(prompts))
+    dev = engine.device
+    L = engine.config.segment_length
+    rows = [(p + c)[-L:] for p, c in zip(prompts, conts)]
+    for b0 in range(0, len(rows), batch):
+        group = rows[b0 : b0 + batch]
+        n = max(len(r) for r in group)
+        ids = torch.zeros(len(group), n, dtype=torch.long, device=dev)
+        for k, r in enumerate(group):
+            ids[k, : len(r)] = torch.tensor(r, device=dev)
+        h, _ = engine.model.segment(ids, None)
+        logp = torch.log_softmax(engine.model.lm_head(h).float(), -1)
+        for k, r in enumerate(group):
+            c = conts[b0 + k]
+            first = len(r) - len(c)
+            pos = torch.arange(max(first, 1) - 1, len(r) - 1, device=dev)
+            tgt = torch.tensor(r[max(first, 1) :], device=dev)
+            out[b0 + k] = float(logp[k, pos, tgt].mean())
     return out
 
 
@@ -255,6 +333,7 @@ class Sentence:
     end: int
     cite: int  # index of the citation (passage) it belongs to
     score: float
+    chosen: bool = False  # the sentence retrieval's model found likeliest to be asked about
 
 
 def best_sentences(doc_text: str, question: str, cites: list[Citation], embed=None) -> list[Sentence]:
@@ -269,12 +348,15 @@ def best_sentences(doc_text: str, question: str, cites: list[Citation], embed=No
         for a, b in sentences(doc_text, c.char_start, c.char_end):
             held = set(content_words(doc_text[a:b]))
             lexical = sum(weights[w] for w in set(q) if w in held) / total
-            out.append(Sentence(a, b, ci, lexical + 0.05 / (1 + ci)))
+            out.append(Sentence(a, b, ci, lexical + 0.05 / (1 + ci), chosen=c.sentence_start == a))
     if embed is not None and out:
         vecs = embed([question] + [doc_text[s.start:s.end] for s in out])
         for s, v in zip(out, vecs[1:] @ vecs[0]):
             s.score += float(v)
-    return sorted(out, key=lambda s: -s.score)
+    return sorted(out, key=lambda s: -(s.score + CHOSEN_BONUS * s.chosen))
+
+
+CHOSEN_BONUS = 0.3  # the sentence the question likelihood chose, over one that shares words or meaning
 
 
 def reread_windows(doc_text: str, ranked: list[Sentence], cites: list[Citation], around: int = 1,
@@ -327,6 +409,8 @@ _NUMBER_WORDS = ("one two three four five six seven eight nine ten eleven twelve
 
 
 _TITLES = frozenset("mr mrs ms dr st jr sr prof capt col gen lt rev hon sir madam miss".split())
+# little words that may stand inside an answer span: "tin of peppermints", "the crooked willow"
+_GLUE = frozenset("a an the of and in on at to for from with by into".split())
 
 
 def is_span_question(question: str) -> bool:
@@ -349,6 +433,10 @@ def span_candidates(text: str, question: str, max_words: int = 4) -> list[str]:
             first, last = words[i].group().lower(), words[j].group().lower()
             if first in STOPWORDS or last in STOPWORDS:
                 continue
+            if _stem(first) in q or _stem(last) in q:  # "Lady Penrose hid", "town of Zellmoor": the question's own words
+                continue
+            if any(w.group().lower() in STOPWORDS and w.group().lower() not in _GLUE for w in words[i + 1 : j]):
+                continue  # a noun phrase, not a clause ("giant is Thimbleroot")
             span = text[words[i].start():words[j].end()].strip("'’-")
             cw = content_words(span)
             if not span or (cw and all(w in q for w in cw)) or span.lower() in _TITLES:
@@ -520,19 +608,41 @@ def ask(library: Library, engine: eng.Engine, doc_id: int, question: str, reread
     the book's words; other questions are answered in the model's words. With `reread` False the
     answer comes from the memory alone."""
     st = settings or RetrievalSettings()
+    choices = parse_choices(question)
+    # a multiple-choice question is searched with its options' words too
+    search = question if choices is None else " ".join([choices[0], *(o for _, o in choices[1])])
     try:
         memory, complete = answer_memory(library, engine, doc_id)
-        cites = find_passages(library, engine, doc_id, question, st) if reread else []
+        cites = find_passages(library, engine, doc_id, search, st) if reread else []
     except (LibraryError, eng.SnapshotError) as exc:
         yield AnswerEvent("error", str(exc))
         return
     doc_text = library.document(doc_id).text if reread else ""
     embed = _embedder(library, doc_id) if reread else None
-    ranked = best_sentences(doc_text, question, cites, embed) if cites else []
+    ranked = best_sentences(doc_text, search, cites, embed) if cites else []
     for s in ranked[::-1]:  # each citation shows its best sentence
         c = cites[s.cite]
         c.sentence_start, c.sentence_end, c.sentence = s.start, s.end, doc_text[s.start:s.end].strip()
     yield AnswerEvent("citations", citations=cites, memory_complete=complete)
+    if choices is not None and (ranked or not reread):
+        windows = reread_windows(doc_text, ranked, cites, st.around, st.reread_passages, st.window_tokens * 4)
+        try:
+            k = int(np.argmax(score_choices(engine, doc_text, choices[0], choices[1], windows)))
+        except Exception as exc:
+            log.exception("answering failed")
+            yield AnswerEvent("error", f"the model failed while answering: {exc}")
+            return
+        label, option = choices[1][k]
+        text = f"({label}) {option}"
+        if ranked:  # the citation shows the sentence that best matches the chosen option
+            top = best_sentences(doc_text, f"{choices[0]} {option}", cites, embed)[0]
+            cites = list(cites)
+            cites[top.cite] = replace(cites[top.cite], sentence_start=top.start, sentence_end=top.end,
+                                      sentence=doc_text[top.start:top.end].strip())
+        yield AnswerEvent("token", text)
+        msg_id = _store_turn(library, doc_id, question, text, cites, engine.fingerprint)
+        yield AnswerEvent("done", text, cites, msg_id, complete)
+        return
     if reread and not _supported(ranked, embed is not None, st.min_similarity):
         yield AnswerEvent("token", NOT_FOUND)
         msg_id = _store_turn(library, doc_id, question, NOT_FOUND, cites, engine.fingerprint)
@@ -544,7 +654,8 @@ def ask(library: Library, engine: eng.Engine, doc_id: int, question: str, reread
     try:
         if reread and st.span_answers and is_span_question(question):
             cites = list(cites)  # the answer's citation takes the sentence it came from
-            text = _span_answer(engine, messages, doc_text, question, ranked, windows, cites, use_memory)
+            text = _span_answer(engine, messages, doc_text, question, ranked, windows, cites, use_memory,
+                                    max_new_tokens)
             if cancel is None or not cancel.is_set():
                 yield AnswerEvent("token", text)
         else:
@@ -564,24 +675,92 @@ def ask(library: Library, engine: eng.Engine, doc_id: int, question: str, reread
     yield AnswerEvent("done", text, cites, msg_id, complete)
 
 
-def _span_answer(engine, messages, doc_text, question, ranked, windows, cites, memory) -> str:
-    """The likeliest span of the best re-read sentences; the citation it came from takes its sentence."""
+# "(A) a cat (B) a dog", "A) …", or one option a line ("A. …")
+_CHOICE_PAREN = re.compile(r"\(([A-Ha-h])\)\s*")
+_CHOICE_LINE = re.compile(r"(?m)^\s*([A-H])[.)]\s+")
+
+
+def parse_choices(question: str) -> tuple[str, list[tuple[str, str]]] | None:
+    """(the question without its options, [(label, option), ...]) when the question offers two or
+    more lettered choices A, B, C, ... in order; None otherwise."""
+    for pattern in (_CHOICE_PAREN, _CHOICE_LINE):
+        marks = list(pattern.finditer(question))
+        labels = [m.group(1).upper() for m in marks]
+        if len(marks) < 2 or labels != [chr(ord("A") + i) for i in range(len(marks))]:
+            continue
+        options = [question[m.end() : (marks[i + 1].start() if i + 1 < len(marks) else len(question))]
+                   for i, m in enumerate(marks)]
+        options = [" ".join(o.split()).rstrip(" ,;") for o in options]
+        stem = question[: marks[0].start()].strip()
+        if stem and all(options):
+            return stem, list(zip(labels, options))
+    return None
+
+
+def score_choices(engine: eng.Engine, doc_text: str, stem: str, options: list[tuple[str, str]],
+                  windows: list[tuple[int, int]]) -> np.ndarray:
+    """How much the cited text supports each option: the mean log-probability of the option's
+    words as the answer with the re-read sentences in the prompt, less the same without them
+    (so that an option the model likes whatever the book says, or a short one, gains nothing).
+    The letters are not scored: the model's taste for "B" is not an answer."""
+    tok = engine.tokenizer
+    end = list(engine.chat.stop_token_ids[:1]) if engine.chat else []
+    conts = [tok.encode(" ".join(o.split()), add_special_tokens=False).ids + end for _, o in options]
+    with_text = engine.prompt_ids(build_prompt(doc_text, stem, windows)).tolist()
+    alone = engine.prompt_ids(build_prompt(doc_text, stem, [])).tolist()
+    n = len(options)
+    scores = continuation_logprobs(engine, [with_text] * n + [alone] * n, conts + conts)
+    return scores[:n] - scores[n:]
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in re.findall(r"[\w'’-]+", text)]
+
+
+def snap_to_span(generated: str, spans: list[str]) -> str | None:
+    """The span of the text that a free answer names: of the spans whose words stand in the answer
+    in a row, the one that ends latest in it (the new information comes last: "The secret ingredient
+    … is cardamom."), the longest of those; None when the answer names none (it made its words up)."""
+    gen = _words(generated)
+    best, key = None, None
+    for span in spans:
+        sw = _words(span)
+        if not sw:
+            continue
+        ends = [i + len(sw) for i in range(len(gen) - len(sw) + 1) if gen[i : i + len(sw)] == sw]
+        if ends and (key is None or (max(ends), len(sw)) > key):
+            best, key = span, (max(ends), len(sw))
+    return best
+
+
+def _span_answer(engine, messages, doc_text, question, ranked, windows, cites, memory,
+                 max_new_tokens: int = 32) -> str:
+    """A short answer from the re-read sentences, then copied out of them: the model answers freely
+    in the plain prompt (which it does well given the right sentence), and the answer is the span of
+    the best sentences that it names. When it names none, the span the model scores likeliest.
+    The citation the span came from takes its sentence."""
     inside = [s for s in ranked if any(a <= s.start and s.end <= b for a, b in windows)][:3]
     spans, where = [], {}
     for s in inside:
-        for span in span_candidates(doc_text[s.start:s.end], question):
+        for span in span_candidates(doc_text[s.start:s.end], question, max_words=6):
             if span not in where:
                 where[span] = s
                 spans.append(span)
-    spans = spans[:MAX_SPANS]
     if not spans:
         return " ".join(doc_text[ranked[0].start:ranked[0].end].split())
-    try:
-        scores = score_spans(engine, messages, spans, memory)
-    except PromptTooLong:  # the best sentence itself, as when it offers no span
-        log.info("span answer: the prompt does not fit one segment; answering with the best sentence")
-        return " ".join(doc_text[ranked[0].start:ranked[0].end].split())
-    best = spans[int(np.argmax(scores))]
+    generated = "".join(engine.generate(messages, memory, max_new_tokens=min(max_new_tokens, 32),
+                                        stop=[*ANSWER_STOP, "\n"]))
+    best = snap_to_span(generated, spans)
+    if best is None:
+        short = [sp for sp in spans if len(sp.split()) <= 4][:MAX_SPANS]
+        try:
+            if not short:
+                raise PromptTooLong("no short span")
+            scores = score_spans(engine, messages, short, memory)
+        except PromptTooLong:  # the best sentence itself, as when it offers no span
+            log.info("span answer: no span to score, or the prompt does not fit one segment; the best sentence")
+            return " ".join(doc_text[ranked[0].start:ranked[0].end].split())
+        best = short[int(np.argmax(scores))]
     s = where[best]
     cites[s.cite] = replace(cites[s.cite], sentence_start=s.start, sentence_end=s.end,
                             sentence=doc_text[s.start:s.end].strip())

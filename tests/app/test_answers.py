@@ -308,3 +308,62 @@ def test_a_book_is_askable_while_its_memory_pass_is_under_way(tiny_reader, libra
     assert events[0].kind == "citations" and events[0].memory_complete is False
     assert any("Octavia Plimsoll" in c.passage for c in events[0].citations)
     assert events[-1].kind == "done" and events[-1].memory_complete is False
+
+
+def test_choices_offered_in_a_question_are_found():
+    stem, opts = A.parse_choices("Who owns the parrot? (A) the keeper (B) the clockmaker (C) nobody")
+    assert stem == "Who owns the parrot?" and opts == [("A", "the keeper"), ("B", "the clockmaker"), ("C", "nobody")]
+    stem, opts = A.parse_choices("What is the parrot called?\nA. Biscuit\nB. Polly\nC. Jupiter")
+    assert stem == "What is the parrot called?" and [o for _, o in opts] == ["Biscuit", "Polly", "Jupiter"]
+    assert A.parse_choices("What did (B) say to A?") is None  # letters out of order are not choices
+    assert A.parse_choices("Where is the parrot?") is None
+
+
+def test_a_free_answer_is_snapped_to_the_span_it_names():
+    spans = A.span_candidates("The secret ingredient of Captain Pollard's stew is cardamom.",
+                              "What is the secret ingredient of Captain Pollard's stew?", max_words=6)
+    assert "cardamom" in spans and not any("Captain" in s for s in spans)
+    assert A.snap_to_span("The secret ingredient of Captain Pollard's stew is cardamom.", spans) == "cardamom"
+    spans = A.span_candidates("Miss Ottoline Vance keeps her emerald necklace inside a hollow violin.",
+                              "Where does Miss Ottoline Vance keep her emerald necklace?", max_words=6)
+    assert A.snap_to_span("In the hollow violin.", spans) == "hollow violin"
+    assert A.snap_to_span("In a small box on the wall.", spans) is None  # made up: the span scorer decides
+
+
+def _unread_book(tmp_path, library, paragraphs):
+    """A plain-text book in the library, split and indexed but not read: askable at once."""
+    from infini_reader.app.core.ingest import _read
+    from infini_reader.app.core.library import file_hash
+
+    path = tmp_path / "book.txt"
+    path.write_text("\n\n".join(paragraphs), encoding="utf-8")
+    return library.add_document(_read(path), file_hash(path), path.stat().st_size)
+
+
+def test_multiple_choice_is_answered_by_scoring_each_option_against_the_cited_text(builtin_tokenizer_engine,
+                                                                                    library, tmp_path):
+    e = builtin_tokenizer_engine
+    doc_id = _unread_book(tmp_path, library, [
+        filler(1) + " " + filler(2),
+        "The lighthouse keeper Bartholomew Crane owns a parrot named Jupiter. " + filler(3),
+        filler(4) + " " + filler(5),
+        "The old clockmaker Anselm Ferro was born in the town of Zellmoor. " + filler(6),
+    ])
+    st = RetrievalSettings(mode="bm25")
+    for q, want in [
+        ("What is the name of Bartholomew Crane's parrot? (A) Biscuit (B) Jupiter (C) Marigold (D) Turquoise",
+         "(B) Jupiter"),
+        ("In which town was the clockmaker Anselm Ferro born?\nA. London\nB. Dunmore\nC. Zellmoor\nD. Paris",
+         "(C) Zellmoor"),
+    ]:
+        done = list(ask(library, e, doc_id, q, settings=st))[-1]
+        assert done.kind == "done" and done.text == want
+        assert want.split()[-1] in done.citations[0].sentence  # the option's sentence is shown
+
+
+def test_the_model_finds_the_sentence_a_question_in_other_words_is_about(builtin_tokenizer_engine):
+    fact = "The secret ingredient of Captain Pollard's stew is cardamom."
+    others = [filler(i) for i in range(5)] + ["The road ran along the river to the market in the morning."]
+    scores = A.question_likelihood(builtin_tokenizer_engine, "Which spice did the sea captain hide in his soup dish?",
+                                   others + [fact])
+    assert int(np.argmax(scores)) == len(others)
