@@ -268,7 +268,9 @@ def _ingest_many(ctx: Context, args, paths, failed: int, workers: int | None = N
     )
     from infini_reader.app.core.models import ModelChoice, remember_fingerprint
 
-    spec = WorkerSpec(ctx.db_url, args.model, args.device, args.adapter, max_tokens=_max_tokens(args) or None)
+    ctx.library  # made (or brought up to date) here, once: not by every worker at the same moment
+    spec = WorkerSpec(ctx.db_url, args.model, args.device, args.adapter, max_tokens=_max_tokens(args) or None,
+                      log_file=str(args.log_path) if getattr(args, "log_path", None) else None)
     if cluster:
         from infini_reader.app.core.cluster import ClusterError, read_on_ray
 
@@ -284,7 +286,7 @@ def _ingest_many(ctx: Context, args, paths, failed: int, workers: int | None = N
     else:
         spec.threads = worker_threads(workers)
         events = read_in_parallel(spec, paths, workers)
-        where = f"{workers} processes ({spec.threads} threads each)"
+        where = f"{workers} processes ({spec.threads} thread{'s' if spec.threads > 1 else ''} each)"
     if not args.quiet:
         print(f"Reading {len(paths)} books with {where}…", file=sys.stderr)
     outcomes: dict[int, object] = {}
@@ -296,6 +298,8 @@ def _ingest_many(ctx: Context, args, paths, failed: int, workers: int | None = N
     try:
         for i, ev in events:
             title = clean_line(ev.title)
+            if i in outcomes:  # a late progress event of a book already finished
+                continue
             if ev.phase in ("parsing", "reading"):
                 latest[i] = ev
                 if i not in started:
@@ -668,7 +672,7 @@ def _disk_full(folder: str | None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    log_path = setup_logging(args.verbose)
+    log_path = args.log_path = setup_logging(args.verbose)
     log.info("infini %s", " ".join(clean_line(a) for a in (argv if argv is not None else sys.argv[1:])))
     try:
         return args.func(Context(args), args)
