@@ -1,4 +1,4 @@
-"""`python -m lab.evals needle|qa|retrieval|summary|passkey|ppl|chat|distance [options]`: prints markdown tables,
+"""`python -m lab.evals needle|qa|retrieval|indexing|summary|passkey|ppl|chat|distance [options]`: prints markdown tables,
 writes the results as JSON with `--out FILE.json`."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 
 
 def build_parser(model: str = "builtin", device: str = "cpu") -> argparse.ArgumentParser:
-    from . import chat, distance, needle, passkey, ppl, qa, retrieval, summary
+    from . import chat, distance, indexing, needle, passkey, ppl, qa, retrieval, summary
 
     p = argparse.ArgumentParser(prog="python -m lab.evals", description="Measure the reader and its model: needle, qa, summary, passkey, ppl, chat, distance.")
     cmds = p.add_subparsers(dest="eval", required=True, metavar="EVAL")
@@ -20,6 +20,7 @@ def build_parser(model: str = "builtin", device: str = "cpu") -> argparse.Argume
         ("ppl", ppl, "perplexity per segment on held-out books, memory on and shut"),
         ("chat", chat, "short-context instructions, base model against the adapted one"),
         ("retrieval", retrieval, "passages found for FairytaleQA train questions: the fusion's weights"),
+        ("indexing", indexing, "time to split, full-text index and embed a long book, then the first answer"),
         ("distance", distance, "KL from a teacher adapter on book text and the check's answers"),
     ):
         c = cmds.add_parser(name, help=text, description=(mod.__doc__ or "").strip().split("\n\n")[0])

@@ -419,3 +419,16 @@ def test_the_shut_memory_copy_of_a_model_with_memory_projections(tiny_reader):
     e = Engine(model, tiny_reader.tokenizer, "tiny", tiny_reader.tokenizer_json, tiny_reader.chat)
     ids = torch.randint(10, 5000, (50,), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(base_engine(e, window=64).logits(ids), plain.logits(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_indexing_times_a_book_and_its_first_answer(capsys, tmp_path, tiny_model_dir):
+    from infini_reader.app.core import embeddings
+
+    if embeddings.default_embedder() is None:
+        pytest.skip("the embedding model is not installed")
+    out_json = tmp_path / "indexing.json"
+    out = run_eval(capsys, *"indexing --tokens 2K".split(), "--model", str(tiny_model_dir), "--out", str(out_json))
+    assert "**Indexing a book" in out
+    (row,) = json.loads(out_json.read_text())["rows"]
+    assert row["passages"] > 1 and row["index_s"] == pytest.approx(row["parse_s"] + row["store_fts_s"] + row["embed_s"])
+    assert row["answer"] and row["first_answer_s"] > 0
