@@ -326,7 +326,12 @@ class AppState:
         folder (it hashes the weights once, here rather than on the GUI thread). Changes no state."""
         e = self.loader(choice)
         if folder is not None:
-            remember_fingerprint(folder, choice, e)
+            try:
+                remember_fingerprint(folder, choice, e)
+            except OSError as exc:  # a read-only or full library folder: only a shortcut is lost
+                import logging
+
+                logging.getLogger(__name__).warning("the model's fingerprint could not be recorded: %s", exc)
         return e
 
     def loaded(self, token: int, engine: Engine) -> bool:

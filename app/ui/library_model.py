@@ -63,8 +63,10 @@ class Row:
 def row_from_info(info: DocInfo) -> Row:
     status = for_model(info).status
     percent = 100 * info.segments_done // info.segments_total if info.segments_total else 0
+    from .worker import plain_text
+
     return Row(info.id, info.title, info.author or "", info.format, info.path, info.pages, info.tokens, status,
-               percent, info.error or "", chapters=len(info.chapters), seconds=info.seconds,
+               percent, plain_text(info.error) if info.error else "", chapters=len(info.chapters), seconds=info.seconds,
                memory_bytes=info.memory_bytes, warnings=tuple(info.warnings))
 
 

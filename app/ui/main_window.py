@@ -79,6 +79,7 @@ class MainWindow(QMainWindow):
         self.state = AppState(load)
         self._data_dir = data_dir  # given on the command line or by a test: wins over the settings
         self.last_error = ""
+        self.long_reading_box: QMessageBox | None = None  # the last "a long reading" question
         self.restored_note = ""
         self.refused: list[str] = []  # the files last refused when added, and why  # the files of last time queued again, said once the library is open
         self._refresh_gen = 0
@@ -194,6 +195,8 @@ class MainWindow(QMainWindow):
         self.queue.failed.connect(self._reading_failed)
         self.queue.idle.connect(self._idle)
         self.queue.summarizing.connect(self._summarizing)
+        self.queue.long_reading.connect(self._ask_long_reading)
+        self.queue.declined.connect(lambda ev: self.say(f"“{ev.title}” was not read; Resume reads it when you wish"))
         self.queue.summarize_after = self.settings.summarize_after_reading
         self.chat.citation_clicked.connect(self.reading.show_citation)
         self.reading.opened.connect(self._show_reading)
@@ -248,7 +251,8 @@ class MainWindow(QMainWindow):
         self.say("Opening the library…")
         self.tasks.call(make, self.state.set_library,
                         lambda m: self.show_error("The library could not be opened", f"The library could not be "
-                                                  f"opened: {m}. Choose another folder in Settings."))
+                                                  f"opened: {m.removeprefix('the library cannot be opened: ')}. "
+                                                  "Choose another folder in Settings."))
 
     def save_queue(self) -> None:
         """The files left to read, in the data folder: a restart (or a crash) does not lose them."""
@@ -445,6 +449,27 @@ class MainWindow(QMainWindow):
             if self.state.current == doc_id:
                 self.summary.set_document(self.library_pane.model.row_of(doc_id))
 
+    def _ask_long_reading(self, q) -> None:
+        """A reading of more than an hour at the measured rate: say how long, and ask (Read / Cancel).
+        The reading waits for the answer; the window does not."""
+        box = QMessageBox(QMessageBox.Question, "A long reading", q.estimate.text(f"“{q.ev.title}”") + ".",
+                          QMessageBox.NoButton, self)
+        box.setInformativeText("Read it now? It can be stopped at any time: what was read is kept, and Resume "
+                               "continues from there.")
+        read = box.addButton("Read", QMessageBox.AcceptRole)
+        box.addButton(QMessageBox.Cancel)
+        box.setDefaultButton(read)
+        self.long_reading_box = box
+
+        def answered(_):
+            q.answer(box.clickedButton() is read)
+            if box in self._boxes:
+                self._boxes.remove(box)
+
+        box.finished.connect(answered)
+        self._boxes.append(box)
+        box.open()
+
     def _reading_failed(self, path: str, message: str) -> None:
         self.show_error("Reading failed", f"“{Path(path).name}” could not be read: {message}")
         self.refresh()
@@ -466,6 +491,7 @@ class MainWindow(QMainWindow):
     def resume(self, rows: list[Row]) -> None:
         """Read again (resume a stopped reading, retry a failed one, read with the model in use)."""
         paths_ = [r.path for r in rows if r is not None and r.doc_id is not None]
+        self.queue.confirmed.update(paths_)  # asked for: read however long it takes
         if paths_:
             if self.state.queue.stopped is not None and self.state.queue.stopped[0] in paths_:
                 self.state.queue.stopped = None

@@ -10,16 +10,38 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 
 from PySide6.QtCore import QObject, Signal
 
 from infini_reader.app.core import ingest, summaries
+from infini_reader.app.core.estimate import CONFIRM_ABOVE_S, Estimate, reading_estimate
 from infini_reader.app.core.ingest import Progress
 from infini_reader.app.core.state import ReadingList
 
-from .worker import Tasks
+from .worker import Tasks, plain_text
 
 log = logging.getLogger(__name__)
+
+
+class LongReading:
+    """A reading that would take more than an hour: the window asks, the worker waits for `answer`."""
+
+    def __init__(self, path: str, ev: Progress, estimate: Estimate):
+        self.path, self.ev, self.estimate = path, ev, estimate
+        self.read: bool | None = None  # the answer: read it, or not
+        self._answered = threading.Event()
+
+    def answer(self, read: bool) -> None:
+        self.read = bool(read)
+        self._answered.set()
+
+    def wait(self, *stops: threading.Event) -> bool:
+        """In the worker: the answer (False when the queue is stopped meanwhile)."""
+        while not self._answered.wait(0.1):
+            if any(e.is_set() for e in stops):
+                return False
+        return bool(self.read)
 
 
 class ReadingQueue(QObject):
@@ -29,6 +51,8 @@ class ReadingQueue(QObject):
     failed = Signal(str, str)  # path, message: the reading service itself failed
     idle = Signal()  # nothing is being read any more (done, stopped or failed)
     summarizing = Signal(int, str, str, str)  # doc id, title, "status" | "done" | "error", text: summaries after reading
+    long_reading = Signal(object)  # LongReading: ask whether to read it; the reading waits for the answer
+    declined = Signal(object)  # Progress: a long reading not started (kept as stopped at 0 %)
 
     def __init__(self, tasks: Tasks, files: ReadingList | None = None, parent: QObject | None = None):
         super().__init__(parent)
@@ -40,6 +64,10 @@ class ReadingQueue(QObject):
         self.engine = None
         self.summarize_after = False  # write every chapter's summary once a book is read
         self._skipping = False
+        self._file_cancel: threading.Event | None = None  # the book being read now, alone
+        self.confirm_above_s = CONFIRM_ABOVE_S  # a reading longer than this (at the measured rate) is asked about
+        self.confirmed: set[str] = set()  # files the user chose to read however long (asked, or Resume)
+        self._declined: set[str] = set()
 
     # ---- what the window asks ----
 
@@ -93,12 +121,16 @@ class ReadingQueue(QObject):
         if self._cancel is not None:
             self._cancel.set()
             self.paused = True
+            if self._file_cancel is not None:
+                self._file_cancel.set()
 
     def skip(self) -> None:
         """Stop the book being read (kept: Resume continues it) and go on with the next one."""
         if self._cancel is not None:
             self._skipping = True
             self._cancel.set()
+            if self._file_cancel is not None:
+                self._file_cancel.set()
 
     def resume(self) -> None:
         if self.stopped is not None:
@@ -128,11 +160,28 @@ class ReadingQueue(QObject):
 
         def work():  # one file at a time, so that each event comes with its file
             for path in self._paths(cancel):
-                ready = None
-                for ev in ingest.ingest_files(library, engine, [path], cancel=cancel):
+                ready, asked = None, path in self.confirmed
+                this = self._file_cancel = threading.Event()  # this book alone (a long reading declined)
+                if cancel.is_set():
+                    this.set()
+                for ev in ingest.ingest_files(library, engine, [path], cancel=this):
                     if ev.phase == "ready" and not ev.reused:
                         ready = ev
+                    if ev.phase == "reading" and not asked:
+                        asked = True
+                        if ev.segments_done < ev.segments_total:
+                            est = reading_estimate(library, engine, ev.tokens_total - ev.tokens_done)
+                            if est.too_long(self.confirm_above_s):
+                                question = LongReading(path, ev, est)
+                                yield path, question
+                                if not question.wait(cancel, this):
+                                    if not cancel.is_set():  # declined (a Stop meanwhile is a Stop)
+                                        self._declined.add(path)
+                                    this.set()  # stops before its first new segment; stored as stopped
+                                    continue
+                                self.confirmed.add(path)
                     yield path, ev
+                self._file_cancel = None
                 if ready is not None and self.summarize_after and not cancel.is_set():
                     for sev in summaries.summarize(library, engine, ready.document_id, None, cancel=cancel):
                         if sev.kind in ("status", "error") or (sev.kind == "done" and sev.section_idx is None):
@@ -153,8 +202,18 @@ class ReadingQueue(QObject):
         if isinstance(ev, tuple):  # a summary after reading
             self.summarizing.emit(*ev)
             return
+        if isinstance(ev, LongReading):
+            self.long_reading.emit(ev)
+            return
+        if ev.phase == "failed" and ev.message:
+            ev = replace(ev, message=plain_text(ev.message))  # no SQL or raw database text in the window
         if ev.document_id is not None and ev.phase in ("parsing", "reading"):
             self.files.reading(ev.document_id)
+        if ev.phase == "cancelled" and path in self._declined:
+            self._declined.discard(path)  # not started on purpose: the others go on
+            self.progress.emit(ev)
+            self.declined.emit(ev)
+            return
         if ev.phase == "cancelled" and not self._skipping:
             self.stopped = (path, ev)
         self.progress.emit(ev)

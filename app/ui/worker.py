@@ -11,6 +11,48 @@ from PySide6.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal, S
 
 log = logging.getLogger(__name__)
 
+_RAW_DB = ("[sql:", "sqlite3.", "psycopg", "sqlalchemy", "(background on this error")
+
+
+def _for_window(message: str) -> str:
+    """The core's lines speak to a command line; in the window the same advice reads differently."""
+    return (message.replace("run the command again", "try again")
+            .replace("(use --data-dir with a writable folder)", "(choose a writable folder in Settings)")
+            .replace("another infini or the window", "another infini or another window"))
+
+
+def plain_error(exc: BaseException) -> str:
+    """One plain line for an error of background work: a database or file-system failure in words a
+    person can act on (disk full, read-only folder, busy library, unique conflict), never a traceback
+    or an SQL statement; other errors by their message."""
+    from infini_reader.app.core.errors import clean_line, database_message, os_message
+
+    if isinstance(exc, OSError):
+        return _for_window(os_message(exc))
+    message = database_message(exc)
+    if message is not None:
+        return _for_window(message)
+    return plain_text(str(exc)) or type(exc).__name__
+
+
+def plain_text(message: str) -> str:
+    """A message that may quote a database error raw (as "…: (sqlite3.OperationalError) database or
+    disk is full [SQL: …]"): the plain line for it; other messages made one clean line."""
+    from infini_reader.app.core import errors
+
+    text = errors.clean_line(message) or ""
+    low = text.lower()
+    if any(k in low for k in _RAW_DB):
+        if "unique constraint" in low or "uniqueviolation" in low or "duplicate key" in low:
+            return _for_window("this book is being read by another process at the same time; run the command again "
+                               "when it is done")
+        for needle, plain in errors._DB_MESSAGES:
+            if needle in low:
+                return _for_window(plain)
+        for cut in ("[SQL:", "(Background on this error"):  # at least not the statement
+            text = text.split(cut)[0].strip()
+    return text[:500]
+
 
 class GeneratorWorker(QObject):
     """Runs `make()` (which returns an iterator) in its own thread.
@@ -50,7 +92,7 @@ class GeneratorWorker(QObject):
                 self.yielded.emit(item)
         except Exception as exc:  # noqa: BLE001 (shown to the user; the details go to the log)
             log.error("background work failed:\n%s", traceback.format_exc())
-            self.failed.emit(str(exc) or type(exc).__name__)
+            self.failed.emit(plain_error(exc))
         else:
             self.finished.emit()
         finally:
