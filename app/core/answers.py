@@ -400,9 +400,10 @@ def build_prompt(doc_text: str, question: str, windows: list[tuple[int, int]]) -
 
 # ---- answers copied from the text ----
 
-_SPAN_QUESTION = re.compile(r"^\s*(?:who|whom|whose|what|which|where|when|how (?:many|much|old|long|far))\b", re.I)
+_SPAN_QUESTION = re.compile(r"^\s*(?:(?:in|on|at|from|to|under|by|with|for|into|inside)\s+)?"
+                            r"(?:who|whom|whose|what|which|where|when|how (?:many|much|old|long|far))\b", re.I)
 _NOT_SPAN = re.compile(r"\b(?:why|how (?:do|does|did|is|are|was|were|can|could|would)|explain|describe|summar|"
-                       r"what (?:happens|happened|is (?:the book|it) about|do you think))\b", re.I)
+                       r"what (?:happens|happened|will happen|is (?:the book|it) about|do you think))\b", re.I)
 _NUMBER_WORDS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
                  "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety "
                  "hundred thousand million first second third").split()
@@ -413,9 +414,18 @@ _TITLES = frozenset("mr mrs ms dr st jr sr prof capt col gen lt rev hon sir mada
 _GLUE = frozenset("a an the of and in on at to for from with by into".split())
 
 
+# "What did the brothers do to him?", "What did the fishermen notice?": an action or a clause is
+# asked for, which a short span cuts (FairytaleQA); unless a name is ("What did they call the bird?")
+_WHAT_VERB = re.compile(r"^\s*what\s+(?:did|does|do|will|would|can|could|should|might|must|has|have|had)\b", re.I)
+_NAMED = re.compile(r"\b(?:name|names|named|call|calls|called)\b", re.I)
+
+
 def is_span_question(question: str) -> bool:
-    """Who / what / which / where / when / how many questions, whose answer is words of the book;
-    why and how questions and requests for a summary are answered in the model's own words."""
+    """Who / what is / which / where / when / how many questions, whose answer is words of the book;
+    why and how questions, "what did … do" and requests for a summary are answered in the model's
+    own words."""
+    if _WHAT_VERB.search(question) and not _NAMED.search(question):
+        return False
     return bool(_SPAN_QUESTION.search(question)) and not _NOT_SPAN.search(question)
 
 
