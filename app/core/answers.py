@@ -199,7 +199,7 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
             for rank, i in enumerate(sorted(best_sent, key=lambda i: -best_sent[i])):
                 fused[i] += st.sentence_weight / (RRF_K + rank)
     lm_best: dict[int, tuple[int, int]] = {}
-    if st.mode == "hybrid" and st.lm_weight and st.lm_sentences and fused.any() and engine.tokenizer is not None:
+    if st.mode == "hybrid" and st.lm_weight and st.lm_sentences and fused.any() and engine is not None and engine.tokenizer is not None:
         lm_best = _lm_rerank(engine, doc.text, passages, fused, question, st, _embedder(library, doc_id) if w_emb else None)
     best = [i for i in np.argsort(-fused, kind="stable") if fused[i] > 0][: st.passages]
     chapters = [s.title for s in doc.sections]

@@ -19,7 +19,7 @@ from infini_reader.app.core.document import Document
 from infini_reader.app.core.ingest import index_passages
 from infini_reader.app.core.library import Library
 
-from .common import DATA, Table, pct, read_jsonl
+from .common import DATA, Table, load_engine, pct, read_jsonl
 
 
 def add_arguments(p) -> None:
@@ -27,6 +27,9 @@ def add_arguments(p) -> None:
     p.add_argument("--stories", type=int, default=20, help="stories to index (default 20)")
     p.add_argument("--weights", default="0,0.5,1,2,4", help="embedding weights beside BM25 at 1 (0: BM25 alone)")
     p.add_argument("--rerank-weights", default="", help="weights of the closest-sentence reranking, e.g. 1,2")
+    p.add_argument("--lm-weights", default="",
+                   help="weights of the question-likelihood reranking (loads the model), beside the default "
+                        "hybrid's other weights, e.g. 0.5,1,2")
 
 
 def run(args) -> dict:
@@ -35,11 +38,16 @@ def run(args) -> dict:
     weights = [float(w) for w in args.weights.split(",")]
     settings = [("bm25", RetrievalSettings(mode="bm25"))]
     settings += [("embeddings", RetrievalSettings(mode="embeddings"))]
-    settings += [(f"bm25 + embeddings w={w:g}", RetrievalSettings(mode="hybrid", embedding_weight=w, memory_weight=0))
+    settings += [(f"bm25 + embeddings w={w:g}",
+                  RetrievalSettings(mode="hybrid", embedding_weight=w, memory_weight=0, sentence_weight=0, lm_weight=0))
                  for w in weights if w]
     settings += [(f"bm25 + embeddings w={w:g} + sentence rerank w={r:g}",
-                  RetrievalSettings(mode="hybrid", embedding_weight=w, memory_weight=0, sentence_weight=r))
+                  RetrievalSettings(mode="hybrid", embedding_weight=w, memory_weight=0, sentence_weight=r, lm_weight=0))
                  for w in weights if w for r in [float(x) for x in args.rerank_weights.split(",") if x]]
+    lm_weights = [float(x) for x in args.lm_weights.split(",") if x]
+    settings += [(f"hybrid (default weights) + question likelihood w={w:g}",
+                  RetrievalSettings(mode="hybrid", memory_weight=0, lm_weight=w)) for w in lm_weights]
+    engine = load_engine(args.model, args.device, adapter=args.adapter) if lm_weights else None
     hits = {name: [] for name, _ in settings}
     items = []
     with tempfile.TemporaryDirectory(prefix="infini-retrieval-") as d:
@@ -61,7 +69,7 @@ def run(args) -> dict:
                 target = {p.idx for p in passages if p.char_start <= at < p.char_end}
                 item = {"story": story["story"], "question": q["question"], "answer": q["answer"], "modes": {}}
                 for name, st in settings:
-                    cites = find_passages(lib, None, doc_id, q["question"], st)
+                    cites = find_passages(lib, engine, doc_id, q["question"], st)
                     idx = [next(p.idx for p in passages if p.char_start == c.char_start) for c in cites]
                     hit = (bool(idx) and idx[0] in target, bool(set(idx[:3]) & target))
                     hits[name].append(hit)
