@@ -272,8 +272,13 @@ def _ingest_many(ctx: Context, args, paths, failed: int, workers: int | None = N
     spec = WorkerSpec(ctx.db_url, args.model, args.device, args.adapter, max_tokens=_max_tokens(args) or None,
                       log_file=str(args.log_path) if getattr(args, "log_path", None) else None)
     if cluster:
-        from infini_reader.app.core.cluster import ClusterError, read_on_ray
+        from infini_reader.app.core.cluster import ClusterError, read_on_ray, require_ray
 
+        try:
+            require_ray()
+        except ClusterError as exc:
+            _say(str(exc))
+            return 1
         n = None if args.workers == "auto" else args.workers
         local = cluster == "local"
         if local:  # this machine's cores shared as --workers would share them
@@ -288,7 +293,7 @@ def _ingest_many(ctx: Context, args, paths, failed: int, workers: int | None = N
         events = read_in_parallel(spec, paths, workers)
         where = f"{workers} processes ({spec.threads} thread{'s' if spec.threads > 1 else ''} each)"
     if not args.quiet:
-        print(f"Reading {len(paths)} books with {where}…", file=sys.stderr)
+        print(f"Reading {len(paths)} book{'s' if len(paths) > 1 else ''} with {where}…", file=sys.stderr)
     outcomes: dict[int, object] = {}
     latest: dict[int, object] = {}
     started: set[int] = set()

@@ -52,6 +52,11 @@ def _ray():
     return ray
 
 
+def require_ray() -> None:
+    """ClusterError (one line: how to install it) where Ray is missing."""
+    _ray()
+
+
 class Reader:
     """One worker: a model on its device and the shared library, reading the books it is handed."""
 
