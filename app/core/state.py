@@ -459,3 +459,70 @@ def find_in_document(library: Library, doc_id: int, query: str, limit: int = 50,
         chapter = doc.sections[sec_idx].title if sec_idx is not None and 0 <= sec_idx < len(doc.sections) else ""
         out.append(Found(p.char_start, p.char_end, sec_idx, clean_line(chapter), p.page, snippet, hits))
     return out
+
+
+# ---- a library by database URL ----
+
+
+def check_database_url(url: str) -> str | None:
+    """A plain line saying what is wrong with a database URL (it cannot be parsed, its database or
+    driver is unknown or not installed), or None when it can be tried. Nothing is connected to."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from .errors import clean_line
+
+    url = url.strip()
+    if not url:
+        return "no database URL given"
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        return (f"“{clean_line(url, 80)}” is not a database URL (for example postgresql+psycopg://user@host/library "
+                "or sqlite:////path/to/library.sqlite3)")
+    backend = u.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        return f"{clean_line(backend)} libraries are not supported: use PostgreSQL or SQLite"
+    try:
+        u.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        return f"no database driver called “{clean_line(u.drivername)}”"
+    except ImportError:
+        return (f"the driver for {clean_line(u.drivername)} is not installed "
+                "(pip install 'infini-reader[postgres]' for PostgreSQL)")
+    if backend == "sqlite" and u.database not in (None, "", ":memory:"):
+        folder = Path(u.database).expanduser().parent
+        if not folder.is_dir():
+            return f"no folder {clean_line(str(folder))} for the library's file"
+    return None
+
+
+def shown_url(url: str) -> str:
+    """A database URL as it may be shown: without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def open_library_url(url: str, timeout_s: int = 10) -> Library:
+    """The library at a database URL, checked (a plain `LibraryError` when the URL is wrong), opened
+    and asked once, so that an unreachable server fails here rather than later; a PostgreSQL server
+    that does not answer gives up after `timeout_s`."""
+    from sqlalchemy.engine import make_url
+
+    from .library import Library, LibraryError
+
+    why = check_database_url(url)
+    if why is not None:
+        raise LibraryError(why)
+    u = make_url(url.strip())
+    if u.get_backend_name() == "postgresql" and u.get_driver_name() in ("psycopg", "psycopg2") \
+            and "connect_timeout" not in u.query:
+        u = u.update_query_dict({"connect_timeout": str(timeout_s)})
+    library = Library(u.render_as_string(hide_password=False))
+    library.infos([])  # a first question: the server answers, the tables are there
+    return library

@@ -38,6 +38,7 @@ class Row:
     seconds: float = 0.0  # reading time so far
     memory_bytes: int = 0
     warnings: tuple[str, ...] = ()
+    readers: tuple[str, ...] = ()  # other processes reading it now ("process 123 on host")
 
     @property
     def size(self) -> str:
@@ -49,6 +50,9 @@ class Row:
 
     @property
     def status_text(self) -> str:
+        if self.readers and self.status not in ("reading", "parsing"):  # read by another process, not here
+            return f"read elsewhere {self.percent}%" if self.status in ("cancelled", "queued") and self.percent \
+                else "read elsewhere"
         return {
             "queued": "queued",
             "parsing": "opening…",
@@ -95,6 +99,7 @@ class LibraryModel(QAbstractTableModel):
         self._docs: list[Row] = []
         self._pending: list[Row] = []
         self._live: dict[int, Progress] = {}  # the reading in progress, newer than the database
+        self._readers: dict[int, tuple[str, ...]] = {}  # documents other processes are reading now
 
     # ---- feeding ----
 
@@ -110,6 +115,17 @@ class LibraryModel(QAbstractTableModel):
     def set_pending(self, paths: list[str]) -> None:
         self._pending = [pending_row(p) for p in paths]
         self._rebuild()
+
+    def set_readers(self, readers: dict[int, list[str]]) -> None:
+        """Who else (another process, another machine) is reading which document now."""
+        self._readers = {i: tuple(w) for i, w in readers.items() if w}
+        for i, r in enumerate(self.rows):
+            if r.doc_id is None:
+                continue
+            who = self._readers.get(r.doc_id, ())
+            if who != r.readers:
+                r.readers = who
+                self.dataChanged.emit(self.index(i, 0), self.index(i, len(COLUMNS) - 1))
 
     def update_progress(self, ev: Progress) -> None:
         """A reading event: shown at once, without asking the database."""
@@ -141,6 +157,7 @@ class LibraryModel(QAbstractTableModel):
         for r in self._docs:
             if r.doc_id in self._live:
                 self._apply(r, self._live[r.doc_id])
+            r.readers = self._readers.get(r.doc_id, ())
         self.rows = self._docs + self._pending
         self.endResetModel()
 
@@ -178,6 +195,8 @@ class LibraryModel(QAbstractTableModel):
                 tip += "\n\nRead by another model: read it again with the model in use to ask questions."
             elif r.status == "cancelled":
                 tip += "\n\nStopped: Resume continues where the reading stopped."
+            if r.readers:
+                tip += "\n\nBeing read now by " + ", ".join(r.readers)
             return tip
         if role == Qt.ForegroundRole and col == 4 and r.status == "failed":
             from PySide6.QtGui import QColor

@@ -53,6 +53,8 @@ def details_html(r: Row) -> str:
     if r.memory_bytes:
         facts.append(f"memory {r.memory_bytes / 2**20:.1f} MiB")
     out = " · ".join(facts) + f"<br><span style='color:gray'>{path}</span>"
+    if r.readers:
+        out += f"<br><span style='color:#2e86c1'>Being read now by {html.escape(', '.join(r.readers))}</span>"
     for w in r.warnings[:2]:
         out += f"<br><span style='color:#b9770e'>⚠ {html.escape(w)}</span>"
     return out

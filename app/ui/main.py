@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="builtin, a GGUF file or a model folder (default: from the settings)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: from the settings")
     parser.add_argument("--data-dir", help="the library's folder (default: from the settings, or $INFINI_DATA_DIR)")
+    parser.add_argument("--db", metavar="URL", help="a library by database URL, e.g. postgresql+psycopg://user@host/"
+                        "library (default: from the settings, or the library folder)")
     args, qt_args = parser.parse_known_args(argv)
     log_path = setup_logging()
     log.info("starting; log in %s", log_path)
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.model = args.model
     if args.device:
         settings.device = args.device
-    window = MainWindow(settings=settings, data_dir=args.data_dir, files=args.files)
+    window = MainWindow(settings=settings, data_dir=args.data_dir, files=args.files, db_url=args.db)
     server.files.connect(lambda files: bring_forward(window, files))
     import weakref
 

@@ -5,11 +5,12 @@ in workers; the state, not the window, holds what the application is doing."""
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QUrl
+from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QTimer, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -27,7 +28,16 @@ from infini_reader.app.core.fingerprints import recall
 from infini_reader.app.core.ingest import Progress
 from infini_reader.app.core.library import Library
 from infini_reader.app.core.models import ModelChoice, describe
-from infini_reader.app.core.state import AppState, Loader, ModelState, ModelStatus, check_file, expand
+from infini_reader.app.core.state import (
+    AppState,
+    Loader,
+    ModelState,
+    ModelStatus,
+    check_file,
+    expand,
+    open_library_url,
+    shown_url,
+)
 
 from .chat_pane import ChatPane
 from .library_model import Row
@@ -71,13 +81,17 @@ class _FileDrops(QObject):
 
 
 class MainWindow(QMainWindow):
+    READERS_EVERY_MS = 3000  # how often the library asks who else is reading its books
     def __init__(self, load: Loader | None = None, data_dir: str | Path | None = None,
-                 settings: Settings | None = None, settings_file: Path | None = None, files: list[str] = ()):
+                 settings: Settings | None = None, settings_file: Path | None = None, files: list[str] = (),
+                 db_url: str | None = None):
         super().__init__()
         self.settings_file = settings_file
         self.settings = settings if settings is not None else Settings.load(settings_file)
         self.state = AppState(load)
         self._data_dir = data_dir  # given on the command line or by a test: wins over the settings
+        self._db_url = db_url  # --db URL on the command line: wins over everything
+        self.readers: dict[int, list[str]] = {}  # documents being read by other processes now: who
         self.last_error = ""
         self.long_reading_box: QMessageBox | None = None  # the last "a long reading" question
         self.restored_note = ""
@@ -124,6 +138,12 @@ class MainWindow(QMainWindow):
             w.viewport().installEventFilter(drops)
         self.library_pane.search.installEventFilter(drops)
         apply_theme(self.settings.theme)
+
+        self._readers_timer = QTimer(self)
+        self._readers_timer.setInterval(self.READERS_EVERY_MS)
+        self._readers_timer.timeout.connect(self.poll_readers)
+        self._readers_timer.start()
+        self._polling_readers = False
 
         self.open_library()
         self.load_model()
@@ -242,17 +262,36 @@ class MainWindow(QMainWindow):
     def data_dir(self) -> str | Path | None:
         return self._data_dir or self.settings.library_dir or None
 
-    def open_library(self) -> None:
-        chosen = self.data_dir()
+    def library_url(self) -> str:
+        """The library's database URL when one is chosen (--db, or Settings unless --data-dir), else ""."""
+        if self._db_url:
+            return self._db_url
+        return self.settings.library_url.strip() if self._data_dir is None else ""
+
+    def open_library(self, on_failed: Callable[[], None] | None = None) -> None:
+        """Open the library (a folder's, or a database URL's) off the GUI thread. Until it opens the
+        current library stays; when it cannot be opened, one plain line says why."""
+        chosen, url = self.data_dir(), self.library_url()
 
         def make():
+            if url:
+                return open_library_url(url)
             return Library(paths.default_db_url(paths.data_dir(chosen)))
 
+        def failed(m: str) -> None:
+            keep = " The library open until now stays open." if self.library is not None else ""
+            if url:
+                self.show_error("The library could not be opened", f"The library at {shown_url(url)} could not "
+                                f"be opened: {m}.{keep or ' Choose another in Settings.'}")
+            else:
+                self.show_error("The library could not be opened", f"The library could not be opened: "
+                                f"{m.removeprefix('the library cannot be opened: ')}."
+                                f"{keep or ' Choose another folder in Settings.'}")
+            if on_failed is not None:
+                on_failed()
+
         self.say("Opening the library…")
-        self.tasks.call(make, self.state.set_library,
-                        lambda m: self.show_error("The library could not be opened", f"The library could not be "
-                                                  f"opened: {m.removeprefix('the library cannot be opened: ')}. "
-                                                  "Choose another folder in Settings."))
+        self.tasks.call(make, self.state.set_library, failed)
 
     def save_queue(self) -> None:
         """The files left to read, in the data folder: a restart (or a crash) does not lose them."""
@@ -336,6 +375,40 @@ class MainWindow(QMainWindow):
         self.tasks.call(lambda: library.infos(fingerprint=fp), listed,
                         lambda m: self.show_error("The library could not be read", f"The library could not be "
                                                   f"read: {m}"))
+
+    def poll_readers(self) -> None:
+        """Who else is reading the library's books now (another window, an `infini ingest`, a reading
+        cluster's worker): their lock's holders, asked in a worker; shown in the list."""
+        library = self.library
+        if library is None or self._polling_readers or self._closing or not self.isVisible():
+            return
+        ids = [r.doc_id for r in self.library_pane.model.rows if r.doc_id is not None]
+        if not ids:
+            return
+        self._polling_readers = True
+
+        def who() -> dict[int, list[str]]:
+            from infini_reader.app.core.locks import me
+
+            mine, out = me(), {}
+            for i in ids:
+                others = [str(r) for r in library.readers(i) if r != mine]
+                if others:
+                    out[i] = others
+            return out
+
+        def got(readers: dict[int, list[str]]) -> None:
+            self._polling_readers = False
+            if library is self.library:
+                self.readers = readers
+                self.library_pane.model.set_readers(readers)
+                self.library_pane._update_buttons()
+
+        def failed(m: str) -> None:
+            self._polling_readers = False
+            log.warning("who else is reading could not be asked: %s", m)
+
+        self.tasks.call(who, got, failed)
 
     def showEvent(self, event):
         super().showEvent(event)
@@ -631,12 +704,17 @@ class MainWindow(QMainWindow):
         self.queue.summarize_after = new.summarize_after_reading
         if new.theme != old.theme:
             apply_theme(new.theme)
-        if new.library_dir != old.library_dir and self._data_dir is None:
+        if (new.library_dir, new.library_url) != (old.library_dir, old.library_url) and self._data_dir is None \
+                and not self._db_url:
+            def revert() -> None:  # the library could not be opened: the settings keep the one open
+                self.settings.library_dir, self.settings.library_url = old.library_dir, old.library_url
+                self.save_settings()
+
             if self.queue.running:
                 self.queue.stop()
-                self._after_idle.append(self.open_library)
+                self._after_idle.append(lambda: self.open_library(revert))
             else:
-                self.open_library()
+                self.open_library(revert)
         if (new.model, new.device) != (old.model, old.device):
             self.switch_model()
 
@@ -664,7 +742,8 @@ class MainWindow(QMainWindow):
             v = "unknown"
         QMessageBox.about(self, "Infini Reader", f"<b>Infini Reader</b> {v}<p>Reads whole books with a local "
                           "Infini-Transformer: a compressive memory per book, saved with it, for questions with "
-                          f"citations and summaries.</p><p>Library: {paths.data_dir(self.data_dir())}<br>"
+                          f"citations and summaries.</p><p>Library: "
+                          f"{html.escape(shown_url(self.library_url())) or paths.data_dir(self.data_dir())}<br>"
                           f"Log: {paths.log_dir()}</p>")
 
     # ---- drops and closing ----

@@ -31,6 +31,7 @@ class Settings:
     model: str = "builtin"  # "builtin", a GGUF file or a model folder
     device: str = "auto"  # auto | cpu | cuda
     library_dir: str = ""  # empty: the user data folder (or $INFINI_DATA_DIR)
+    library_url: str = ""  # a database URL (PostgreSQL, or an SQLite file elsewhere): wins over library_dir
     theme: str = "system"  # system | light | dark
     geometry: str = ""  # the window's size and place, hex of QMainWindow.saveGeometry()
     splitter: str = ""  # the panes' widths, hex of QSplitter.saveState()

@@ -103,6 +103,16 @@ class SettingsDialog(QDialog):
         lib_row = QHBoxLayout()
         lib_row.addWidget(self.library, 1)
         lib_row.addWidget(browse)
+        self.database = QLineEdit(settings.library_url)
+        self.database.setPlaceholderText("Optional: postgresql+psycopg://user@host/library")
+        self.database.setToolTip("A library shared by several machines: a PostgreSQL database (or an SQLite file) "
+                                 "by its URL. Empty: the library in the folder above.")
+        self.database_error = QLabel()
+        self.database_error.setTextFormat(Qt.PlainText)
+        self.database_error.setWordWrap(True)
+        self.database_error.setStyleSheet("color: #e74c3c")
+        self.database_error.hide()
+        self.database.textEdited.connect(lambda _: self.database_error.hide())
         self.theme = QComboBox()
         for key, name in THEME_NAMES.items():
             self.theme.addItem(name, key)
@@ -113,6 +123,8 @@ class SettingsDialog(QDialog):
         form.addRow("Device", self.device)
         form.addRow("", self.in_use)
         form.addRow("Library folder", lib_row)
+        form.addRow("Library database", self.database)
+        form.addRow("", self.database_error)
         form.addRow("Theme", self.theme)
         self.summarize_after = QCheckBox("Summarise every chapter once a book is read")
         self.summarize_after.setChecked(settings.summarize_after_reading)
@@ -131,6 +143,20 @@ class SettingsDialog(QDialog):
         box.addWidget(note)
         box.addWidget(buttons)
 
+    def accept(self) -> None:
+        """A database URL that cannot be right is said at once, in one line; the dialog stays open."""
+        url = self.database.text().strip()
+        if url:
+            from infini_reader.app.core.state import check_database_url
+
+            why = check_database_url(url)
+            if why is not None:
+                self.database_error.setText(why[:1].upper() + why[1:])
+                self.database_error.show()
+                self.database.setFocus()
+                return
+        super().accept()
+
     def _pick_library(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Choose the library's folder",
                                                 self.library.text() or self.library.placeholderText())
@@ -141,6 +167,7 @@ class SettingsDialog(QDialog):
         lib = self.library.text().strip()
         return replace(self._settings, model=self.model.spec(), device=self.device.currentData(),
                        library_dir=str(Path(lib).expanduser()) if lib else "", theme=self.theme.currentData(),
+                       library_url=self.database.text().strip(),
                        summarize_after_reading=self.summarize_after.isChecked())
 
 
