@@ -180,3 +180,46 @@ def test_folders_given_are_walked_for_books(tmp_path):
     got = expand([str(tmp_path / "shelf"), str(tmp_path / "loose.pdf"), str(tmp_path / "gone.txt")])
     assert got == [str(tmp_path / "shelf" / "b.epub"), str(tmp_path / "shelf" / "deep" / "a.md"),
                    str(tmp_path / "loose.pdf"), str(tmp_path / "gone.txt")]
+
+
+# ---- find in a document, a library by URL (Qt-free parts of the window's features) ----
+
+
+def test_find_in_a_document_names_chapter_and_page_and_marks_the_words(tmp_path):
+    from infini_reader.app.core.library import Library, file_hash
+    from infini_reader.app.core.readers import read_document
+    from infini_reader.app.core.state import find_in_document
+
+    book = tmp_path / "keeper.md"
+    book.write_text("# The Keeper\n\n## The Rocks\n\nThe keeper climbed the tower to light the lamp.\n\n"
+                    "## The Storm\n\nThe philosophers followed the keeper's cat, Marmalade, down the stairs.\n\n"
+                    "A second storm passed.\n", encoding="utf-8")
+    library = Library(f"sqlite:///{tmp_path / 'library.sqlite3'}")
+    doc = read_document(book)
+    doc_id = library.add_document(doc, file_hash(book), book.stat().st_size)
+    found = find_in_document(library, doc_id, "philosopher followed Marmalade")
+    assert found and found[0].chapter == "The Storm" and found[0].page is None
+    assert found[0].where() == "The Storm"
+    marked = [doc.text[a:b] for a, b in found[0].words]
+    assert "Marmalade" in marked and "philosophers" in marked and "followed" in marked  # the stemmed forms too
+    assert "Marmalade" in found[0].snippet and "\n" not in found[0].snippet
+    assert "The philosophers followed" in doc.text[found[0].start:found[0].end]
+    assert find_in_document(library, doc_id, "zeppelin") == []
+    assert find_in_document(library, doc_id, "the of and") == []  # stop words only: nothing to look for
+
+
+def test_database_urls_are_checked_in_plain_words_before_connecting(tmp_path):
+    from infini_reader.app.core.library import LibraryError
+    from infini_reader.app.core.state import check_database_url, open_library_url, shown_url
+
+    assert "is not a database URL" in check_database_url("not a url")
+    assert "not supported" in check_database_url("mysql://u@h/db")
+    assert "not installed" in check_database_url("postgresql+pg8000://u@h/db")
+    assert "no folder" in check_database_url(f"sqlite:///{tmp_path}/missing/x.sqlite3")
+    assert check_database_url(f"sqlite:///{tmp_path}/x.sqlite3") is None
+    assert check_database_url("postgresql+psycopg://u:pw@127.0.0.1:1/db") is None  # well formed: not tried here
+    assert shown_url("postgresql+psycopg://u:pw@h/db") == "postgresql+psycopg://u:***@h/db"
+    with pytest.raises(LibraryError, match="not a database URL"):
+        open_library_url("not a url")
+    lib = open_library_url(f"sqlite:///{tmp_path}/x.sqlite3")
+    assert lib.infos() == []
