@@ -191,3 +191,45 @@ def test_version_is_the_installed_packages(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"infini {version('infini-reader')}"
+
+
+def test_device_names_a_gpu_by_number(capsys, tmp_path, tiny_model_dir):
+    """--device cuda:N: parsed by the command line, judged by the engine: on a machine without that GPU
+    one plain line; a device that is no device is refused by the parser, naming the forms it takes."""
+    import torch
+
+    from infini_reader.engine import ModelLoadError
+    from infini_reader.engine.engine import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "cuda:x", "mps"):
+        with pytest.raises(ModelLoadError, match="use auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
+    book = write_book(tmp_path / "book.txt", chapters=1)
+    if torch.cuda.device_count() < 2:
+        code = main(["--data-dir", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--device", "cuda:1",
+                     "ingest", str(book)])
+        err = capsys.readouterr().err
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert err.startswith("infini: ") and "cuda:1" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--device", "gpu1", "list"])
+    assert exit_.value.code == 2
+    assert "'gpu1': use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_ingest_a_folder_one_book_at_a_time(capsys, tmp_path, tiny_model_dir):
+    """A folder read in this process (--workers 1): its books found recursively, a bad file said in one
+    line while the others are read, a summary at the end."""
+    folder = tmp_path / "books"
+    (folder / "part two").mkdir(parents=True)
+    write_book(folder / "a.txt", chapters=1)
+    write_book(folder / "part two" / "b.txt", chapters=2)
+    (folder / "broken.epub").write_bytes(b"PK\x03\x04 damaged")
+    (folder / "cover.png").write_bytes(b"\x89PNG not a book")
+    code, out, err = run(capsys, tmp_path / "data", tiny_model_dir, "ingest", "--workers", "1", "--quiet", str(folder))
+    assert code == 1
+    assert len(out.split()) == 2  # the two books' ids
+    lines = err.strip().splitlines()
+    assert len([ln for ln in lines if ln.startswith("infini: broken.epub")]) == 1 and "Traceback" not in err
+    assert lines[-1].startswith("3 books: 2 read (") and lines[-1].endswith("tokens), 1 failed")
