@@ -225,3 +225,26 @@ def test_without_its_adapter_the_builtin_model_loads_plain_and_says_so(builtin_e
     named = models.load_model("builtin", device="cpu", dtype="float32", segment_length=256,
                               adapter=os.path.relpath(models.builtin_adapter()))
     assert named.source == "builtin" and named.fingerprint == shipped.fingerprint
+
+
+def test_the_bundle_entry_script_picks_the_program_by_its_name(tmp_path):
+    """packaging/entry.py, which both executables of the desktop bundle run (make bundle builds and
+    smoke-tests the bundle itself: too slow for this suite): `infini` is the command line, any other
+    name the window, which INFINI_SMOKE_SECONDS closes after reporting what it shows."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    entry = Path(__file__).resolve().parents[2] / "packaging" / "entry.py"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "INFINI_DATA_DIR": str(tmp_path / "data"),
+           "INFINI_LOG_DIR": str(tmp_path / "logs"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    for name in ("infini", "infini-reader"):
+        (tmp_path / name).symlink_to(entry)
+    cli = subprocess.run([sys.executable, str(tmp_path / "infini"), "--version"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert cli.returncode == 0 and cli.stdout.startswith("infini "), cli.stderr
+    window = subprocess.run([sys.executable, str(tmp_path / "infini-reader")], capture_output=True, text=True,
+                            env={**env, "INFINI_SMOKE_SECONDS": "1"}, timeout=120)
+    assert window.returncode == 0, window.stderr[-2000:]
+    assert "smoke: window shown: 'Infini Reader'" in window.stdout
+    assert "smoke: window shown" in (tmp_path / "logs" / "infini-reader.log").read_text()
