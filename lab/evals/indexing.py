@@ -49,6 +49,7 @@ def run(args) -> dict:
         path = Path(d) / "book.txt"
         path.write_text(text, encoding="utf-8")
         lib = Library(f"sqlite:///{Path(d) / 'library.sqlite3'}")
+        c0 = time.process_time()
         t0 = time.perf_counter()
         doc = _read(path)
         row["parse_s"] = time.perf_counter() - t0
@@ -61,6 +62,8 @@ def run(args) -> dict:
         list(index_passages(lib, doc_id, title, embedder))
         row["embed_s"] = time.perf_counter() - t0
         row["index_s"] = row["parse_s"] + row["store_fts_s"] + row["embed_s"]
+        # CPU seconds of this process (all its threads): on shared cores, what the work itself cost
+        row["index_cpu_s"] = time.process_time() - c0
         t0 = time.perf_counter()
         answer = ""
         for ev in ask(lib, e, doc_id, args.question, max_new_tokens=32, settings=RetrievalSettings()):
@@ -75,9 +78,9 @@ def run(args) -> dict:
     result["tables"] = [Table(
         "Indexing a book (split + full-text + embeddings), then the first question with an empty memory",
         ["length", "chars", "passages", "chapters", "parse + split s", "store + full-text s", "embeddings s",
-         "indexing s", "first answer s", "load avg before / after"],
+         "indexing s", "indexing CPU s", "first answer s", "load avg before / after"],
         [[token_label(N), row["chars"], row["passages"], row["chapters"], f"{row['parse_s']:.1f}",
-          f"{row['store_fts_s']:.1f}", f"{row['embed_s']:.1f}", f"{row['index_s']:.1f}", f"{row['first_answer_s']:.1f}",
+          f"{row['store_fts_s']:.1f}", f"{row['embed_s']:.1f}", f"{row['index_s']:.1f}", f"{row['index_cpu_s']:.1f}", f"{row['first_answer_s']:.1f}",
           f"{row['load_before']} → {row['load_after']}"]])]
     result["seconds"] = time.perf_counter() - t_start
     write_json(args.out, result)
