@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from infini_reader.app.core.answers import RetrievalSettings, find_passages
+from infini_reader.app.core.segments import plan_segments
 from infini_reader.engine.attribution import key_mass, query_features, segment_scores
 
 from .common import (
@@ -281,6 +282,9 @@ def add_arguments(p) -> None:
     p.add_argument("--passages", type=int, help="passages cited and re-read (default: RetrievalSettings')")
     p.add_argument("--window-tokens", type=int, help="re-read text around each passage (default: RetrievalSettings')")
     p.add_argument("--no-base", action="store_true", help="skip the base model on the last pages")
+    p.add_argument("--index-only", action="store_true",
+                   help="no memory pass: each book is split, full-text indexed and embedded, then asked at once "
+                        "(as a book is while its memory is read); the memory's own modes are left out")
     p.add_argument("--base-tokens", type=int, default=BASE_TOKENS, help="text the base model reads (tokens)")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--books", default=str(DATA / "gutenberg" / "valid.jsonl.xz"))
@@ -296,10 +300,12 @@ def run(args) -> dict:
     depths = [float(x) for x in args.depths.split(",")]
     answer_modes = [m for m in args.answer_modes.split(",") if m in MODES]
     overrides = {k: v for k, v in (("passages", args.passages), ("window_tokens", args.window_tokens)) if v}
-    retrievals = [(m, RetrievalSettings(mode=m, **overrides)) for m in MODES] + [
+    modes = [m for m in MODES if not (args.index_only and m in ("memory", "fused"))]
+    answer_modes = [m for m in answer_modes if m in modes]
+    retrievals = [(m, RetrievalSettings(mode=m, **overrides)) for m in modes] + [
         (f"fused w={w}", RetrievalSettings(mode="fused", memory_weight=float(w), **overrides))
         for w in args.fused_weights.split(",")
-        if w
+        if w and not args.index_only
     ]
     books = list(read_jsonl(args.books))
     pool = FACTS if args.facts == "generated" else babi_facts(args.babi, 10 * args.n, args.seed)
@@ -321,13 +327,21 @@ def run(args) -> dict:
         text = plant(e, text, facts, where)
         info = {"length": N, "title": title, "chars": len(text), "facts": n}
         with temporary_library() as (lib, folder):
-            with key_sums_per_head(e) as captured:
-                doc_id, info["ingest_s"] = ingest_text(lib, e, folder, f"{title} needle {token_label(N)}", text)
-            doc = lib.document(doc_id)
-            starts = segment_starts(lib, e, doc_id)
-            sums = np.stack(captured)  # (segments, layers, Hkv, D)
-            seg_tokens = np.array(_segment_token_counts(lib, e, doc_id))
-            info.update(segments=len(starts), tokens=int(seg_tokens.sum()))
+            if args.index_only:
+                doc_id, info["ingest_s"] = index_text(lib, folder, f"{title} needle {token_label(N)}", text)
+                doc = lib.document(doc_id)
+                plans = plan_segments(doc, e.tokenizer, e.config.segment_length)
+                starts = np.array([p.char_start for p in plans])
+                seg_tokens = np.array([len(p.token_ids) for p in plans])
+                sums = None
+            else:
+                with key_sums_per_head(e) as captured:
+                    doc_id, info["ingest_s"] = ingest_text(lib, e, folder, f"{title} needle {token_label(N)}", text)
+                doc = lib.document(doc_id)
+                starts = segment_starts(lib, e, doc_id)
+                sums = np.stack(captured)  # (segments, layers, Hkv, D)
+                seg_tokens = np.array(_segment_token_counts(lib, e, doc_id))
+            info.update(segments=len(starts), tokens=int(seg_tokens.sum()), memory_pass=not args.index_only)
             items = []
             for fact, depth in zip(facts, where):
                 a = doc.text.find(fact.text)
@@ -358,10 +372,12 @@ def run(args) -> dict:
                             "segment_top3": any(s & segs for s in cited_segs[:3]),
                             "citations": [[c.char_start, c.char_end] for c in cites],
                         }
-                    qf, qh = query_features(e, q), query_features(e, q, per_head=True)
-                    item["attribution_rank"] = {
-                        name: _rank(s, segs) for name, s in variant_scores(qf, qh, nf, nh, sums, seg_tokens).items()
-                    }
+                    item["attribution_rank"] = {}
+                    if sums is not None:
+                        qf, qh = query_features(e, q), query_features(e, q, per_head=True)
+                        item["attribution_rank"] = {
+                            name: _rank(s, segs) for name, s in variant_scores(qf, qh, nf, nh, sums, seg_tokens).items()
+                        }
                     items.append(item)
             t0 = time.perf_counter()
             with cached_generation(e) as cache:
@@ -389,6 +405,21 @@ def run(args) -> dict:
         result["seconds"] = time.perf_counter() - t_start
         write_json(args.out, result)  # after each length: a long run stopped midway keeps what it did
     return result
+
+
+def index_text(lib, folder, title: str, text: str) -> tuple[int, float]:
+    """The book split, stored with its full-text index and embedded, not read: (doc id, seconds)."""
+    from infini_reader.app.core.ingest import _read, index_passages
+    from infini_reader.app.core.library import file_hash
+
+    from .common import safe_name
+
+    path = folder / f"{safe_name(title)}.txt"
+    path.write_text(text, encoding="utf-8")
+    t0 = time.perf_counter()
+    doc_id = lib.add_document(_read(path), file_hash(path), path.stat().st_size)
+    list(index_passages(lib, doc_id, title))
+    return doc_id, time.perf_counter() - t0
 
 
 def _segment_token_counts(lib, e, doc_id) -> list[int]:
@@ -433,7 +464,7 @@ def tables(result: dict, answer_modes: list[str], args) -> list[Table]:
             if not its:
                 continue
             extra = [m for m in its[0]["modes"] if m not in MODES]  # retrieval only: other fusion weights
-            for mode in [*MODES, *extra]:
+            for mode in [*(m for m in MODES if m in its[0]["modes"]), *extra]:
                 ms = [it["modes"][mode] for it in its]
                 acc = pct(np.mean([m["correct"] for m in ms])) if mode in answer_modes else "–"
                 rows.append(

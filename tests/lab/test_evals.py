@@ -432,3 +432,16 @@ def test_indexing_times_a_book_and_its_first_answer(capsys, tmp_path, tiny_model
     (row,) = json.loads(out_json.read_text())["rows"]
     assert row["passages"] > 1 and row["index_s"] == pytest.approx(row["parse_s"] + row["store_fts_s"] + row["embed_s"])
     assert row["answer"] and row["first_answer_s"] > 0
+
+
+def test_needle_index_only_asks_a_book_that_was_not_read(capsys, tmp_path, tiny_model_dir):
+    out_json = tmp_path / "needle.json"
+    argv = "needle --index-only --lengths 600 --n 2 --depths 0.25,0.75 --no-base --max-new-tokens 4"
+    out = run_eval(capsys, *argv.split(), "--model", str(tiny_model_dir), "--out", str(out_json))
+    data = json.loads(out_json.read_text())
+    assert data["lengths"][0]["memory_pass"] is False and data["lengths"][0]["segments"] >= 1
+    for it in data["items"]:
+        assert set(it["modes"]) == {"bm25", "hybrid", "embeddings"} and it["attribution_rank"] == {}
+        assert "answer" in it["modes"]["hybrid"] and "answer" in it["modes"]["bm25"]
+    systems = {r[3] for r in table_rows(out) if r[0] in ("direct", "paraphrase")}
+    assert systems == {"bm25", "hybrid", "embeddings"}
