@@ -158,8 +158,10 @@ def run(args) -> dict:
 
 def faithfulness(summary: str, source: str) -> dict[str, float]:
     """How much of a summary the story supports: the share of its sentences whose names and most
-    content words are in the story (the pipeline's own check, `supported`), and the names it uses
-    that the story never does (invented people and places), per 100 words."""
+    content words are in the story (the pipeline's own check, `supported`), the share of its word
+    pairs found in the story (a sentence stitched from the story's words into a new claim makes new
+    pairs), and the names it uses that the story never does (invented people and places), per 100
+    words."""
     words = {w.lower() for w in WORD.findall(source)}
     from infini_reader.app.core.summaries import _content
 
@@ -168,7 +170,15 @@ def faithfulness(summary: str, source: str) -> dict[str, float]:
     ok = sum(supported(x, content, words) for x in sents)
     names = {w for x in sents for w in WORD.findall(x)[1:] if w[0].isupper() and w.lower() not in words}
     n_words = max(len(summary.split()), 1)
-    return {"supported": ok / len(sents) if sents else 1.0, "invented_names_per_100w": 100 * len(names) / n_words}
+    def pairs(text: str) -> list[tuple[str, str]]:
+        w = [x.lower() for x in WORD.findall(text)]
+        return list(zip(w, w[1:]))
+
+    story_pairs = set(pairs(source))
+    own = pairs(summary)
+    return {"supported": ok / len(sents) if sents else 1.0,
+            "pairs_in_story": sum(p in story_pairs for p in own) / len(own) if own else 1.0,
+            "invented_names_per_100w": 100 * len(names) / n_words}
 
 
 LABELS = {
@@ -194,13 +204,15 @@ def tables(result: dict, systems: list[str], args) -> list[Table]:
             [label, len(its)]
             + [f"{100 * np.mean([it['rouge'][s][m]['max'] for it in its]):.1f}" for m in METRICS]
             + [f"{words:.0f}", f"{100 * np.mean([it['faithful'][s]['supported'] for it in its]):.0f}%",
+               f"{100 * np.mean([it['faithful'][s]['pairs_in_story'] for it in its]):.0f}%",
                f"{np.mean([it['faithful'][s]['invented_names_per_100w'] for it in its]):.1f}",
                f"{np.mean(seconds):.0f}" if seconds else ""]
         )
     return [
         Table(
             f"SQuALITY dev, plot question: ROUGE F1 × 100 (best of 4 references), {len(items)} stories",
-            ["system", "n", "ROUGE-1", "ROUGE-2", "ROUGE-L", "words", "sentences supported", "invented names /100 words",
+            ["system", "n", "ROUGE-1", "ROUGE-2", "ROUGE-L", "words", "sentences supported", "word pairs in the story",
+             "invented names /100 words",
              "s/story"],
             rows,
         )

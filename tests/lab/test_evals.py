@@ -93,9 +93,10 @@ def test_summary(capsys, tmp_path, tiny_model_dir):
         assert set(it["seconds"]) == {"ingest", "pipeline", "pipeline-full", "base"}
     rows = table_rows(out)
     assert rows[0] == ["system", "n", "ROUGE-1", "ROUGE-2", "ROUGE-L", "words", "sentences supported",
-                       "invented names /100 words", "s/story"] and len(rows) == 5
-    for it in data["items"]:  # the lead is the story's own words: every sentence supported, no name invented
+                       "word pairs in the story", "invented names /100 words", "s/story"] and len(rows) == 5
+    for it in data["items"]:  # the lead is the story's own words: every pair in it, no name invented
         assert it["faithful"]["lead"]["invented_names_per_100w"] == 0.0
+        assert it["faithful"]["lead"]["pairs_in_story"] == 1.0
     assert [r[0].split(":")[0].split(",")[0] for r in rows[1:]] == ["pipeline", "pipeline", "lead", "base model"]
     assert rows[3][-1] == "" and all(float(r[-1]) >= 0 for r in (rows[1], rows[2], rows[4]))
 
