@@ -365,22 +365,26 @@ def _note_extractive(engine, memory, title, what, part, i, n, cancel, section_id
 
 # ---- timing ----
 
-_RATE: dict[str, float] = {}  # engine fingerprint → seconds a part took last (the ETA's first guess)
+_RATE: dict[tuple[str, str], float] = {}  # (engine fingerprint, style) → seconds a part took (the ETA's guess)
+EXTRACTIVE_PROMPT = 200  # tokens of an extractive note's prompt: the instructions and three sentences
 
 
-def seconds_per_part(engine: eng.Engine, max_new: int = ANSWER_TOKENS) -> float:
+def seconds_per_part(engine: eng.Engine, max_new: int = ANSWER_TOKENS, style: str | None = None) -> float:
     """What one part takes on this machine: measured on the parts written so far in this process,
     else by a short probe (a few tokens of a short answer)."""
-    fp = getattr(engine, "fingerprint", "")
-    if fp in _RATE:
-        return _RATE[fp]
+    style = style or DEFAULT_STYLE
+    key = (getattr(engine, "fingerprint", ""), style)
+    if key in _RATE:
+        return _RATE[key]
     t0, n = time.perf_counter(), 0
     for _ in engine.generate([{"role": "user", "content": "Say hello to the reader. " * 20}], None, max_new_tokens=8):
         n += 1
     per_token = (time.perf_counter() - t0) / max(n, 1)
-    # a note is about 80 tokens (three sentences) after a prompt of a segment, read about 20× faster a token
-    guess = per_token * (min(max_new, 90) + _budget(engine, max_new) / 20)
-    _RATE[fp] = guess
+    # a note is about 80 tokens (three sentences) after a prompt of a segment (extractive: of three
+    # sentences), read about 20× faster a token
+    prompt = EXTRACTIVE_PROMPT if style == "extractive" else _budget(engine, max_new)
+    guess = per_token * (min(max_new, 90) + prompt / 20)
+    _RATE[key] = guess
     return guess
 
 
@@ -420,23 +424,23 @@ def estimate(library: Library, engine: eng.Engine, doc_id: int, section_idx: int
         merges += max(len(plan) - 1, 0) // 3 + (len(plan) > 1)
     if section_idx is None and doc.sections:
         merges += max(len(doc.sections) // 3, 1)
-    return Estimate(parts, (parts + 1.5 * merges) * seconds_per_part(engine, max_new_tokens))
+    return Estimate(parts, (parts + 1.5 * merges) * seconds_per_part(engine, max_new_tokens, style))
 
 
 class _Clock:
     """The job's parts done and left, and the time left, from the parts' measured pace."""
 
-    def __init__(self, engine, total: int, done: int, max_new: int):
-        self.fp = getattr(engine, "fingerprint", "")
+    def __init__(self, engine, total: int, done: int, max_new: int, style: str):
+        self.key = (getattr(engine, "fingerprint", ""), style)
         self.total, self.done = total, done
-        self.guess = _RATE.get(self.fp)
+        self.guess = _RATE.get(self.key)
         self.spent, self.written = 0.0, 0
 
     def part_done(self, seconds: float) -> None:
         self.done += 1
         self.spent += seconds
         self.written += 1
-        _RATE[self.fp] = self.spent / self.written
+        _RATE[self.key] = self.spent / self.written
 
     def event(self, section_idx) -> SummaryEvent:
         per = self.spent / self.written if self.written else self.guess
@@ -636,7 +640,7 @@ def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: in
             done += sizes[k]
         elif not redo:
             done += min(len(stored_notes(library, doc_id, engine.fingerprint, k)), sizes[k])
-    clock = _Clock(engine, sum(sizes.values()), done, max_new_tokens)
+    clock = _Clock(engine, sum(sizes.values()), done, max_new_tokens, style)
 
     def chapter(i: int, text: str) -> Iterator:
         nonlocal before
