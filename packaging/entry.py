@@ -7,6 +7,7 @@ INFINI_SMOKE_SECONDS=N (packaging/smoke_test.py) makes the window report what it
 seconds and quit, so that a bundle can be checked offscreen (QT_QPA_PLATFORM=offscreen).
 """
 
+import logging
 import multiprocessing
 import os
 import sys
@@ -20,12 +21,17 @@ def _smoke_window(seconds: float) -> None:
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
 
+    def report(line: str) -> None:  # to the log too: a windowed executable on Windows has no stdout
+        logging.getLogger("infini_reader.smoke").info(line)
+        if sys.stdout is not None:
+            print(line, flush=True)
+
     def report_and_quit():
         shown = [w for w in app.topLevelWidgets() if w.isVisible()]
         for w in shown:
-            print(f"smoke: window shown: {w.windowTitle()!r} {w.width()}x{w.height()}", flush=True)
+            report(f"smoke: window shown: {w.windowTitle()!r} {w.width()}x{w.height()}")
         if not shown:
-            print("smoke: no window is shown", flush=True)
+            report("smoke: no window is shown")
         app.exit(0 if shown else 3)
 
     QTimer.singleShot(int(seconds * 1000), report_and_quit)
