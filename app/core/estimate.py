@@ -12,12 +12,24 @@ CONFIRM_ABOVE_S = 3600
 ASSUMED_RATE = {"cpu": 50.0, "cuda": 1000.0}
 
 
-def measured_rate(library, engine) -> tuple[float, str]:
+def measured_rate(library, engine, infos=None) -> tuple[float, str]:
     """Tokens a second for this model on this library: measured by its finished readings, else assumed;
-    with a few words saying which."""
-    infos = [i for i in library.infos(fingerprint=engine.fingerprint)
-             if i.model_fingerprint and i.status == "ready" and i.seconds > 0]
-    tokens, seconds = sum(i.tokens for i in infos), sum(i.seconds for i in infos)
+    with a few words saying which. `infos`: the library's documents as listed for this model
+    (`Library.infos(fingerprint=…)`) when the caller has them; else one small query of the readings
+    (no document is loaded)."""
+    fp = engine.fingerprint
+    if infos is not None:
+        done = [i for i in infos if i.model_fingerprint == fp and i.status == "ready" and i.seconds > 0]
+        tokens, seconds = sum(i.tokens for i in done), sum(i.seconds for i in done)
+    else:
+        from sqlalchemy import func, select
+
+        from .db import SnapshotRow
+
+        with library.Session() as s:
+            tokens, seconds = s.execute(
+                select(func.coalesce(func.sum(SnapshotRow.tokens_total), 0), func.coalesce(func.sum(SnapshotRow.seconds), 0.0))
+                .where(SnapshotRow.model_fingerprint == fp, SnapshotRow.status == "ready", SnapshotRow.seconds > 0)).one()
     if tokens >= 500 and seconds > 0:
         return tokens / seconds, "measured on earlier readings with this model"
     device = getattr(getattr(engine, "device", None), "type", "cpu")
@@ -47,7 +59,7 @@ class Estimate:
                 f"at {self.rate:,.0f} tokens/s ({self.how})")
 
 
-def reading_estimate(library, engine, tokens_left: int) -> Estimate:
-    rate, how = measured_rate(library, engine)
+def reading_estimate(library, engine, tokens_left: int, infos=None) -> Estimate:
+    rate, how = measured_rate(library, engine, infos)
     left = max(int(tokens_left), 0)
     return Estimate(left, left / rate, rate, how)
