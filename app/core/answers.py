@@ -724,7 +724,19 @@ def score_choices(engine: eng.Engine, doc_text: str, stem: str, options: list[tu
 
 
 def _words(text: str) -> list[str]:
-    return [w.lower() for w in re.findall(r"[\w'’-]+", text)]
+    return [w.lower().replace("’", "'").removesuffix("'s") for w in re.findall(r"[\w'’-]+", text)]
+
+
+def _within(small: list[str], big: list[str]) -> bool:
+    return any(big[i : i + len(small)] == small for i in range(len(big) - len(small) + 1))
+
+
+def widen_span(best: str, spans: list[str], extra: int = 2) -> str:
+    """The longest span that holds the chosen one and at most `extra` more words: the free answer
+    "The boy." names "boy", the sentence says "a little boy"."""
+    bw = _words(best)
+    wider = [sp for sp in spans if len(bw) < len(_words(sp)) <= len(bw) + extra and _within(bw, _words(sp))]
+    return max(wider, key=lambda sp: len(_words(sp)), default=best)
 
 
 def snap_to_span(generated: str, spans: list[str]) -> str | None:
@@ -761,7 +773,9 @@ def _span_answer(engine, messages, doc_text, question, ranked, windows, cites, m
     generated = "".join(engine.generate(messages, memory, max_new_tokens=min(max_new_tokens, 32),
                                         stop=[*ANSWER_STOP, "\n"]))
     best = snap_to_span(generated, spans)
-    if best is None:
+    if best is not None:
+        best = widen_span(best, [sp for sp in spans if where[sp] is where[best]])
+    else:
         short = [sp for sp in spans if len(sp.split()) <= 4][:MAX_SPANS]
         try:
             if not short:

@@ -328,6 +328,9 @@ def test_a_free_answer_is_snapped_to_the_span_it_names():
                               "Where does Miss Ottoline Vance keep her emerald necklace?", max_words=6)
     assert A.snap_to_span("In the hollow violin.", spans) == "hollow violin"
     assert A.snap_to_span("In a small box on the wall.", spans) is None  # made up: the span scorer decides
+    sentence = "It was the farthest corner of the garden, and in it was standing a little boy."
+    spans = A.span_candidates(sentence, "Who was standing in the farthest corner of the garden?", max_words=6)
+    assert A.widen_span(A.snap_to_span("The boy.", spans), spans) == "little boy"
 
 
 def _unread_book(tmp_path, library, paragraphs):
