@@ -106,12 +106,29 @@ def holders(folder: Path | None, key: str) -> list[Reader]:
     except OSError:
         return []
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return []  # nobody holds it
-        except BlockingIOError:
-            pass
+        held = _flocked(fd)
+        if held is False:
+            return []  # nobody holds it (seen without taking the lock, so a reader starting now is not refused)
+        if held is None:  # no /proc/locks: ask the lock itself, for an instant
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return []  # nobody holds it
+            except BlockingIOError:
+                pass
         pid, _, host = os.pread(fd, 300, 0).decode("utf-8", "replace").strip().partition(" ")
         return [Reader(host or "?", int(pid))] if pid.isdigit() else [Reader("?", 0)]
     finally:
         os.close(fd)
+
+
+def _flocked(fd: int) -> bool | None:
+    """Linux: whether some process holds a `flock` on the file open as `fd`, read from /proc/locks
+    (which asking with a shared lock would not tell without, for an instant, holding one: an
+    `exclusive` starting then would be refused). None where /proc/locks cannot be read."""
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(f.split()[1] == "FLOCK" and ident in f.split() for f in table.splitlines() if len(f.split()) > 5)
