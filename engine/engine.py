@@ -286,13 +286,17 @@ class Engine:
         seed: int | None = None,
         on_memory: Callable[[Memory], None] | None = None,
         repetition_penalty: float = 1.0,
+        decode: str | None = None,
     ) -> Iterator[str]:
         """Stream the answer to a prompt, on top of a memory, as text pieces.
 
         `prompt_or_messages`: chat messages ([{"role": ..., "content": ...}]), a string (a user
         message when the model has a chat format, plain text otherwise) or token ids (used as they
         are). Greedy when temperature is 0. The given memory is never modified; `on_memory`, if
-        given, receives the memory after the prompt and the answer once generation ends.
+        given, receives the memory after the prompt and the answer once generation ends. `decode`:
+        how the answer's tokens are decoded, "int8" (the CPU's default), "exact" or "auto"/None
+        ($INFINI_DECODE); see engine/quant.py. The prompt is read exactly either way; the memory given
+        to `on_memory` includes the answer's tokens as they were decoded.
         """
         ids = self.prompt_ids(prompt_or_messages)
         layers = self._as_layers(memory)
@@ -307,7 +311,7 @@ class Engine:
                 on_memory(self._to_memory(stream.final_memory(), base, stream.tokens))
 
         tokens = generate_ids(self.model, ids, layers, max_new_tokens, temperature, top_p, stop_ids, gen, end,
-                              repetition_penalty)
+                              repetition_penalty, decode)
         decode = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
         return detokenize(tokens, decode, list(stop or []))
 

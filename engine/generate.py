@@ -13,14 +13,16 @@ from collections.abc import Callable, Iterator
 import torch
 
 from .model import InfiniTransformer, LayerMemory, SegmentCache, add_delta
+from .quant import Int8Decoder, resolve_decode
 
 
 class Stream:
     """The state of one generation: the memory so far plus the current segment's caches."""
 
-    def __init__(self, model: InfiniTransformer, mem: list[LayerMemory] | None):
+    def __init__(self, model: InfiniTransformer, mem: list[LayerMemory] | None, fast=None):
         self.model = model
         self.mem = mem
+        self.fast = fast  # an `engine.quant.Int8Decoder` for one-token steps and logits, or None (exact)
         self.caches = [SegmentCache() for _ in range(model.config.num_hidden_layers)]
         self.tokens = 0  # tokens fed through this stream
 
@@ -30,7 +32,10 @@ class Stream:
         i, h = 0, None
         while i < ids.numel():
             chunk = ids[i : i + L - self.caches[0].pos]
-            step = self.model.decode if chunk.numel() == 1 else self.model.segment  # the same maths
+            if chunk.numel() > 1:
+                step = self.model.segment
+            else:  # the same maths in fewer operations (int8 products with `fast`)
+                step = self.fast.decode if self.fast is not None else self.model.decode
             h, deltas = step(chunk[None], self.mem, self.caches)
             for c, (dM, dz) in zip(self.caches, deltas):
                 c.accumulate(dM, dz)
@@ -38,6 +43,8 @@ class Stream:
                 self._commit()
             i += chunk.numel()
         self.tokens += ids.numel()
+        if self.fast is not None:
+            return self.fast.logits(h[0, -1])
         return self.model.lm_head(h[0, -1]).float()
 
     def _commit(self) -> None:
@@ -87,9 +94,16 @@ def generate_ids(
     generator: torch.Generator | None = None,
     on_end: Callable[[Stream], None] | None = None,
     repetition_penalty: float = 1.0,
+    decode: str | None = None,
 ) -> Iterator[int]:
-    """Yield new token ids after the prompt; a stop id ends generation and is not yielded."""
-    stream = Stream(model, mem)
+    """Yield new token ids after the prompt; a stop id ends generation and is not yielded.
+
+    `decode`: "int8", "exact" or "auto"/None ($INFINI_DECODE, else int8 on a CPU that has the kernels):
+    how the answer's tokens are decoded (engine/quant.py); the prompt is read exactly either way."""
+    fast = None
+    if resolve_decode(decode, prompt.device) == "int8":
+        fast = Int8Decoder.for_model(model)
+    stream = Stream(model, mem, fast)
     logits = stream.feed(prompt)
     answer: list[int] = []
     for _ in range(max_new_tokens):

@@ -331,17 +331,21 @@ def _child_ingest(spec: dict):
                    fingerprint=e.fingerprint)
         if spec.get("decode_tokens"):
             out.update(_generate(e, mem, spec["decode_tokens"]))
+            for mode in spec.get("decode_modes") or ():  # each decode path of engine/quant.py, one after the other
+                out.setdefault("decode_by_mode", {})[mode] = _generate(e, mem, spec["decode_tokens"], mode)
         return out
 
     return run
 
 
-def _generate(e, mem, max_new_tokens: int) -> dict:
-    """Time to the first text piece and decode tokens/s of `Engine.generate` on top of `mem`."""
+def _generate(e, mem, max_new_tokens: int, decode: str | None = None) -> dict:
+    """Time to the first text piece and decode tokens/s of `Engine.generate` on top of `mem` (`decode`:
+    the engine's choice by default, else "int8" or "exact")."""
     prompt_len = e.prompt_ids(QUESTION).numel()
     after = []
     psi0, t0 = cpu_pressure()[1], time.perf_counter()
-    pieces = e.generate(QUESTION, mem, max_new_tokens=max_new_tokens, temperature=0, on_memory=after.append)
+    pieces = e.generate(QUESTION, mem, max_new_tokens=max_new_tokens, temperature=0, on_memory=after.append,
+                        decode=decode)
     first = None
     for _ in pieces:
         first = first or time.perf_counter()
@@ -715,40 +719,65 @@ def llama_section(opts: Options) -> list[Table]:
             "llama.cpp skipped: `llama_cpp` is not importable here, nor in $INFINI_LLAMA_PYTHON or "
             f"{LLAMA_VENV.relative_to(REPO)} (build it there: `python -m venv {LLAMA_VENV.relative_to(REPO)} && "
             f"{LLAMA_VENV.relative_to(REPO)}/bin/pip install --no-binary llama-cpp-python llama-cpp-python`)."])]
-    read = Table(title, ["measure", "tokens", "ours", "llama.cpp", "ours / llama.cpp"])
+    read = Table(title, ["measure", "tokens", "ours", "llama.cpp", "ours / llama.cpp", "rounds (ours / llama.cpp)"])
     decode = Table(f"Decode (answers), greedy, {threads} threads: ours / llama.cpp",
-                   ["book tokens", "prompt tokens", "new tokens", "ours (tokens/s)", "llama.cpp (tokens/s)",
-                    "ours / llama.cpp"])
-    info = ""
+                   ["book tokens", "prompt tokens", "ours", "ours (tokens/s)", "llama.cpp (tokens/s)",
+                    "ours / llama.cpp", "rounds (ours / llama.cpp)"])
+    from infini_reader.engine.quant import resolve_decode
+
+    modes = ["int8", "exact"] if resolve_decode("int8", "cpu") == "int8" else ["exact"]
+    default = resolve_decode(None, "cpu")
+    info, loads = "", []
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731  (the upper median of an even count)
     for n in opts.peer_lengths:
-        opts.log(f"  llama.cpp peer at {n} tokens: ours…")
-        ours = measure({"job": "ingest", "model": "builtin", "length": n, "decode_tokens": opts.decode_tokens}, opts)
-        opts.log(f"  llama.cpp peer at {n} tokens: llama.cpp…")
-        try:
-            theirs = measure_llama({"gguf": str(model_path()), "length": n, "threads": threads,
-                                    "decode_tokens": opts.decode_tokens, "prompt_tokens": ours["prompt_tokens"]},
-                                   opts, python)
-        except RuntimeError as exc:
-            opts.log(f"  llama.cpp failed: {exc}")
-            read.notes.append(f"llama.cpp failed at {n} tokens: {str(exc).splitlines()[-1]}")
+        ours_runs, their_runs = [], []
+        for r in range(max(1, opts.repeats)):  # alternated: contention from other programs hits both alike
+            loads.append(os.getloadavg()[0])
+            opts.log(f"  llama.cpp peer at {n} tokens, round {r + 1}: ours…")
+            ours_runs.append(measure({"job": "ingest", "model": "builtin", "length": n,
+                                      "decode_tokens": opts.decode_tokens, "decode_modes": modes}, opts))
+            opts.log(f"  llama.cpp peer at {n} tokens, round {r + 1}: llama.cpp…")
+            try:
+                their_runs.append(measure_llama({"gguf": str(model_path()), "length": n, "threads": threads,
+                                                 "decode_tokens": opts.decode_tokens,
+                                                 "prompt_tokens": ours_runs[-1]["prompt_tokens"]}, opts, python))
+            except RuntimeError as exc:
+                opts.log(f"  llama.cpp failed: {exc}")
+                read.notes.append(f"llama.cpp failed at {n} tokens: {str(exc).splitlines()[-1]}")
+                ours_runs.pop()
+                break
+        if not their_runs:
             continue
+        theirs = their_runs[-1]
         info = f"llama-cpp-python {theirs['version']}; its system info: `{theirs['system_info'].strip()}`"
-        ours_read, their_read = n / ours["seconds"], n / theirs["seconds"]
-        read.rows.append(["reading (tokens/s)", _tokens(n), ours_read, their_read, ours_read / their_read])
-        read.rows.append(["load (s)", _tokens(n), ours["load_seconds"], theirs["load_seconds"],
-                          ours["load_seconds"] / theirs["load_seconds"]])
-        decode.rows.append([_tokens(n), ours["prompt_tokens"], ours["new_tokens"], ours["decode_tps"],
-                            theirs["decode_tps"], ours["decode_tps"] / theirs["decode_tps"]])
+        pairs = list(zip(ours_runs, their_runs))
+
+        def row(label, ours_of, theirs_of, per_second=True):
+            o, t = [ours_of(a) for a, _ in pairs], [theirs_of(b) for _, b in pairs]
+            rounds = ", ".join(f"{x / y:.2f}" for x, y in zip(o, t))
+            return [label, _tokens(n), med(o), med(t), med(o) / med(t), rounds]
+
+        read.rows.append(row("reading (tokens/s)", lambda a: n / a["seconds"], lambda b: n / b["seconds"]))
+        read.rows.append(row("load (s)", lambda a: a["load_seconds"], lambda b: b["load_seconds"]))
+        for mode in modes:
+            label = f"decode {mode}" + (" (default)" if mode == default else "")
+            _, _, o, t, ratio, rounds = row(label, lambda a: a["decode_by_mode"][mode]["decode_tps"],
+                                            lambda b: b["decode_tps"])
+            decode.rows.append([_tokens(n), ours_runs[0]["prompt_tokens"], label, o, t, ratio, rounds])
     read.notes += [
         "Reading: ours is `Engine.ingest` (the memory written, no LM head), llama.cpp's `Llama.eval` of the same "
         "number of random tokens (prompt processing, batches of 512, its KV cache filled). Load: ours from the "
         "start of the fresh subprocess's load (engine import, converted weights from the cache, the shipped "
         "adapter) to a ready engine; llama.cpp's `Llama(...)` on the GGUF file (the file in the page cache: warm).",
-        "Each measure is a fresh subprocess; ours then llama.cpp, one after the other. " + info]
+        f"Each measure is a fresh subprocess; ours then llama.cpp, alternated {max(1, opts.repeats)} times (`--repeats`); "
+        "the table gives the medians, the last column each round's ratio. Load average (1 min) at the start of "
+        f"each round: {', '.join(f'{x:.1f}' for x in loads)}. " + info]
     decode.notes.append(
         "Ours: `Engine.generate` on top of the memory of the book, new tokens over the time after the first "
-        "text piece. llama.cpp: `Llama.eval` of a prompt of as many tokens as ours, then greedy steps "
-        f"(argmax of its logits, `eval([token])`), up to {opts.decode_tokens} new tokens each.")
+        "text piece, by each decode path (engine/quant.py: `int8` products with an exactly rescored vocabulary "
+        "shortlist, or `exact`), in the same subprocess. llama.cpp: `Llama.eval` of a prompt of as many tokens "
+        f"as ours, then greedy steps (argmax of its logits, `eval([token])`), up to {opts.decode_tokens} new "
+        "tokens each.")
     return [read, decode]
 
 
@@ -919,7 +948,7 @@ def main(argv=None) -> None:
     p.add_argument("--adapters", help="comma-separated adapter files, measured beside the built-in model with its "
                    "shipped adapter (the adapters section; use --sections adapters for that alone)")
     p.add_argument("--repeats", type=int, default=2,
-                   help="alternating runs of each in the adapters section (default 2)")
+                   help="alternating runs of each in the adapters and llama sections (default 2)")
     p.add_argument("--out", help="also write the markdown to this file")
     p.add_argument("--profile", type=int, metavar="SEGMENTS", help="time the parts of an ingest and exit")
     p.add_argument("--profile-ops", type=int, default=0, metavar="N", help="with --profile: top N operators")

@@ -1,6 +1,7 @@
 """One token's products at the built-in model's shapes: float32 beside PyTorch's quantized CPU kernels.
 
     python -m lab.bench_quant [--threads 2]
+    python -m lab.bench_quant --decode [--threads 2]    # the int8 decode path (engine/quant.py) beside exact
 
 Rows: the vocabulary head and the MLP's products, one row of activations (a decoded token). Columns:
 float32; weight-only int4 from Q4_1-style blocks of 32 (`_weight_int4pack_mm_for_cpu`, exact: a Q4_1
@@ -61,11 +62,90 @@ def row(n: int, k: int) -> tuple[dict[str, float], dict[str, float]]:
     return best_seconds(fns), err
 
 
+QUESTIONS = ("Name three colours.", "What is the capital of France?", "Write a short poem about the sea.",
+             "Explain what a lighthouse is.", "Who wrote Hamlet?", "Give me two tips for sleeping well.",
+             "What is 12 times 7?", "Describe a cat in one sentence.")
+
+
+def held_out_text(books: int = 2, chars: int = 3000) -> list[str]:
+    """Passages from the middle of the first held-out books (../shared/data/gutenberg/valid.jsonl.xz)."""
+    import json
+    import lzma
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "gutenberg" / "valid.jsonl.xz"
+    out = []
+    with lzma.open(path, "rt") as f:
+        for line in f:
+            text = json.loads(line)["text"]
+            mid = len(text) // 2
+            out.append(text[mid : mid + chars])
+            if len(out) == books:
+                break
+    return out
+
+
+def decode_report(tokens: int = 128, new_tokens: int = 32, rounds: int = 3) -> str:
+    """The built-in model (shipped adapter, the machine's dtype): the int8 decode path beside the exact
+    one. Perplexity of `tokens` held-out tokens fed one at a time after an 8-token prompt (teacher
+    forcing: each token's logits from the one-token step); greedy answers to QUESTIONS; decode
+    tokens/s alternated `rounds` times."""
+    import math
+
+    from infini_reader.app.core import models
+    from infini_reader.engine.generate import Stream, generate_ids
+    from infini_reader.engine.quant import Int8Decoder
+
+    e = models.load_model("builtin", device="cpu")
+    guard = torch.inference_mode()
+    guard.__enter__()  # for the rest of this function (kept alive by the name)
+    t = time.perf_counter()
+    fast = Int8Decoder.for_model(e.model)
+    lines = [f"model dtype {e.dtype}, int8 weights prepared in {time.perf_counter() - t:.2f} s", ""]
+    nll = {"exact": [], "int8": []}
+    for text in held_out_text():
+        ids = torch.tensor(e.tokenizer.encode(text, add_special_tokens=False).ids[: tokens + 8])
+        for mode in nll:
+            s = Stream(e.model, None, fast if mode == "int8" else None)
+            logits = s.feed(ids[:8])
+            for tok in ids[8:]:
+                nll[mode].append(float(torch.log_softmax(logits, -1)[tok].neg()))
+                logits = s.feed(tok.view(1))
+    ppl = {m: math.exp(sum(v) / len(v)) for m, v in nll.items()}
+    lines += [f"perplexity over {len(nll['exact'])} held-out tokens (one-token steps): exact {ppl['exact']:.3f}, "
+              f"int8 {ppl['int8']:.3f} ({100 * (ppl['int8'] / ppl['exact'] - 1):+.2f}%)", ""]
+    same, agree, total, speed = 0, 0, 0, {"exact": [], "int8": []}
+    for i, q in enumerate(QUESTIONS):
+        p = e.prompt_ids(q)
+        answers = {}
+        for mode in ("exact", "int8") if i % 2 == 0 else ("int8", "exact"):
+            t = time.perf_counter()
+            answers[mode] = list(generate_ids(e.model, p, None, new_tokens, decode=mode))
+            if i < rounds * 2:
+                speed[mode].append(len(answers[mode]) / (time.perf_counter() - t))
+        a, b = answers["exact"], answers["int8"]
+        same += a == b
+        n = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        agree, total = agree + n, total + len(a)
+    lines += [f"greedy answers ({new_tokens} tokens) identical: {same} of {len(QUESTIONS)}; tokens before the first "
+              f"difference: {agree} of {total}", ""]
+    lines += ["decode tokens/s (prompt included), alternated: " + "; ".join(
+        f"{m} {', '.join(f'{x:.1f}' for x in v)}" for m, v in speed.items())
+        + f"; median ratio int8 / exact {sorted(speed['int8'])[len(speed['int8']) // 2] / sorted(speed['exact'])[len(speed['exact']) // 2]:.2f}"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m lab.bench_quant", description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--decode", action="store_true", help="the int8 decode path beside the exact one (built-in model)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.decode:
+        print(f"torch {torch.__version__}, {args.threads} threads, CPU capability "
+              f"{torch.backends.cpu.get_cpu_capability()}\n", flush=True)
+        print(decode_report(), flush=True)
+        return
     print(f"torch {torch.__version__}, {args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}\n")
     header = ["product (rows × cols)", "float32", "int4 (GGUF blocks)", "int8 weight-only", "fbgemm dynamic int8"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))

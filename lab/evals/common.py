@@ -24,6 +24,7 @@ from infini_reader.app.core.ingest import ingest_file
 from infini_reader.app.core.library import Library
 from infini_reader.app.core.segments import tokenize_with_offsets
 from infini_reader.engine.generate import SegmentCache, Stream, detokenize, sample
+from infini_reader.engine.quant import Int8Decoder, resolve_decode
 from infini_reader.engine.model import InfiniTransformer
 from lab.train.trainer import SHARED_DATA
 from infini_reader.app.core import models
@@ -112,14 +113,16 @@ def answers_sharing_prefix(e: eng.Engine, prompts: list, max_new_tokens: int) ->
         differ = np.nonzero(x.cpu().numpy()[:n0] != first[:n0])[0]
         if differ.size:
             n0 = int(differ[0])
-    stream = Stream(e.model, None)
+    # the decode path `Engine.generate` takes (engine/quant.py), so that the answers are the same
+    fast = Int8Decoder.for_model(e.model) if resolve_decode(None, e.device) == "int8" else None
+    stream = Stream(e.model, None, fast)
     if n0 > 0:
         stream.feed(ids[0][:n0])
     stop = frozenset(e.chat.stop_token_ids if e.chat else ())
     decode = lambda t: e.tokenizer.decode(t, skip_special_tokens=True)
     out = []
     for x in ids:
-        s = Stream(e.model, stream.mem)
+        s = Stream(e.model, stream.mem, fast)
         s.caches = [
             SegmentCache(None if c.k is None else c.k.clone(), None if c.v is None else c.v.clone(), c.pos, c.dM, c.dz)
             for c in stream.caches

@@ -47,7 +47,7 @@ def test_generation_equals_recomputed_logits():
     e = tiny_engine(gate=0.0)
     mem = e.ingest(list(range(1, 40)), e.new_memory())
     prompt = torch.tensor([5, 9, 2, 7, 7, 1, 3, 8, 11, 4, 6, 10, 12])
-    greedy = list(generate_ids(e.model, prompt, e._as_layers(mem), 30))
+    greedy = list(generate_ids(e.model, prompt, e._as_layers(mem), 30, decode="exact"))
     assert len(greedy) == 30
     seq = prompt.tolist()
     for tok in greedy:
@@ -127,15 +127,15 @@ def test_decode_path_equals_the_segment_path(rule, projection):
 @torch.inference_mode()
 def test_decode_path_gives_the_reference_greedy_answers(smol):
     """The built-in model (its shipped adapter, the machine's dtype), segments of 48 so that answers cross
-    boundaries: greedy answers by the one-token path equal those of `segment` for every token."""
+    boundaries: greedy answers by the exact one-token path equal those of `segment` for every token."""
     mem = smol._as_layers(smol.ingest("The lighthouse keeper was called Ezekiel Marsh. " * 8, smol.new_memory()))
     model = smol.model
     for question in ("Who was the lighthouse keeper?", "Name three colours."):
         prompt = smol.prompt_ids(question)
-        fast = list(generate_ids(model, prompt, mem, 60))
+        fast = list(generate_ids(model, prompt, mem, 60, decode="exact"))
         model.decode = model.segment  # the reference, for this model object only
         try:
-            ref = list(generate_ids(model, prompt, mem, 60))
+            ref = list(generate_ids(model, prompt, mem, 60, decode="exact"))
         finally:
             del model.decode
         assert fast == ref and len(fast) > 10

@@ -1,0 +1,125 @@
+"""The int8 one-token decode path (engine/quant.py) beside the exact one."""
+
+import math
+
+import pytest
+import torch
+
+from infini_reader.engine import quant
+from infini_reader.engine.generate import Stream, generate_ids
+from infini_reader.kernels.reference import apply_rotary, rotary_tables
+
+from .conftest import tiny_engine
+
+pytestmark = pytest.mark.skipif(not quant.int8_supported(), reason="no fbgemm int8 kernels in this PyTorch build")
+
+
+def test_rotation_is_rotary_as_one_product():
+    cos, sin = rotary_tables(16, 64, 10000.0)
+    x = torch.randn(5, 1, 16)
+    for pos in (0, 1, 37, 63):
+        torch.testing.assert_close(x @ quant.rotation(cos[pos], sin[pos]), apply_rotary(x, cos[pos : pos + 1], sin[pos : pos + 1]),
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_decode_mode_override(monkeypatch):
+    monkeypatch.setenv(quant.DECODE_ENV, "exact")
+    assert quant.resolve_decode(None, "cpu") == "exact"
+    assert quant.resolve_decode("int8", "cpu") == "int8"  # an explicit argument wins
+    monkeypatch.setenv(quant.DECODE_ENV, "auto")
+    assert quant.resolve_decode(None, "cpu") == "int8"
+    monkeypatch.setenv(quant.DECODE_ENV, "int4")
+    with pytest.raises(ValueError, match="decode mode"):
+        quant.resolve_decode(None, "cpu")
+
+
+@torch.inference_mode()
+def test_head_shortlist_scores_its_best_candidates_exactly():
+    e = tiny_engine(vocab_size=500)
+    fast = quant.Int8Decoder.for_model(e.model)
+    for seed in range(5):
+        h = torch.randn(48, generator=torch.Generator().manual_seed(seed))
+        ref = e.model.lm_head(h)
+        got = fast.logits(h)
+        exact = torch.isclose(got, ref, rtol=1e-6, atol=1e-6)
+        assert int(exact.sum()) >= quant.TOPK  # the shortlist: the float head's own values
+        assert bool(exact[got.topk(8).indices].all())
+        assert int(got.argmax()) == int(ref.argmax())
+        assert float((got - ref).norm() / ref.norm()) < 0.05  # the rest: int8
+
+
+def _stream(model, prompt, mem, tokens, fast):
+    s = Stream(model, mem, fast)
+    out = [s.feed(prompt)]
+    for t in tokens:
+        out.append(s.feed(prompt.new_tensor([t])))
+    return torch.stack(out), s.final_memory()
+
+
+@pytest.mark.parametrize("rule", ["linear", "delta"])
+@pytest.mark.parametrize("projection", [False, True])
+@torch.inference_mode()
+def test_int8_decode_follows_the_exact_path(rule, projection):
+    """Token by token across two segment boundaries (segments of 16), on top of a memory, with and
+    without an adapter's memory projections: logits and memory as the exact path gives them, to int8's
+    rounding. A wrong rotation, split or memory read would be off by far more than that."""
+    from infini_reader.engine.adapter import add_memory_projection
+
+    e = tiny_engine(gate=0.0, memory_update=rule)
+    if projection:
+        add_memory_projection(e.model, rank=2, alpha=4, train=False)
+        with torch.no_grad():
+            for layer in e.model.model.layers:
+                for p in layer.self_attn.memory_proj.parameters():
+                    p.normal_(0, 0.2)
+    mem = e._as_layers(e.ingest(list(range(1, 40)), e.new_memory()))
+    prompt = torch.tensor([5, 9, 2, 7, 7, 1, 3])
+    tokens = [int(t) for t in torch.randint(0, 97, (30,), generator=torch.Generator().manual_seed(0))]
+    fast, fast_mem = _stream(e.model, prompt, mem, tokens, quant.Int8Decoder.for_model(e.model))
+    ref, ref_mem = _stream(e.model, prompt, mem, tokens, None)
+    assert int(fast[0].argmax()) == int(ref[0].argmax())  # the prompt is read exactly; its head is shortlisted
+    for f, r in zip(fast, ref):
+        assert float((f - r).norm() / r.norm()) < 0.03
+    for (M, z), (M_ref, z_ref) in zip(fast_mem, ref_mem):
+        assert float((M - M_ref).norm() / M_ref.norm()) < 0.03
+        assert float((z - z_ref).norm() / z_ref.norm()) < 0.03
+
+
+def test_decoder_is_made_again_when_a_weight_changes():
+    """(A write under inference mode bumps no version counter: weights are changed outside it.)"""
+    e = tiny_engine()
+    d = quant.Int8Decoder.for_model(e.model)
+    assert quant.Int8Decoder.for_model(e.model) is d
+    with torch.no_grad():
+        e.model.model.layers[0].mlp.down_proj.weight.mul_(2)
+    assert quant.Int8Decoder.for_model(e.model) is not d
+
+
+HELD_OUT = (
+    "The old mill stood at the bend of the river, where the water ran slow and brown past the reeds. "
+    "Every morning the miller opened the sluice, and the wheel began to turn with a low groan that the "
+    "whole village knew. His daughter kept the accounts in a thick ledger bound in green cloth, and she "
+    "wrote each sack of flour in a small, careful hand, with the name of the farmer who had brought the grain."
+)
+
+
+@torch.inference_mode()
+def test_builtin_model_perplexity_and_greedy_answers(builtin_engine_f32):
+    """The built-in model: held-out text fed one token at a time has the exact path's perplexity to
+    within 1%, and the greedy answers start the same."""
+    e = builtin_engine_f32
+    fast = quant.Int8Decoder.for_model(e.model)
+    ids = torch.tensor(e.tokenizer.encode(HELD_OUT, add_special_tokens=False).ids)
+    nll = {}
+    for name, f in (("exact", None), ("int8", fast)):
+        s = Stream(e.model, None, f)
+        logits, total = s.feed(ids[:4]), 0.0
+        for tok in ids[4:]:
+            total -= float(torch.log_softmax(logits, -1)[tok])
+            logits = s.feed(tok.view(1))
+        nll[name] = total / (len(ids) - 4)
+    assert abs(math.exp(nll["int8"]) / math.exp(nll["exact"]) - 1) < 0.01, nll
+    prompt = e.prompt_ids("What is the capital of France?")
+    exact = list(generate_ids(e.model, prompt, None, 12, decode="exact"))
+    int8 = list(generate_ids(e.model, prompt, None, 12, decode="int8"))
+    assert int8[:6] == exact[:6] and len(exact) >= 6
