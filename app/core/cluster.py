@@ -107,7 +107,10 @@ class Reader:
                 last = ev
                 if ev.phase in ("parsing", "reading") and (ev.phase != last_phase or ev.saved
                                                             or time.monotonic() - t >= 1.0):
-                    events.put((index, asdict(ev)))
+                    try:
+                        events.put((index, asdict(ev)), timeout=10)
+                    except Exception:  # the caller's queue is gone or full: the reading goes on regardless
+                        log.warning("progress of %s not sent", title, exc_info=True)
                     last_phase, t = ev.phase, time.monotonic()
         except Exception as exc:
             log.exception("reading %s failed", title)
