@@ -38,6 +38,7 @@ MISSING = "reading on a cluster needs Ray, which is not installed: pip install '
 ATTEMPTS = 3  # a book is handed to a worker at most this many times when workers die under it
 BUSY_RETRIES = 30  # a requeued book whose lock the dead worker's connection still holds: retried every 2 s
 MAX_FILE = 1 << 30  # a file sent to the cluster (bytes through Ray's object store)
+START_TIMEOUT = 600  # seconds for the workers to be placed and load their model
 
 
 class ClusterError(RuntimeError):
@@ -171,18 +172,28 @@ def read_on_ray(address: str | None, spec: WorkerSpec, paths: list[Path], worker
         def start_worker():
             return actor_class.remote(spec)
 
-        idle = deque(start_worker() for _ in range(n))
-        hellos = ray.get([a.hello.remote() for a in idle])
+        if gpu and not ray.cluster_resources().get("GPU"):
+            raise ClusterError("the Ray cluster has no GPU; read with --device cpu, or add machines with GPUs")
+        actors = [start_worker() for _ in range(n)]
+        try:
+            hellos = ray.get([a.hello.remote() for a in actors], timeout=START_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            raise ClusterError(f"the {n} workers did not start within {START_TIMEOUT // 60} minutes: the cluster "
+                               f"may lack the {'GPUs' if gpu else 'CPUs'} asked for (--workers sets how many)") from None
         if all(h["error"] for h in hellos):
             raise ClusterError(f"the workers could not start: {hellos[0]['error']}")
-        log.info("cluster workers: %s", ", ".join(f"{h['worker']} ({h['device']})" for h in hellos))
+        for h in hellos:
+            if h["error"]:  # that machine lacks something (the model, the GPU): the others read
+                log.warning("a worker could not start (%s): %s", h["worker"], h["error"])
+        idle = deque(a for a, h in zip(actors, hellos) if not h["error"])
+        log.info("cluster workers: %s", ", ".join(f"{h['worker']} ({h['device']})" for h in hellos if not h["error"]))
 
         todo = deque(range(len(paths)))
         tries = {i: 0 for i in todo}
         busy_tries = {i: 0 for i in todo}
         not_before: dict[int, float] = {}
         requeued: set[int] = set()
-        running: dict = {}  # ObjectRef -> (index, actor, data ref)
+        running: dict = {}  # ObjectRef -> (index, actor)
         replacements = 0
         while todo or running:
             while idle:
