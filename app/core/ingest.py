@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class Progress:
     document_id: int | None
     title: str
-    phase: str  # parsing | reading | ready | failed | cancelled
+    phase: str  # parsing | reading | ready | failed | cancelled; requeued: a worker died, another goes on
     segments_done: int = 0
     segments_total: int = 0
     tokens_done: int = 0
@@ -45,6 +45,8 @@ class Progress:
     message: str = ""
     reused: bool = False  # the library already held this file read by this model
     saved: bool = False  # the memory and position reached were stored with this event (a resumable point)
+    worker: str = ""  # many books at once (app/core/batch.py, cluster.py): "process PID on HOST" that read it
+    model_fingerprint: str | None = None  # on a worker's last event: the model it read with
 
     @property
     def fraction(self) -> float:
