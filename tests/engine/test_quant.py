@@ -26,8 +26,11 @@ def test_decode_mode_override(monkeypatch):
     monkeypatch.setenv(quant.DECODE_ENV, "exact")
     assert quant.resolve_decode(None, "cpu") == "exact"
     assert quant.resolve_decode("int8", "cpu") == "int8"  # an explicit argument wins
-    monkeypatch.setenv(quant.DECODE_ENV, "auto")
+    monkeypatch.setenv(quant.DECODE_ENV, "int8")
     assert quant.resolve_decode(None, "cpu") == "int8"
+    assert quant.resolve_decode(None, "meta") == "exact"  # the int8 kernels are the CPU's
+    monkeypatch.setenv(quant.DECODE_ENV, "auto")
+    assert quant.resolve_decode(None, "cpu") == "exact"  # int8 is opt-in until it meets the 1% perplexity bar
     monkeypatch.setenv(quant.DECODE_ENV, "int4")
     with pytest.raises(ValueError, match="decode mode"):
         quant.resolve_decode(None, "cpu")
@@ -105,8 +108,9 @@ HELD_OUT = (
 
 @torch.inference_mode()
 def test_builtin_model_perplexity_and_greedy_answers(builtin_engine_f32):
-    """The built-in model: held-out text fed one token at a time has the exact path's perplexity to
-    within 1%, and the greedy answers start the same."""
+    """The built-in model: held-out text fed one token at a time has about the exact path's perplexity
+    (measured +1.7% here, docs/performance.md: why int8 is not the default), and the greedy answers
+    start the same. A wrong product or rotation would be off by far more."""
     e = builtin_engine_f32
     fast = quant.Int8Decoder.for_model(e.model)
     ids = torch.tensor(e.tokenizer.encode(HELD_OUT, add_special_tokens=False).ids)
@@ -118,7 +122,7 @@ def test_builtin_model_perplexity_and_greedy_answers(builtin_engine_f32):
             total -= float(torch.log_softmax(logits, -1)[tok])
             logits = s.feed(tok.view(1))
         nll[name] = total / (len(ids) - 4)
-    assert abs(math.exp(nll["int8"]) / math.exp(nll["exact"]) - 1) < 0.01, nll
+    assert abs(math.exp(nll["int8"]) / math.exp(nll["exact"]) - 1) < 0.03, nll
     prompt = e.prompt_ids("What is the capital of France?")
     exact = list(generate_ids(e.model, prompt, None, 12, decode="exact"))
     int8 = list(generate_ids(e.model, prompt, None, 12, decode="int8"))
