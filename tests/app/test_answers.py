@@ -353,15 +353,11 @@ def test_multiple_choice_is_answered_by_scoring_each_option_against_the_cited_te
         "The old clockmaker Anselm Ferro was born in the town of Zellmoor. " + filler(6),
     ])
     st = RetrievalSettings(mode="bm25")
-    for q, want in [
-        ("What is the name of Bartholomew Crane's parrot? (A) Biscuit (B) Jupiter (C) Marigold (D) Turquoise",
-         "(B) Jupiter"),
-        ("In which town was the clockmaker Anselm Ferro born?\nA. London\nB. Dunmore\nC. Zellmoor\nD. Paris",
-         "(C) Zellmoor"),
-    ]:
-        done = list(ask(library, e, doc_id, q, settings=st))[-1]
-        assert done.kind == "done" and done.text == want
-        assert want.split()[-1] in done.citations[0].sentence  # the option's sentence is shown
+    # the right option is neither the first nor the model's favourite letter (B, issue 37)
+    q = "In which town was the clockmaker Anselm Ferro born?\nA. London\nB. Dunmore\nC. Zellmoor\nD. Paris"
+    done = list(ask(library, e, doc_id, q, settings=st))[-1]
+    assert done.kind == "done" and done.text == "(C) Zellmoor"
+    assert "Zellmoor" in done.citations[0].sentence  # the option's sentence is shown
 
 
 def test_the_model_finds_the_sentence_a_question_in_other_words_is_about(builtin_tokenizer_engine):
