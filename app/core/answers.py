@@ -403,7 +403,7 @@ def build_prompt(doc_text: str, question: str, windows: list[tuple[int, int]]) -
 _SPAN_QUESTION = re.compile(r"^\s*(?:(?:in|on|at|from|to|under|by|with|for|into|inside)\s+)?"
                             r"(?:who|whom|whose|what|which|where|when|how (?:many|much|old|long|far))\b", re.I)
 _NOT_SPAN = re.compile(r"\b(?:why|how (?:do|does|did|is|are|was|were|can|could|would)|explain|describe|summar|"
-                       r"what (?:happens|happened|will happen|is (?:the book|it) about|do you think))\b", re.I)
+                       r"what (?:kind|sort|type) of (?:person|man|woman|people|thing|place)|what (?:happens|happened|will happen|is (?:the book|it) about|do you think))\b", re.I)
 _NUMBER_WORDS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
                  "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety "
                  "hundred thousand million first second third").split()

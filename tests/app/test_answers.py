@@ -227,6 +227,8 @@ def test_span_candidates_leave_out_the_questions_words_and_count_with_numbers():
     assert A.is_span_question("Who killed Sir Danvers?") and A.is_span_question("How many nails were there?")
     assert not A.is_span_question("Why did Jekyll write the letter?")
     assert not A.is_span_question("What happens in the first chapter?")
+    assert not A.is_span_question("What kind of person was the old man?")  # a description (FairytaleQA)
+    assert not A.is_span_question("What did his brothers do to him?") and A.is_span_question("In which town was he born?")
 
 
 def test_the_best_sentence_is_the_one_with_the_questions_rare_words():
