@@ -47,8 +47,9 @@ def test_clean_drops_echoed_instructions_first_person_and_invented_names():
         'He said: "I counted the ships." The keeper slept.'
 
 
+@pytest.mark.parametrize("style", summaries.STYLES)
 def test_parts_stream_are_stored_as_they_finish_and_a_stopped_summary_continues(tiny_reader, library, tmp_path,
-                                                                               monkeypatch):
+                                                                               monkeypatch, style):
     doc_id = read_book(library, tiny_reader, tmp_path, chapters=1, paragraphs=16)
     n = len(summaries._parts(tiny_reader, library.document(doc_id).text[library.document(doc_id).sections[0].start:],
                              summaries._budget(tiny_reader, 12)))
@@ -56,7 +57,7 @@ def test_parts_stream_are_stored_as_they_finish_and_a_stopped_summary_continues(
     scripted(monkeypatch, tiny_reader, [NOTE] * 20)
     cancel = threading.Event()
     seen = []
-    for ev in summarize(library, tiny_reader, doc_id, 0, cancel=cancel, max_new_tokens=12):
+    for ev in summarize(library, tiny_reader, doc_id, 0, cancel=cancel, max_new_tokens=12, style=style):
         seen.append(ev)
         if ev.kind == "part" and ev.part == 1:
             cancel.set()  # Stop after the second part
@@ -68,14 +69,14 @@ def test_parts_stream_are_stored_as_they_finish_and_a_stopped_summary_continues(
     assert "## Summaries" not in export_markdown(library, doc_id)  # the kept parts are not a summary yet
     progress = [e for e in seen if e.kind == "progress"][-1]
     assert progress.done == 2 and progress.total == n and progress.eta is not None
-    assert estimate(library, tiny_reader, doc_id, 0, max_new_tokens=12).parts == n - 2
+    assert estimate(library, tiny_reader, doc_id, 0, max_new_tokens=12, style=style).parts == n - 2
 
     # continued: the two finished parts come back without the model, the rest are written
     prompts = scripted(monkeypatch, tiny_reader, [NOTE] * 20)
-    events = list(summarize(library, tiny_reader, doc_id, 0, max_new_tokens=12))
+    events = list(summarize(library, tiny_reader, doc_id, 0, max_new_tokens=12, style=style))
     parts = [e for e in events if e.kind == "part"]
     assert [p.part for p in parts] == list(range(n))
-    note_prompts = [p for p in prompts if "happens in it" in str(p)]
+    note_prompts = [p for p in prompts if {"abstractive": "happens in it", "extractive": "Retell"}[style] in str(p)]
     assert len(note_prompts) == n - 2
     assert events[-1].kind == "done" and events[-1].section_idx is None or events[-1].section_idx == 0
     stored = stored_summaries(library, doc_id, tiny_reader.fingerprint)
@@ -87,7 +88,7 @@ def test_first_person_is_written_again_in_the_third_person(tiny_reader, library,
     doc_id = read_book(library, tiny_reader, tmp_path, chapters=1, paragraphs=3)
     prompts = scripted(monkeypatch, tiny_reader, ["In the end, I was left with a sense of emptiness.",
                                                   "the keeper counted the ships passing the rocks."])
-    events = list(summarize(library, tiny_reader, doc_id, 0, max_new_tokens=12))
+    events = list(summarize(library, tiny_reader, doc_id, 0, max_new_tokens=12, style="abstractive"))
     assert events[-1].kind == "done"
     assert events[-1].text == "In this part, the keeper counted the ships passing the rocks."
     assert "I was left" not in events[-1].text and len(prompts) == 2
