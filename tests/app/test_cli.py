@@ -76,6 +76,10 @@ def test_ingest_with_summaries_stores_every_chapters_summary(capsys, tmp_path, t
         code, out, err = run(capsys, data, tiny_model_dir, *argv)
         assert code == 0 and "chapter" not in err.lower()  # stored: no chapter was read again
         assert isinstance(json.loads(out)["summary"], str)
+    from infini_reader.app.cli import build_parser
+
+    assert build_parser().parse_args(["summarize", "1", "--style", "abstractive"]).style == "abstractive"
+    assert build_parser().parse_args(["summarize", "1"]).style is None  # the library's default
 
 
 def test_user_errors_are_one_line_without_traceback(capsys, tmp_path, tiny_model_dir):
