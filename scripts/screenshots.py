@@ -3,7 +3,8 @@
     .venv/bin/python scripts/screenshots.py [--out docs/screenshots] [--book PATH]
 
 Reads the book into a temporary library (a few minutes on two CPU cores), asks a question, opens a
-citation, writes a chapter summary, and saves library.png, chat.png, summary.png and dark.png.
+citation, finds words in the book (Ctrl+F in the reading pane), writes a chapter summary, and saves
+library.png, chat.png, find.png, summary.png and dark.png.
 Runs without a display (offscreen) unless QT_QPA_PLATFORM says otherwise.
 """
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 QUESTION = "What did the drink in the little bottle taste like?"
 SHOWN = "cherry-tart"  # the source opened in the reading pane: the one with the answer, when cited
+FIND = "golden key"  # looked for in the book (find.png)
 
 
 def main() -> int:
@@ -114,6 +116,20 @@ def main() -> int:
     spin(lambda: window.reading.passage is not None, 60, "the passage")
     window.chat.question.setPlainText("And what did Alice do then?")
     shot("chat.png")
+
+    # Find in the book: Ctrl+F in the reading pane, the passages found, the second one opened
+    window.reading.text.setFocus()
+    window.find()  # Ctrl+F; offscreen the window may have no focus to tell the pane by: open the bar anyway
+    window.reading.start_find()
+    window.reading.find.edit.setText(FIND)
+    window.reading.run_find()
+    spin(lambda: window.reading.find.results.count() > 0, 60, "the passages found")
+    window.reading.find.results.setCurrentRow(min(1, window.reading.find.results.count() - 1))
+    spin(lambda: window.reading.where.text().startswith("Found"), 60, "the passage found")
+    shot("find.png")
+    window.reading.find.hide()
+    window.chat.transcript.anchorClicked.emit(QUrl(f"cite:{len(window.chat.turns) - 1}/{k}"))  # the source again
+    spin(lambda: window.reading.where.text().startswith("Source"), 60, "the passage")
 
     window.tabs.setCurrentWidget(window.summary)
     spin(lambda: window.summary.parts.count() > args.chapter, 60, "the chapters")
