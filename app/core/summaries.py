@@ -349,13 +349,8 @@ def _note_extractive(engine, memory, title, what, part, i, n, cancel, section_id
     ask = (f"Here are sentences from {where}, in order:\n\n{picked}\n\nRetell them in two or three short "
            "sentences: who does what. Use the characters' names. Add nothing that is not in them.")
     msgs = [_system(title), {"role": "user", "content": ask}]
-    result = None
-    for ev in _generate(engine, memory, msgs, cancel, section_idx, i, min(max_new, 120),
-                        _sentences_done(NOTE_SENTENCES) if stop_parts else None):
-        if isinstance(ev, str):
-            result = ev
-        else:
-            yield ev
+    result = yield from _relay(_generate(engine, memory, msgs, cancel, section_idx, i, min(max_new, 120),
+                                         _sentences_done(NOTE_SENTENCES) if stop_parts else None))
     if result is None:
         return  # cancelled
     note = clean(result, part)
@@ -452,6 +447,18 @@ class _Clock:
 
 # ---- writing ----
 
+def _relay(events: Iterator) -> Iterator[SummaryEvent]:
+    """Pass a step's events on; return its last item, the text it made (None when it was cancelled).
+    `text = yield from _relay(step)`."""
+    text = None
+    for ev in events:
+        if isinstance(ev, str):
+            text = ev
+        else:
+            yield ev
+    return text
+
+
 def _ids(engine, messages: list[dict], prefix: str):
     """The prompt with the answer begun (`prefix`), as token ids (a string would become a new turn)."""
     if not prefix or getattr(engine, "chat", None) is None:
@@ -501,12 +508,7 @@ def _note(engine, memory, title, what, part, i, n, cancel, section_idx, max_new,
     enough = _sentences_done(NOTE_SENTENCES) if stop_parts else None
     note = ""
     for prefix in ("", "In this part, "):
-        result = None
-        for ev in _generate(engine, memory, msgs, cancel, section_idx, i, max_new, enough, prefix):
-            if isinstance(ev, str):
-                result = ev
-            else:
-                yield ev
+        result = yield from _relay(_generate(engine, memory, msgs, cancel, section_idx, i, max_new, enough, prefix))
         if result is None:
             return  # cancelled
         narrator = any(first_person(s) for s in sentences(result))
@@ -549,13 +551,8 @@ def _merge(engine, memory, title, what, notes: list[str], cancel, section_idx, m
         joined = "\n\n".join(g)
         ask = (f"These are summaries of consecutive parts of {what.lower()}, in order:\n\n{joined}\n\n"
                "Rewrite them as one connected account of what happens, in order, keeping every event and name.")
-        result = None
-        for ev in _generate(engine, memory, [_system(title), {"role": "user", "content": ask}], cancel,
-                            section_idx, None, max_new):
-            if isinstance(ev, str):
-                result = ev
-            else:
-                yield ev
+        msgs = [_system(title), {"role": "user", "content": ask}]
+        result = yield from _relay(_generate(engine, memory, msgs, cancel, section_idx, None, max_new))
         if result is None:
             return
         text = clean(result, joined)
@@ -585,13 +582,9 @@ def _summarize_text(library, engine, memory, doc_id, title, what, text, cancel, 
         yield SummaryEvent("status", f"writing part {i + 1} of {len(parts)}" if len(parts) > 1 else "writing",
                            section_idx, part=i, parts=len(parts))
         yield clock.event(section_idx)
-        t0, note = time.perf_counter(), None
-        for ev in write_note(engine, memory, title, what, parts[i], i, len(parts), cancel, section_idx, max_new,
-                             stop_parts):
-            if isinstance(ev, str):
-                note = ev
-            else:
-                yield ev
+        t0 = time.perf_counter()
+        note = yield from _relay(write_note(engine, memory, title, what, parts[i], i, len(parts), cancel, section_idx,
+                                            max_new, stop_parts))
         if note is None or (cancel is not None and cancel.is_set()):
             return
         notes.append(note)
@@ -599,12 +592,7 @@ def _summarize_text(library, engine, memory, doc_id, title, what, text, cancel, 
         clock.part_done(time.perf_counter() - t0)
         yield SummaryEvent("part", note, section_idx, part=i, parts=len(parts))
         yield clock.event(section_idx)
-    summary = None
-    for ev in _merge(engine, memory, title, what, notes, cancel, section_idx, max_new):
-        if isinstance(ev, str):
-            summary = ev
-        else:
-            yield ev
+    summary = yield from _relay(_merge(engine, memory, title, what, notes, cancel, section_idx, max_new))
     if summary is not None and not (cancel is not None and cancel.is_set()):
         yield summary
 
@@ -664,12 +652,7 @@ def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: in
                 continue
             if section_idx is None:
                 yield SummaryEvent("status", f"summarising chapter {i + 1} of {len(chapters)}", i)
-            result = None
-            for ev in chapter(i, text):
-                if isinstance(ev, str):
-                    result = ev
-                else:
-                    yield ev
+            result = yield from _relay(chapter(i, text))
             if result is None:
                 return  # cancelled: the parts finished so far are stored
             _store(library, doc_id, engine.fingerprint, i, result)
@@ -678,20 +661,12 @@ def summarize(library: Library, engine: eng.Engine, doc_id: int, section_idx: in
         if section_idx is not None:
             return
         yield SummaryEvent("status", "connecting the chapters", None)
-        summary = None
-        for ev in _merge(engine, memory, doc.title, "the whole book", notes, cancel, None, max_new_tokens):
-            if isinstance(ev, str):
-                summary = ev
-            else:
-                yield ev
+        summary = yield from _relay(_merge(engine, memory, doc.title, "the whole book", notes, cancel, None,
+                                           max_new_tokens))
     else:  # a text without chapters: its parts, merged
-        summary = None
-        for ev in _summarize_text(library, engine, memory, doc_id, doc.title, "The whole text", doc.text, cancel,
-                                  None, max_new_tokens, clock, stop_parts, redo, style):
-            if isinstance(ev, str):
-                summary = ev
-            else:
-                yield ev
+        summary = yield from _relay(_summarize_text(library, engine, memory, doc_id, doc.title, "The whole text",
+                                                    doc.text, cancel, None, max_new_tokens, clock, stop_parts, redo,
+                                                    style))
     if summary is None or (cancel is not None and cancel.is_set()):
         return
     _store(library, doc_id, engine.fingerprint, None, summary)
