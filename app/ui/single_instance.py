@@ -21,7 +21,7 @@ from PySide6.QtNetwork import QLocalServer, QLocalSocket
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_MS = 3000
+TIMEOUT_MS = 10000  # a busy window on a loaded machine may take a while to answer; better than a second window
 
 
 def server_name() -> str:
