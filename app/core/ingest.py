@@ -23,7 +23,7 @@ from infini_reader import engine as eng
 from sqlalchemy.exc import IntegrityError
 
 from .document import ReaderError
-from .errors import clean_line
+from .errors import clean_line, database_message, os_message
 from .library import Library, file_hash
 from .locks import exclusive, lock_folder
 from .segments import plan_segments
@@ -211,8 +211,13 @@ def _read_segments(library, engine, doc_id, snap_id, cancel, every, seconds) -> 
             yield event("reading" if done < total else "ready", tps, eta, saved=saved)
     except Exception as exc:
         log.exception("reading document %s failed", doc_id)
-        library.set_reading_status(snap_id, "failed", f"the model failed while reading: {exc}")
-        yield event("failed", message=f"the model failed while reading: {exc}")
+        message = (database_message(exc) or (os_message(exc) if isinstance(exc, OSError) else None)
+                   or f"the model failed while reading: {clean_line(str(exc), 300) or type(exc).__name__}")
+        try:  # the library itself may be what failed (a full disk): the reading stays resumable either way
+            library.set_reading_status(snap_id, "failed", message)
+        except Exception:
+            log.exception("could not record the failure of document %s", doc_id)
+        yield event("failed", message=message)
         return
     if done < total:  # cancelled: keep what was read, resume later
         library.save_progress(snap_id, memory.to_bytes(), done, tokens_done,

@@ -287,6 +287,29 @@ def test_a_unique_conflict_without_a_lock_says_the_book_is_being_read(library, t
     assert events[-1].phase == "failed" and events[-1].message == ingest.BEING_READ
 
 
+def test_a_database_error_during_the_reading_is_stored_and_shown_plain(library, tiny_reader, tmp_path, monkeypatch):
+    """A write that fails part way through the model pass: the reading is marked failed with the plain
+    line, never the database's own text."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from infini_reader.app.core import ingest
+
+    def full(*a, **kw):
+        raise OperationalError("UPDATE memory_snapshots SET memory=?", {}, sqlite3.OperationalError(
+            "database or disk is full"))
+
+    monkeypatch.setattr(library, "save_progress", full)
+    events = list(ingest.ingest_file(library, tiny_reader, write_book(tmp_path / "b.txt", chapters=2)))
+    assert events[-1].phase == "failed"
+    from infini_reader.app.core.errors import DISK_FULL
+
+    assert events[-1].message == DISK_FULL
+    (info,) = library.infos(fingerprint=tiny_reader.fingerprint)
+    assert info.error == DISK_FULL
+
+
 def test_database_errors_are_explained():
     from sqlalchemy.exc import IntegrityError, OperationalError
 
