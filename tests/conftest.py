@@ -1,3 +1,7 @@
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -41,3 +45,30 @@ def write_nudged_adapter(model, path, by: float = 0.05, rank: int = 2, alpha: fl
             if p.requires_grad:
                 p.add_(by)
     save_adapter(model, path)
+
+
+# ---- a small disk, for the full-disk and read-only tests of the CLI and the window ----
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MB tmpfs (root only); skipped where it cannot be mounted."""
+    d = tmp_path / "small"
+    d.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(d)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    try:
+        with open(filler, "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    except OSError:
+        pass
+    return filler

@@ -20,6 +20,8 @@ from infini_reader.app import cli
 from infini_reader.app.cli import main
 from infini_reader.app.core.errors import clean_line, clean_text, database_message
 
+from tests.conftest import fill
+
 from .conftest import write_book
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -345,28 +347,6 @@ def test_a_busy_library_is_one_line(tmp_path, tiny_model_dir):
 # ---- the disk ----
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """An 8 MB tmpfs (root only); skipped where it cannot be mounted."""
-    d = tmp_path / "small"
-    d.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(d)],
-                                                       capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield d
-    subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
-def fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    try:
-        with open(filler, "wb") as f:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-    except OSError:
-        pass
-    return filler
 
 
 def test_a_full_disk_is_one_line_and_leaves_the_library_intact(small_disk, tmp_path, tiny_model_dir):

@@ -3,7 +3,6 @@ Cancel), and database or file-system errors (a busy library, a full disk, a read
 plain message, never a traceback or SQL, with nothing half-written. Real widgets, a real SQLite
 library, a real full or read-only disk (a tmpfs, where it can be mounted), a tiny random model."""
 
-import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -15,6 +14,8 @@ from infini_reader.app.core import estimate
 from infini_reader.app.ui.worker import plain_text
 
 from infini_reader.app.ui.main_window import MainWindow
+
+from tests.conftest import fill
 
 from .conftest import add_window, make_epub
 from .test_main_window import WAIT, drop, open_window, rows, wait_ready
@@ -101,28 +102,6 @@ def test_raw_database_messages_become_plain_lines():
     assert plain_text("bad.pdf: not a PDF") == "bad.pdf: not a PDF"
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """An 8 MB tmpfs (root only); skipped where it cannot be mounted."""
-    d = tmp_path / "small"
-    d.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(d)],
-                                                       capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield d
-    subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
-def fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    try:
-        with open(filler, "wb") as f:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-    except OSError:
-        pass
-    return filler
 
 
 def failed_message(window, title_start: str) -> str:
