@@ -109,8 +109,9 @@ HELD_OUT = (
 @torch.inference_mode()
 def test_builtin_model_perplexity_and_greedy_answers(builtin_engine_f32):
     """The built-in model: held-out text fed one token at a time has about the exact path's perplexity
-    (measured +1.7% here, docs/performance.md: why int8 is not the default), and the greedy answers
-    start the same. A wrong product or rotation would be off by far more."""
+    (measured +1.7% on this machine's own path and +4.2% with fbgemm forced to AVX2, docs/performance.md:
+    why int8 is not the default), and the greedy answers start the same. A wrong product or rotation
+    would be off by far more."""
     e = builtin_engine_f32
     fast = quant.Int8Decoder.for_model(e.model)
     ids = torch.tensor(e.tokenizer.encode(HELD_OUT, add_special_tokens=False).ids)
@@ -122,7 +123,7 @@ def test_builtin_model_perplexity_and_greedy_answers(builtin_engine_f32):
             total -= float(torch.log_softmax(logits, -1)[tok])
             logits = s.feed(tok.view(1))
         nll[name] = total / (len(ids) - 4)
-    assert abs(math.exp(nll["int8"]) / math.exp(nll["exact"]) - 1) < 0.03, nll
+    assert abs(math.exp(nll["int8"]) / math.exp(nll["exact"]) - 1) < 0.06, nll
     prompt = e.prompt_ids("What is the capital of France?")
     exact = list(generate_ids(e.model, prompt, None, 12, decode="exact"))
     int8 = list(generate_ids(e.model, prompt, None, 12, decode="int8"))
