@@ -201,7 +201,11 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
     lm_best: dict[int, tuple[int, int]] = {}
     if st.mode == "hybrid" and st.lm_weight and st.lm_sentences and fused.any() and engine is not None and engine.tokenizer is not None:
         lm_best = _lm_rerank(engine, doc.text, passages, fused, question, st, _embedder(library, doc_id) if w_emb else None)
-    best = [i for i in np.argsort(-fused, kind="stable") if fused[i] > 0][: st.passages]
+    ranked = [i for i in np.argsort(-fused, kind="stable") if fused[i] > 0]
+    # a title or a heading alone (the book's name before chapter 1) says nothing to answer from, and
+    # re-read beside the question it becomes the answer ("The Lighthouse Keeper." for the cat's name)
+    best = ([i for i in ranked if len(doc.text[passages[i].char_start:passages[i].char_end].split()) >= MIN_WORDS]
+            or ranked)[: st.passages]
     chapters = [s.title for s in doc.sections]
     out = []
     for rank, i in enumerate(best):
@@ -216,6 +220,9 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
             a, b = lm_best[i]
             out[-1].sentence_start, out[-1].sentence_end, out[-1].sentence = a, b, doc.text[a:b].strip()
     return out
+
+
+MIN_WORDS = 5  # a passage of fewer words is a title or a heading, not cited while longer ones match
 
 
 LM_PROMPT = "\nA question about this: "  # plain text, no chat template: the shortest prompt to score
@@ -309,11 +316,13 @@ def sentences(text: str, a: int, b: int) -> list[tuple[int, int]]:
 
 
 def _stem(word: str) -> str:
+    """A crude stem: "named", "names" and "name" all give "nam" (a question's "name" must rule out the
+    book's "named" as an answer)."""
     w = word.lower().removesuffix("'s").removesuffix("’s")
     for end in ("ing", "ed", "es", "s"):
         if w.endswith(end) and len(w) - len(end) >= 3:
             return w[: -len(end)]
-    return w
+    return w[:-1] if w.endswith("e") and len(w) >= 4 else w
 
 
 def content_words(text: str) -> list[str]:
@@ -727,15 +736,14 @@ def _words(text: str) -> list[str]:
     return [w.lower().replace("’", "'").removesuffix("'s") for w in re.findall(r"[\w'’-]+", text)]
 
 
-def _within(small: list[str], big: list[str]) -> bool:
-    return any(big[i : i + len(small)] == small for i in range(len(big) - len(small) + 1))
-
-
 def widen_span(best: str, spans: list[str], extra: int = 2) -> str:
     """The longest span that holds the chosen one and at most `extra` more words: the free answer
     "The boy." names "boy", the sentence says "a little boy"."""
+    if any(w[:1].isupper() or w[:1].isdigit() for w in best.split()):
+        return best  # a name or a number is the answer as it stands ("Northern Star", not "… ran aground")
     bw = _words(best)
-    wider = [sp for sp in spans if len(bw) < len(_words(sp)) <= len(bw) + extra and _within(bw, _words(sp))]
+    # only words before it: "a little boy", not "boy ran away"
+    wider = [sp for sp in spans if len(bw) < len(_words(sp)) <= len(bw) + extra and _words(sp)[-len(bw):] == bw]
     return max(wider, key=lambda sp: len(_words(sp)), default=best)
 
 

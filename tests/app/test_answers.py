@@ -116,6 +116,40 @@ def test_citations_carry_the_chapter_and_page_of_the_library(tiny_reader, librar
     assert hist[1].citations[0].passage == top.passage
 
 
+def test_a_title_or_heading_alone_is_not_cited_while_longer_passages_match(tiny_reader, library, tmp_path):
+    """The book's name before chapter 1 ("The Lighthouse Keeper") matched a question about the
+    keeper's cat, was re-read beside it, and became the answer ("Lighthouse Keeper.")."""
+    book = tmp_path / "keeper.txt"
+    book.write_text("""The Lighthouse Keeper
+
+Chapter 1
+
+Martha Penrose kept the lighthouse on Gull Rock for thirty years. Every evening she climbed the
+one hundred and twelve steps to light the great lamp. Her cat, a grey tabby named Pilot, followed
+her up the stairs each night.
+
+Chapter 2
+
+One winter a ship called the Northern Star ran aground on the reef. Martha rowed out in her small
+boat and saved eleven sailors. The town gave her a silver medal, which she kept in a tin box under
+her bed.
+""", encoding="utf-8")
+    *_, last = ingest_file(library, tiny_reader, book)
+    passages = library.passages(last.document_id)
+    text = library.document(last.document_id).text
+    assert any(len(text[p.char_start:p.char_end].split()) < 5 for p in passages)  # the title is a passage
+    cites = find_passages(library, tiny_reader, last.document_id, "What was the lighthouse keeper's cat called?",
+                          RetrievalSettings(mode="bm25"))
+    assert cites and all(len(c.passage.split()) >= 5 for c in cites)
+    assert "Pilot" in cites[0].passage
+    # a book that is nothing but a title is still cited
+    only = tmp_path / "only.txt"
+    only.write_text("The Lighthouse Keeper\n", encoding="utf-8")
+    *_, last = ingest_file(library, tiny_reader, only)
+    assert find_passages(library, tiny_reader, last.document_id, "Who kept the lighthouse?",
+                         RetrievalSettings(mode="bm25"))
+
+
 def test_asking_with_another_models_memory_is_refused(tiny_reader, library, tmp_path):
     book = make_pdf(tmp_path / "b.pdf", fact_page=1, fact="A fact.")
     *_, last = ingest_file(library, tiny_reader, book)
@@ -333,6 +367,14 @@ def test_a_free_answer_is_snapped_to_the_span_it_names():
     sentence = "It was the farthest corner of the garden, and in it was standing a little boy."
     spans = A.span_candidates(sentence, "Who was standing in the farthest corner of the garden?", max_words=6)
     assert A.widen_span(A.snap_to_span("The boy.", spans), spans) == "little boy"
+    # a name stays as it is, and nothing after it is taken in
+    spans = A.span_candidates("One winter a ship called the Northern Star ran aground on the reef.",
+                              "What was the ship called?", max_words=6)
+    assert A.widen_span(A.snap_to_span("The Northern Star.", spans), spans) == "Northern Star"
+    # the question's own word in another form is not an answer ("name" / "named")
+    spans = A.span_candidates("Her cat, a grey tabby named Pilot, followed her up the stairs.",
+                              "What was the name of the cat?", max_words=6)
+    assert "named" not in spans and A.snap_to_span("The cat was named Polly.", spans) is None
 
 
 def _unread_book(tmp_path, library, paragraphs):
