@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -64,9 +66,81 @@ def cpu_flags() -> set[str]:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """bf16 products run in hardware (AVX-512 BF16 or AMX); elsewhere they are emulated, several
-    times slower than float32."""
+    """bf16 products may run in hardware (AVX-512 BF16 or AMX): the flags allow it. Elsewhere they are
+    emulated, several times slower than float32. Flags are not enough (`bf16_measures_faster`)."""
     return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+BF16_MARGIN = 1.25  # bf16 is chosen when its products run at least this much faster than float32's
+
+
+def _cpu_key() -> str:
+    """What the probe's answer depends on: the CPU (model name and usable flags), PyTorch, threads."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    model = next((ln.partition(":")[2].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
+    raw = f"{model}|{' '.join(sorted(cpu_flags()))}|{torch.__version__}|{torch.get_num_threads()}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def probe_bf16_speedup(rows: int = 1024, cols: int = 576, out: int = 1536, rounds: int = 3) -> float:
+    """bf16 over float32 product rate on this CPU, at a decoder layer's shape as reading runs it (rows ×
+    cols @ cols × out; at 256 rows the same CPU gave 1.0-1.4, at 1024-2048 rows 0.7, as reading a
+    book did), alternated `rounds` times, best of each: about 0.2 s. Some CPUs list avx512_bf16 and still
+    run bf16 products slower than float32 (a 2-core Xeon of this workplace: 0.18 against 0.31 TFLOP/s
+    on 2026-12-07), so the flags alone cannot choose."""
+    import time
+
+    best = {}
+    with torch.inference_mode():
+        pairs = {dt: (torch.randn(rows, cols, dtype=dt), torch.randn(out, cols, dtype=dt))
+                 for dt in (torch.float32, torch.bfloat16)}
+        for _ in range(rounds):
+            for dt, (a, w) in pairs.items():
+                torch.nn.functional.linear(a, w)  # warm: oneDNN's first call creates its kernel
+                t = time.perf_counter()
+                for _ in range(2):
+                    torch.nn.functional.linear(a, w)
+                best[dt] = min(best.get(dt, float("inf")), time.perf_counter() - t)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+_BF16_CHOICE: dict[str, bool] = {}
+
+
+def bf16_measures_faster(cache_dir: str | Path | None = None) -> bool:
+    """bf16 on this CPU: the flags allow it and its products measure at least BF16_MARGIN × float32's.
+    Measured once per CPU, PyTorch and thread count, and kept in `cache_dir` (cpu-dtype.json) so that
+    every later process (and every reading of a book) makes the same choice."""
+    if not cpu_has_fast_bf16():
+        return False
+    key = _cpu_key()
+    if key in _BF16_CHOICE:
+        return _BF16_CHOICE[key]
+    record = Path(cache_dir) / "cpu-dtype.json" if cache_dir is not None else None
+    known = {}
+    if record is not None:
+        try:
+            known = json.loads(record.read_text())
+        except (OSError, ValueError):
+            known = {}
+    if not isinstance(known, dict):
+        known = {}
+    entry = known.get(key)
+    if not (isinstance(entry, dict) and isinstance(entry.get("speedup"), (int, float))):
+        entry = {"speedup": round(probe_bf16_speedup(), 3)}
+        if record is not None:
+            try:
+                record.parent.mkdir(parents=True, exist_ok=True)
+                tmp = record.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({**known, key: entry}))
+                os.replace(tmp, record)
+            except OSError:  # a read-only or full cache: measured again next time, nothing else lost
+                pass
+    _BF16_CHOICE[key] = entry["speedup"] >= BF16_MARGIN
+    return _BF16_CHOICE[key]
 
 
 def tune_allocator() -> None:
@@ -106,10 +180,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device, cache_dir: str | Path | None = None) -> torch.dtype:
     """The compute dtype: what is fast on this device. "auto" (or $INFINI_DTYPE when set) gives bf16
-    on GPUs that have it (else float16) and on CPUs with hardware bf16, float32 on every other CPU.
-    The memory (M, z) is float32 whatever this returns."""
+    on GPUs that have it (else float16), bf16 on CPUs whose flags allow it and where it measures
+    faster than float32 (`bf16_measures_faster`, remembered in `cache_dir`), float32 on every other
+    CPU. The memory (M, z) is float32 whatever this returns."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -117,7 +192,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        return torch.bfloat16 if bf16_measures_faster(cache_dir) else torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     return DTYPES[dtype]
@@ -353,7 +428,7 @@ def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", ad
     """
     tune_allocator()
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    dt = resolve_dtype(dtype, dev, cache_dir)
     path = Path(source)
     if path.is_dir():
         folder = path

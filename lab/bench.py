@@ -38,13 +38,13 @@ import torch
 
 from infini_reader.engine.config import InfiniConfig
 from infini_reader.engine.engine import resolve_dtype
-from infini_reader.app.core import models
+from infini_reader.app.core import models, paths
 
 REPO = Path(__file__).resolve().parents[1]
 # The compute dtype the product would choose here (engine.resolve_dtype: bf16 only where the CPU has it
-# in hardware; $INFINI_DTYPE overrides). Every model, peer and matmul probe runs in it, and MFU divides
+# in hardware and it measures faster than float32; $INFINI_DTYPE overrides). Every model, peer and matmul probe runs in it, and MFU divides
 # by its peak: the benchmark never runs a dtype this machine emulates unless asked to.
-DTYPE = resolve_dtype("auto", torch.device("cpu"))
+DTYPE = resolve_dtype("auto", torch.device("cpu"), paths.cache_dir())
 DT = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}[DTYPE]
 MiB = 1 << 20
 DEFAULT_LENGTHS = (8192, 32768, 131072)

@@ -75,7 +75,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 10
     device: str = "auto"
-    dtype: str = "auto"  # engine.resolve_dtype: bf16 on CUDA and on CPUs with hardware bf16, else float32
+    dtype: str = "auto"  # engine.resolve_dtype: bf16 on CUDA and on CPUs where hardware bf16 measures faster, else float32
     books: int = 40  # books of the first Gutenberg shard used as text
     chat_file: str = ""  # the chat task's data (python -m lab.train.selfdistill)
     init: str = ""  # an adapter file to start from (its gates and factors), e.g. to continue a run

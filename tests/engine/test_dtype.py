@@ -1,7 +1,8 @@
 """The compute dtype is chosen for the machine (DESIGN.md §8): bf16 only where the CPU has it in
-hardware, float32 elsewhere; INFINI_DTYPE overrides, and capping PyTorch or oneDNN at AVX2 forces the
+hardware and it measures faster than float32 there, float32 elsewhere; INFINI_DTYPE overrides, and capping PyTorch or oneDNN at AVX2 forces the
 float32 choice as well, so that the AVX2-only path can be tested on any machine."""
 
+import json
 import os
 import subprocess
 import sys
@@ -27,18 +28,45 @@ def cpu_with(monkeypatch):
 
     for var in ("INFINI_DTYPE", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(eng, "_BF16_CHOICE", {})  # each test measures (or reads its record) afresh
     return use
 
 
-def test_bf16_only_where_the_cpu_has_it(cpu_with):
-    cpu_with("fpu sse2 avx avx2 fma")
-    assert eng.resolve_dtype("auto", CPU) == torch.float32
+def test_no_bf16_flags_means_float32_without_measuring(cpu_with, tmp_path):
+    for flags in ("fpu sse2 avx avx2 fma", "fpu avx2 fma avx512f avx512_vnni"):  # AVX-512 without bf16: emulated
+        cpu_with(flags)
+        assert eng.resolve_dtype("auto", CPU, tmp_path) == torch.float32
+    assert not (tmp_path / "cpu-dtype.json").exists()  # nothing was probed
+
+
+@pytest.mark.parametrize("flags", ["fpu avx2 fma avx512f avx512_bf16", "fpu avx2 fma amx_bf16 amx_tile"])
+def test_bf16_flags_choose_by_the_measured_rate(cpu_with, tmp_path, flags):
+    """With bf16 in the flags the choice is the probe's: its speedup is recorded per CPU, and the
+    dtype follows it against the margin, in this process and (from the record) in later ones."""
+    cpu_with(flags)
+    dt = eng.resolve_dtype("auto", CPU, tmp_path)
+    record = json.loads((tmp_path / "cpu-dtype.json").read_text())
+    (speedup,) = [v["speedup"] for v in record.values()]
+    assert speedup > 0
+    assert dt == (torch.bfloat16 if speedup >= eng.BF16_MARGIN else torch.float32)
+    # A later process reads the record instead of measuring: plant each answer in turn.
+    key = next(iter(record))
+    for planted, expected in ((3.0, torch.bfloat16), (0.6, torch.float32)):
+        (tmp_path / "cpu-dtype.json").write_text(json.dumps({key: {"speedup": planted}}))
+        eng._BF16_CHOICE.clear()
+        assert eng.resolve_dtype("auto", CPU, tmp_path) == expected
+
+
+def test_a_damaged_record_is_measured_again(cpu_with, tmp_path):
     cpu_with("fpu avx2 fma avx512f avx512_bf16")
-    assert eng.resolve_dtype("auto", CPU) == torch.bfloat16
-    cpu_with("fpu avx2 fma amx_bf16 amx_tile")
-    assert eng.resolve_dtype("auto", CPU) == torch.bfloat16
-    cpu_with("fpu avx2 fma avx512f avx512_vnni")  # AVX-512 without bf16: emulated, so float32
-    assert eng.resolve_dtype("auto", CPU) == torch.float32
+    (tmp_path / "cpu-dtype.json").write_text("{not json")
+    assert eng.resolve_dtype("auto", CPU, tmp_path) in (torch.bfloat16, torch.float32)
+    assert all("speedup" in v for v in json.loads((tmp_path / "cpu-dtype.json").read_text()).values())
+
+
+def test_the_probe_measures_a_rate_ratio():
+    s = eng.probe_bf16_speedup(rows=64, cols=64, out=64, rounds=2)
+    assert 0.001 < s < 1000
 
 
 @pytest.mark.parametrize("var, value", [("ATEN_CPU_CAPABILITY", "avx2"), ("ATEN_CPU_CAPABILITY", "default"),
@@ -47,6 +75,7 @@ def test_capping_the_instruction_set_at_avx2_forces_float32(cpu_with, monkeypatc
     cpu_with("fpu avx2 fma avx512f avx512_bf16 amx_bf16")
     monkeypatch.setenv(var, value)
     assert eng.resolve_dtype("auto", CPU) == torch.float32
+    assert not eng._BF16_CHOICE  # nothing to measure: bf16 is ruled out by the flags
     assert not eng.cpu_has_fast_bf16()
 
 
