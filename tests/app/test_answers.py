@@ -410,3 +410,80 @@ def test_the_model_finds_the_sentence_a_question_in_other_words_is_about(builtin
     scores = A.question_likelihood(builtin_tokenizer_engine, "Which spice did the sea captain hide in his soup dish?",
                                    others + [fact])
     assert int(np.argmax(scores)) == len(others)
+
+
+# ---- questions in other words; brief free answers ----
+
+
+def _indexed_book(tmp_path, library, paragraphs):
+    """A plain-text book split, full-text indexed and embedded (MiniLM), as when it is dropped."""
+    from infini_reader.app.core import embeddings
+    from infini_reader.app.core.ingest import index_passages
+
+    doc_id = _unread_book(tmp_path, library, paragraphs)
+    list(index_passages(library, doc_id, "book", embeddings.default_embedder()))
+    return doc_id
+
+
+def test_a_question_in_other_words_is_not_drowned_by_bm25s_common_words(library, tmp_path):
+    # many passages share the paraphrase's common words ("like", "best"); the fact's passage shares
+    # none of its words but its meaning (physician ~ doctor, hue ~ colour)
+    paras = [" ".join(filler(5 * i + k) for k in range(4)) + f" The {WORDS[i % 20]} was what they liked best."
+             for i in range(24)]
+    fact = "Doctor Ignatius Thorne's favourite colour is turquoise."
+    paras.insert(13, " ".join(filler(200 + k) for k in range(2)) + " " + fact + " " + filler(300))
+    doc_id = _indexed_book(tmp_path, library, paras)
+    q = "Which hue does the physician like best?"
+
+    def top3(**kw):
+        st = RetrievalSettings(mode="hybrid", memory_weight=0, lm_weight=0, **kw)
+        return [c.passage for c in find_passages(library, None, doc_id, q, st)]
+
+    assert any(fact in p for p in top3())  # the defaults find it
+    assert not any(fact in p for p in top3(rrf_k=60, bm25_full=0))  # the fusion before: BM25's ranks drowned it
+    # a question in the fact's own words keeps BM25 at full weight and its passage first
+    direct = find_passages(library, None, doc_id, "What is Doctor Ignatius Thorne's favourite colour?",
+                           RetrievalSettings(mode="hybrid", memory_weight=0, lm_weight=0))
+    assert fact in direct[0].passage
+
+
+def test_word_coverage_is_high_for_the_facts_own_words_and_low_for_other_words():
+    book = " ".join(filler(i) for i in range(40)) + " Doctor Ignatius Thorne's favourite colour is turquoise."
+    fact_passage = "Doctor Ignatius Thorne's favourite colour is turquoise."
+    assert A.word_coverage(book, "What is Doctor Ignatius Thorne's favourite colour?", fact_passage) > 0.9
+    assert A.word_coverage(book, "Which hue does the physician like the river best?", filler(3)) < 0.3
+
+
+def test_a_free_answer_ends_with_its_first_sentence_or_its_word_limit(tiny_reader, library, tmp_path, monkeypatch):
+    from infini_reader.engine.generate import detokenize
+
+    book = make_pdf(tmp_path / "q.pdf", fact_page=1, fact="The children ran away because the Giant shouted.")
+    *_, last = ingest_file(library, tiny_reader, book)
+    tok = tiny_reader.tokenizer
+    written = {"text": ""}
+
+    def generate(messages, memory=None, stop=None, **kw):
+        ids = iter(tok.encode(written["text"], add_special_tokens=False).ids)
+        return detokenize(ids, lambda t: tok.decode(t, skip_special_tokens=True), list(stop or []))
+
+    monkeypatch.setattr(tiny_reader, "generate", generate)
+
+    def answer(question, words):
+        written["text"] = words
+        events = list(ask(library, tiny_reader, last.document_id, question,
+                          settings=RetrievalSettings(mode="bm25", span_answers=False)))
+        assert events[-1].kind == "done"
+        assert "".join(e.text for e in events if e.kind == "token").strip() == events[-1].text  # as shown
+        return events[-1].text
+
+    q = "Why did the children run away?"
+    assert answer(q, "Mr. Giant shouted at them. They were scared and ran home to their mothers.") == \
+        "Mr. Giant shouted at them."
+    long = answer(q, "The children ran away because the Giant shouted at them in a loud voice from the garden wall")
+    assert long == "The children ran away because the Giant shouted at them in a"  # 12 words
+    assert chat_history(library, last.document_id)[-1].content == long
+    # a request for a summary is answered at length
+    assert answer("Summarize what the Giant did.", "He shouted. He built a wall. He let them in.") == \
+        "He shouted. He built a wall. He let them in."
+    assert answer(q, "He shouted. Then x") == "He shouted."
+    assert RetrievalSettings().free_words == 12
