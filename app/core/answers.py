@@ -485,8 +485,9 @@ def span_candidates(text: str, question: str, max_words: int = 4) -> list[str]:
         for j in range(i, min(len(words), i + max_words)):
             if re.search(r"[^\w\s'’-]", text[words[i].start():words[j].end()]):  # no punctuation inside
                 break
-            first, last = words[i].group().lower(), words[j].group().lower()
-            if first in STOPWORDS or last in STOPWORDS:
+            # a quote before a little word ("‘The") leaves it a little word
+            first, last = words[i].group().strip("'’-").lower(), words[j].group().strip("'’-").lower()
+            if not first or not last or first in STOPWORDS or last in STOPWORDS:  # a lone quote is no word
                 continue
             if _stem(first) in q or _stem(last) in q:  # "Lady Penrose hid", "town of Zellmoor": the question's own words
                 continue
@@ -853,6 +854,10 @@ def _span_answer(engine, messages, doc_text, question, ranked, windows, cites, m
         return " ".join(doc_text[ranked[0].start:ranked[0].end].split())
     generated = "".join(engine.generate(messages, memory, max_new_tokens=min(max_new_tokens, 32),
                                         stop=[*ANSWER_STOP, "\n"]))
+    # its first sentence only: what the model writes after the answer ("… in the town of Zellmoor.
+    # Here, in the brain, …") would be snapped to, as the words that end latest
+    cut = brief_end(generated, 10**6)
+    generated = generated[:cut] if cut is not None else generated
     best = snap_to_span(generated, spans)
     if best is not None:
         best = widen_span(best, [sp for sp in spans if where[sp] is where[best]])

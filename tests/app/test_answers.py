@@ -263,6 +263,10 @@ def test_span_candidates_leave_out_the_questions_words_and_count_with_numbers():
     assert not A.is_span_question("What happens in the first chapter?")
     assert not A.is_span_question("What kind of person was the old man?")  # a description (FairytaleQA)
     assert not A.is_span_question("What did his brothers do to him?") and A.is_span_question("In which town was he born?")
+    # a quote before a little word leaves it a little word: "‘The" is no answer (needle, 32K: "The.")
+    quoted = A.span_candidates("He cried, ‘The spice is cardamom,’ and ’twas the end.", "Which spice?")
+    assert "cardamom" in quoted and not any(s.lower() in ("the", "‘the", "the spice") for s in quoted)
+    assert not any(s.split()[0].lower().strip("‘’'") in ("the", "and") for s in quoted)
 
 
 def test_the_best_sentence_is_the_one_with_the_questions_rare_words():
@@ -487,3 +491,23 @@ def test_a_free_answer_ends_with_its_first_sentence_or_its_word_limit(tiny_reade
         "He shouted. He built a wall. He let them in."
     assert answer(q, "He shouted. Then x") == "He shouted."
     assert RetrievalSettings().free_words == 12
+
+
+def test_a_span_answer_is_snapped_from_the_models_first_sentence_only(tiny_reader, library, tmp_path, monkeypatch):
+    from infini_reader.engine.generate import detokenize
+
+    fact = "The old clockmaker Anselm Ferro was born in the town of Zellmoor. Here, in the brain, is all."
+    book = make_pdf(tmp_path / "z.pdf", fact_page=1, fact=fact)
+    *_, last = ingest_file(library, tiny_reader, book)
+    tok = tiny_reader.tokenizer
+    # the model answers, then runs on with words of the next sentence (needle, 32K: "Brain.")
+    written = "He was born in the town of Zellmoor. Here, in the brain, is all the process"
+
+    def generate(messages, memory=None, stop=None, **kw):
+        ids = iter(tok.encode(written, add_special_tokens=False).ids)
+        return detokenize(ids, lambda t: tok.decode(t, skip_special_tokens=True), list(stop or []))
+
+    monkeypatch.setattr(tiny_reader, "generate", generate)
+    done = list(ask(library, tiny_reader, last.document_id, "In which town was the clockmaker Anselm Ferro born?",
+                    settings=RetrievalSettings(mode="bm25")))[-1]
+    assert done.kind == "done" and done.text == "Zellmoor."
