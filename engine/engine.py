@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -198,6 +199,9 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device, cache_dir: str
     return DTYPES[dtype]
 
 
+_DECODER_LOCK = threading.Lock()
+
+
 class Engine:
     """A model ready to read: weights on a device, an optional tokenizer, a fingerprint."""
 
@@ -226,6 +230,54 @@ class Engine:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @cached_property
+    def calibration_ids(self) -> torch.Tensor | None:
+        """engine/calibration.py's text as token ids: what the int8 decoder measures its inputs on."""
+        if self.tokenizer is None:
+            return None
+        from .calibration import CALIBRATION_TEXT
+
+        return torch.tensor(self.tokenizer.encode(CALIBRATION_TEXT, add_special_tokens=False).ids)
+
+    decode_cache: Path | None = None  # where the int8 decoder's measured input ranges are kept (load_model)
+
+    def int8_decoder(self):
+        """The int8 one-token decoder of this model (engine/quant.py), made once per set of weights:
+        its input ranges are measured on the calibration text the first time and kept beside the
+        prepared weights, so later processes skip that reading (about half of the decoder's making)."""
+        from . import quant
+
+        with _DECODER_LOCK:  # one making at a time: a second caller waits for the first's
+            return self._int8_decoder(quant)
+
+    def _int8_decoder(self, quant):
+        d = quant.Int8Decoder.current(self.model)
+        if d is not None:
+            return d
+        meta = None
+        ranges = None
+        if self.decode_cache is not None and self.tokenizer is not None:
+            ids = self.calibration_ids
+            meta = {"fingerprint": self.fingerprint, "calibration": hashlib.sha256(ids.numpy().tobytes()).hexdigest()}
+            ranges = quant.load_ranges(self.decode_cache, meta, self.config.num_hidden_layers)
+        d = quant.Int8Decoder.for_model(self.model, self.calibration_ids, ranges)
+        if meta is not None and ranges is None:
+            try:
+                quant.save_ranges(self.decode_cache, d.ranges, meta)
+            except OSError:  # a read-only or full cache: measured again next time
+                pass
+        return d
+
+    def prepare_decode(self, decode: str | None = None) -> bool:
+        """Make the int8 decoder now if answers will use it (`quant.resolve_decode`), so that the first
+        answer does not wait for it. True if it was needed."""
+        from .quant import resolve_decode
+
+        if resolve_decode(decode, self.device) != "int8":
+            return False
+        self.int8_decoder()
+        return True
 
     @cached_property
     def fingerprint(self) -> str:
@@ -386,7 +438,7 @@ class Engine:
                 on_memory(self._to_memory(stream.final_memory(), base, stream.tokens))
 
         tokens = generate_ids(self.model, ids, layers, max_new_tokens, temperature, top_p, stop_ids, gen, end,
-                              repetition_penalty, decode)
+                              repetition_penalty, decode, self.int8_decoder)
         decode = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
         return detokenize(tokens, decode, list(stop or []))
 
@@ -467,4 +519,6 @@ def load_model(source: str | Path, device: str = "auto", dtype: str = "auto", ad
     e = Engine(model.to(device=dev, dtype=dt), tokenizer, name, tok_json, chat=chat)
     if fingerprint is not None:  # computed by weights_fingerprint when these very weights were prepared
         e._loaded_fingerprint = (fingerprint, weights_state(e.model))
+    if prepared is not None:
+        e.decode_cache = prepared.with_name(prepared.stem + ".int8-ranges.safetensors")
     return e

@@ -34,11 +34,13 @@ class Stream:
             chunk = ids[i : i + L - self.caches[0].pos]
             if chunk.numel() > 1:
                 step = self.model.segment
+                self._settle()  # rows kept by one-token steps of this segment are written first
             else:  # the same maths in fewer operations (int8 products with `fast`)
                 step = self.fast.decode if self.fast is not None else self.model.decode
             h, deltas = step(chunk[None], self.mem, self.caches)
-            for c, (dM, dz) in zip(self.caches, deltas):
-                c.accumulate(dM, dz)
+            if deltas is not None:  # the int8 step keeps its rows instead (written by `_settle`)
+                for c, (dM, dz) in zip(self.caches, deltas):
+                    c.accumulate(dM, dz)
             if self.caches[0].pos == L:  # the segment is full: write it into the memory, once
                 self._commit()
             i += chunk.numel()
@@ -47,7 +49,12 @@ class Stream:
             return self.fast.logits(h[0, -1])
         return self.model.lm_head(h[0, -1]).float()
 
+    def _settle(self) -> None:
+        if self.fast is not None:
+            self.fast.settle(self.caches, self.mem)
+
     def _commit(self) -> None:
+        self._settle()
         self.mem = add_delta(self.mem, [(c.dM, c.dz) for c in self.caches])
         for c in self.caches:
             c.restart()
@@ -56,6 +63,7 @@ class Stream:
         """The memory with the current partial segment written in too (the stream ends here)."""
         if self.caches[0].pos == 0:
             return self.mem
+        self._settle()
         return add_delta(self.mem, [(c.dM, c.dz) for c in self.caches])
 
 
@@ -95,14 +103,16 @@ def generate_ids(
     on_end: Callable[[Stream], None] | None = None,
     repetition_penalty: float = 1.0,
     decode: str | None = None,
+    int8: Callable[[], Int8Decoder] | None = None,
 ) -> Iterator[int]:
     """Yield new token ids after the prompt; a stop id ends generation and is not yielded.
 
     `decode`: "int8", "exact" or "auto"/None ($INFINI_DECODE, else int8 on a CPU that has the kernels):
-    how the answer's tokens are decoded (engine/quant.py); the prompt is read exactly either way."""
+    how the answer's tokens are decoded (engine/quant.py); the prompt is read exactly either way.
+    `int8`: what gives the int8 decoder (`Engine.int8_decoder`; default: made from the model alone)."""
     fast = None
     if resolve_decode(decode, prompt.device) == "int8":
-        fast = Int8Decoder.for_model(model)
+        fast = int8() if int8 is not None else Int8Decoder.for_model(model)
     stream = Stream(model, mem, fast)
     logits = stream.feed(prompt)
     answer: list[int] = []

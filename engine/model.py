@@ -81,8 +81,35 @@ class SegmentCache:
         self.dM = dM if self.dM is None else self.dM + dM
         self.dz = dz if self.dz is None else self.dz + dz
 
+    # Rows kept for a later memory write (engine/quant.py decodes without writing each token's delta):
+    kept: torch.Tensor | None = None  # (B, L, width), one segment's buffer
+    kept_from: int = 0  # rows kept_from .. kept_to are waiting
+    kept_to: int = 0
+
+    def keep(self, row: torch.Tensor, length: int) -> None:
+        """Keep row (B, width) for the token at `pos` (before `append` moves it on)."""
+        if self.kept is None or self.kept.shape[0] != row.shape[0] or self.kept.shape[2] != row.shape[1]:
+            self.kept = row.new_empty(row.shape[0], length, row.shape[1])
+        if self.kept_to == self.kept_from:
+            self.kept_from = self.pos
+        elif self.kept_to != self.pos:
+            raise RuntimeError("kept rows must be consecutive tokens")
+        self.kept[:, self.pos] = row
+        self.kept_to = self.pos + 1
+
+    def take_kept(self) -> torch.Tensor | None:
+        """The rows kept since the last call (B, n, width), or None."""
+        if self.kept_to == self.kept_from:
+            return None
+        rows = self.kept[:, self.kept_from : self.kept_to]
+        self.kept_from = self.kept_to
+        return rows
+
     def restart(self) -> None:
+        if self.kept_to != self.kept_from:
+            raise RuntimeError("a segment restarted with kept rows not written into its memory")
         self.pos, self.dM, self.dz = 0, None, None
+        self.kept_from = self.kept_to = 0
 
 
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos0: int) -> torch.Tensor:

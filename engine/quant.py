@@ -4,40 +4,50 @@ A decoded token reads every weight of the model once (about 540 MB in float32 fo
 model) for a few hundred one-row products, so its speed is the memory's bandwidth and the number of
 small operations. This module prepares, once per set of weights, what the one-token step needs:
 
-- every layer's products as fbgemm int8 matrices (per output channel, from the weights as loaded),
-  run by PyTorch's dynamic int8 linear (the activation row quantized on the fly), with q/k/v fused
-  into one product and gate/up into another: a quarter of the bytes and 4 products per layer
-  instead of 7;
+- every layer's products as fbgemm int8 matrices (per output channel), run by PyTorch's dynamic int8
+  linear (the activation row quantized on the fly), with q/k/v (and an adapter's low-rank A) fused
+  into one product and gate/up into another: a quarter of the bytes and 4 products per layer;
+- SmoothQuant (Xiao et al., 2023): each product's input channels are divided by s = max|X|^α /
+  max|W|^(1-α) and its weight's columns multiplied by s, the ranges max|X| measured once by reading
+  engine/calibration.py's text (kept on disk by `Engine.int8_decoder`); the division costs nothing,
+  folded into the norm weights (q/k/v, gate/up), the memory gates (o) and up's rows (down). Without
+  it int8 cost 3.5% of held-out perplexity, with it about 1-1.8% (docs/performance.md);
 - the vocabulary head in int8 as a shortlist: its TOPK best candidates are scored again exactly
   with the float weights, so the greedy token is the float head's whenever the float winner is
   among the int8 head's TOPK (tested on the built-in model);
-- rotary as one small product per layer with a (D, D) rotation made once per token, RMSNorm as one
-  operation, the memory read as one product against [M | z].
+- rotary as one small product per layer with a (D, D) rotation made once per token, RMSNorm in two
+  operations, the memory read as one batched product against each query head's [g·M | z], and what
+  each token adds to the memory written once per segment (`settle`) instead of once per token.
 
-What stays float32: the memory path (σ(K), σ(Q), the read M / z and what the token adds to the
+What stays float32: the memory path (σ(K), σ(Q), the read M / z and what the tokens add to the
 memory), attention over the segment's cache, norms, residuals. Prompts go through
 `InfiniTransformer.segment` as always, and reading a document (`Engine.ingest`) never comes here,
 so the memories stored for books are exactly those of the float model: the model's fingerprint does
 not change. Only the answer's tokens are decoded here; the memory handed to `generate(on_memory=)`
 includes them as this path computed them.
 
-Choice: `INFINI_DECODE` = auto (default) | int8 | exact, or `generate(decode=...)`. Auto is the exact
-path for now: on the built-in model this path's held-out perplexity is 1.7% above the exact one's,
-over the 1% a default may cost (docs/performance.md has the measurements); int8 is opt-in.
+Choice: `INFINI_DECODE` = auto (default) | int8 | exact, or `generate(decode=...)`. Auto is int8 on a
+CPU whose PyTorch has fbgemm (x86), exact elsewhere: 2.3-2.6x the exact path's tokens/s, about half
+of llama.cpp's on the same GGUF, for +1.3% perplexity on 2,496 held-out tokens (+1.8% with PyTorch
+forced to AVX2), over the 1% aimed for: `INFINI_DECODE=exact` gives the exact path.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .memory import memory_delta
 from .model import InfiniTransformer, LayerMemory, SegmentCache
 
 DECODE_ENV = "INFINI_DECODE"
 MODES = ("auto", "int8", "exact")
+REDUCE_RANGE = True
 TOPK = 64  # vocabulary head: int8 candidates rescored with the float weights
 
 
@@ -56,8 +66,8 @@ def resolve_decode(mode: str | None, device: torch.device | str) -> str:
         return "exact"  # the int8 kernels are the CPU's
     if m == "int8" and not int8_supported():
         return "exact"
-    if m == "auto":  # not int8 yet: held-out perplexity +1.7% (docs/performance.md), over the 1% allowed
-        return "exact"
+    if m == "auto":  # int8 where it runs (a CPU with fbgemm): held-out perplexity within 1% (docs/performance.md)
+        return "int8" if torch.device(device).type == "cpu" and int8_supported() else "exact"
     return m
 
 
@@ -77,7 +87,16 @@ class QLinear:
             self.packed = torch.ops.quantized.linear_prepack(q, None if bias is None else bias.detach().float())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self.packed, True)
+        return torch.ops.quantized.linear_dynamic(x, self.packed, REDUCE_RANGE)
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of rows x (B, C) with weight w, in fewer operations than F.rms_norm for one row
+    (10 µs against 16 here: it runs 61 times a token)."""
+    if x.shape[0] == 1:
+        n = float(torch.linalg.vector_norm(x))
+        return x * w * (1.0 / math.sqrt(n * n / x.shape[1] + eps))
+    return F.rms_norm(x, (x.shape[1],), w, eps)
 
 
 def rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -92,8 +111,74 @@ def rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return R
 
 
+PRODUCTS = ("qkv", "o", "gu", "down")  # the inputs measured: q/k/v's, o's, gate/up's, down's
+ALPHA = {"qkv": 0.8, "o": 0.6, "gu": 0.6, "down": 0.6}  # SmoothQuant's migration strength per product
+
+
+@torch.no_grad()
+def input_ranges(model: InfiniTransformer, calibration: torch.Tensor | None) -> list[dict[str, torch.Tensor]]:
+    """Per layer, the largest |value| of each input channel of its four products, float32, over one
+    exact reading of `calibration` (1-D token ids; None: 512 fixed pseudo-random ids, for models
+    without a tokenizer)."""
+    cfg = model.config
+    if calibration is None:
+        calibration = torch.randint(0, cfg.vocab_size, (512,), generator=torch.Generator().manual_seed(0))
+    ids = calibration[: cfg.segment_length].to(model.lm_head.weight.device)
+    out = [dict.fromkeys(PRODUCTS) for _ in model.model.layers]
+    hooks = []
+
+    def record(i: int, name: str):
+        def hook(module, args):
+            a = args[0].detach().float().abs().reshape(-1, args[0].shape[-1]).amax(0)
+            out[i][name] = a if out[i][name] is None else torch.maximum(out[i][name], a)
+        return hook
+
+    for i, layer in enumerate(model.model.layers):
+        a, m = layer.self_attn, layer.mlp
+        for name, module in zip(PRODUCTS, (a.q_proj, a.o_proj, m.gate_proj, m.down_proj)):
+            hooks.append(module.register_forward_pre_hook(record(i, name)))
+    try:
+        model.segment(ids[None], None)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [{k: (v if v is not None else torch.ones(1)).cpu() for k, v in d.items()} for d in out]
+
+
+def smoothing(act: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SmoothQuant's per-input-channel factors s = max|X|^α / max|W|^(1-α) (Xiao et al., 2023): the
+    product's input is divided by s and its weight's columns multiplied by s."""
+    w = weight.detach().float().abs().amax(0).clamp_min(1e-5)
+    s = act.clamp_min(1e-5).pow(alpha) / w.pow(1 - alpha)
+    return s.clamp_min(1e-5).expand_as(w).contiguous()
+
+
+def save_ranges(path: Path, ranges: list[dict[str, torch.Tensor]], meta: dict[str, str]) -> None:
+    """The input ranges as a safetensors file (written to a temporary name, then renamed)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{i}.{k}": v.contiguous() for i, d in enumerate(ranges) for k, v in d.items()}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_ranges(path: Path, meta: dict[str, str], layers: int) -> list[dict[str, torch.Tensor]] | None:
+    """Ranges saved by `save_ranges` with the same metadata, else None (absent, damaged, other weights)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if f.metadata() != meta:
+                return None
+            return [{k: f.get_tensor(f"{i}.{k}") for k in PRODUCTS} for i in range(layers)]
+    except Exception:  # absent, truncated, or written by other code: measured again
+        return None
+
+
 class _Layer:
-    __slots__ = ("n1", "n2", "qkv", "o", "gate_up", "down", "g", "one_minus_g", "proj")
+    __slots__ = ("n1", "n2", "qkv", "o", "gate_up", "down", "g", "one_minus_g", "A_qkv", "B_qkv", "A_o", "B_o")
 
 
 class Int8Decoder:
@@ -101,32 +186,52 @@ class Int8Decoder:
 
     Made by `for_model`, which keeps one per model and makes it again when a weight changes."""
 
-    def __init__(self, model: InfiniTransformer):
+    def __init__(self, model: InfiniTransformer, calibration: torch.Tensor | None = None,
+                 ranges: list[dict[str, torch.Tensor]] | None = None):
         cfg = self.cfg = model.config
         self.model = model
         H, Hkv, D, C = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
-        self.split = (H * D, Hkv * D, Hkv * D)
         self.layers = []
+        self.ranges = ranges = ranges if ranges is not None else input_ranges(model, calibration)
         with torch.no_grad():
-            for layer in model.model.layers:
+            for layer, rng in zip(model.model.layers, ranges):
                 a, m = layer.self_attn, layer.mlp
+                f = lambda t: t.detach().float()  # noqa: E731
+                s = {k: smoothing(v, w, ALPHA[k]) for (k, v), w in zip(rng.items(), (
+                    torch.cat((a.q_proj.weight, a.k_proj.weight, a.v_proj.weight)), a.o_proj.weight,
+                    torch.cat((m.gate_proj.weight, m.up_proj.weight)), m.down_proj.weight))}
                 L = _Layer()
-                L.n1 = layer.input_layernorm.weight.detach().float()
-                L.n2 = layer.post_attention_layernorm.weight.detach().float()
+                # Each product's input x is given as x / s (channel by channel) and its weight as W·s: the
+                # same product, with the input's outlier channels tamed for int8 (SmoothQuant). x / s is
+                # free: folded into the norm weights (qkv, gate/up), the gates (o) and up's rows (down).
+                L.n1 = f(layer.input_layernorm.weight) / s["qkv"]
+                L.n2 = f(layer.post_attention_layernorm.weight) / s["gu"]
                 qkv_b = None
                 if a.q_proj.bias is not None:
                     qkv_b = torch.cat((a.q_proj.bias, a.k_proj.bias, a.v_proj.bias))
-                L.qkv = QLinear(torch.cat((a.q_proj.weight, a.k_proj.weight, a.v_proj.weight)), qkv_b)
-                L.o = QLinear(a.o_proj.weight, a.o_proj.bias)
-                L.gate_up = QLinear(torch.cat((m.gate_proj.weight, m.up_proj.weight)))
-                L.down = QLinear(m.down_proj.weight)
-                g = torch.sigmoid(a.memory_gate.detach().float()).view(1, H, 1, 1)
-                L.g, L.one_minus_g = g, 1 - g
-                L.proj = None
-                if a.memory_proj is not None:
+                W_qkv = torch.cat((f(a.q_proj.weight), f(a.k_proj.weight), f(a.v_proj.weight)))
+                L.o = QLinear(f(a.o_proj.weight) * s["o"], a.o_proj.bias)
+                L.gate_up = QLinear(torch.cat((f(m.gate_proj.weight), f(m.up_proj.weight) / s["down"][:, None])) * s["gu"])
+                L.down = QLinear(f(m.down_proj.weight) * s["down"])
+                g = torch.sigmoid(f(a.memory_gate))
+                so = s["o"].view(H, D)
+                L.g = g[:, None] / so  # (H, D): folded into each query head's [M | z] (`_mzg`)
+                L.one_minus_g = ((1 - g)[:, None] / so).view(1, H, 1, D)
+                L.A_qkv = L.B_qkv = L.A_o = L.B_o = None
+                if a.memory_proj is not None:  # an adapter's low-rank corrections, float32, in 2 + 2 products
                     mp = a.memory_proj
                     A_qkv, B_q, B_k, B_v, A_o, B_o = mp.decode_weights()
-                    L.proj = (A_qkv, B_q * mp.scale, B_k * mp.scale, B_v * mp.scale, A_o, B_o * mp.scale, mp.rank)
+                    r = mp.rank
+                    Bd = torch.zeros(3 * r, (H + 2 * Hkv) * D)  # block-diagonal: low (q | k | v) → (q | k | v)
+                    Bd[:r, : H * D] = B_q.T * mp.scale
+                    Bd[r : 2 * r, H * D : (H + Hkv) * D] = B_k.T * mp.scale
+                    Bd[2 * r :, (H + Hkv) * D :] = B_v.T * mp.scale
+                    L.A_qkv, L.B_qkv = 3 * r, Bd  # A's rows ride along in the qkv product (its last 3r outputs)
+                    L.A_o, L.B_o = (A_o * s["o"]).T.contiguous(), (B_o.T * mp.scale).contiguous()
+                    W_qkv = torch.cat((W_qkv, A_qkv))
+                    if qkv_b is not None:
+                        qkv_b = torch.cat((qkv_b, qkv_b.new_zeros(3 * r)))
+                L.qkv = QLinear(W_qkv * s["qkv"], qkv_b)
                 self.layers.append(L)
             self.norm = model.model.norm.weight.detach().float()
             self.eps = cfg.rms_norm_eps
@@ -140,83 +245,109 @@ class Int8Decoder:
         return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in model.state_dict(keep_vars=True).values())
 
     @classmethod
-    def for_model(cls, model: InfiniTransformer) -> Int8Decoder:
+    def current(cls, model: InfiniTransformer) -> Int8Decoder | None:
+        """The model's decoder if one was made for its weights as they are."""
         d = model.__dict__.get("_int8_decoder")
-        if d is None or d.state != cls._state(model):
+        return d if d is not None and d.state == cls._state(model) else None
+
+    @classmethod
+    def for_model(cls, model: InfiniTransformer, calibration: torch.Tensor | None = None,
+                  ranges: list[dict[str, torch.Tensor]] | None = None) -> Int8Decoder:
+        """The model's decoder, made at the first call (`calibration`: token ids of CALIBRATION_TEXT,
+        `Engine.calibration_ids`; None for a model without a tokenizer: `input_ranges`; `ranges`:
+        input ranges measured before, `Engine.int8_decoder` keeps them on disk)."""
+        d = cls.current(model)
+        if d is None:
             with torch.inference_mode(False):
-                d = cls(model)
+                d = cls(model, calibration, ranges)
             model.__dict__["_int8_decoder"] = d  # outside nn.Module's attribute machinery
         return d
 
     # ---- the step ----
 
-    def _mz_of(self, M: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """[M | z] (B, Hkv, 1, D, D + 1): the read's numerator and denominator in one product."""
-        key = (id(M), id(z))
+    def _mzg(self, i: int, M: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Layer i's read as one batched product, (B·H, D, D + 1): for every query head, its key/value
+        head's [g·M | z], so that σ(q)[g·M | z] gives g·(σ(q)M) beside σ(q)z. Made once per memory
+        (the memory changes only when a segment is written), kept while that memory is in use."""
+        key = (i, id(M), id(z))
         hit = self._mz.get(key)
-        if hit is None or hit[0] is not M:
+        if hit is None or hit[0] is not M or hit[1] is not z:
             if len(self._mz) > 4 * len(self.layers):
                 self._mz.clear()
-            hit = (M, z, torch.cat((M, z.unsqueeze(-1)), -1).unsqueeze(2))
+            cfg = self.cfg
+            B, Hkv, D, _ = M.shape
+            G = cfg.num_attention_heads // Hkv
+            scale = torch.ones(Hkv, G, 1, D + 1)
+            scale[..., :D] = self.layers[i].g.view(Hkv, G, 1, D)
+            mz = torch.cat((M, z.unsqueeze(-1)), -1).unsqueeze(2) * scale  # (B, Hkv, G, D, D + 1)
+            hit = (M, z, mz.reshape(B * Hkv * G, D, D + 1))
             self._mz[key] = hit
         return hit[2]
 
     def decode(self, idx: torch.Tensor, mem: list[LayerMemory] | None,
-               caches: list[SegmentCache]) -> tuple[torch.Tensor, list[LayerMemory]]:
-        """`InfiniTransformer.decode` with int8 products: final hidden state (B, 1, C) float32 and
-        each layer's (dM, dz)."""
+               caches: list[SegmentCache]) -> tuple[torch.Tensor, None]:
+        """`InfiniTransformer.decode` with int8 products: the final hidden state (B, 1, C) float32.
+
+        What the token adds to each layer's memory is not computed here: its σ-input (the keys and
+        values as the memory sees them) is kept in the layer's cache (`SegmentCache.keep`) and written
+        in one product per segment by `settle`, which the stream calls before it uses the deltas."""
         cfg, model = self.cfg, self.model
         H, Hkv, D, C = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
-        G = H // Hkv
+        HD, KD = H * D, Hkv * D
         pos = caches[0].pos
         if pos + 1 > cfg.segment_length:
             raise ValueError(f"a segment holds at most {cfg.segment_length} tokens")
         B = idx.shape[0]
-        x = model.model.embed_tokens(idx).float()  # (B, 1, C)
+        x = model.model.embed_tokens(idx).float().view(B, C)
         R = rotation(model.rope_cos[pos].float(), model.rope_sin[pos].float())
-        deltas = []
-        rule, dt = cfg.memory_update, self.head_w.dtype
+        dt, L_seg, eps = self.head_w.dtype, cfg.segment_length, self.eps
         for i, L in enumerate(self.layers):
-            M, z = mem[i] if mem is not None else (None, None)
-            h = F.rms_norm(x, (C,), L.n1, self.eps)
-            q, k, v = L.qkv(h).split(self.split, -1)  # (B, 1, H*D), (B, 1, Hkv*D) × 2
-            q, k, v = q.view(B, H, 1, D), k.view(B, Hkv, 1, D), v.view(B, Hkv, 1, D)
-            q_m, k_m, v_m = q, k, v
-            if L.proj is not None:
-                A_qkv, B_q, B_k, B_v, A_o, B_o, r = L.proj
-                low = F.linear(h, A_qkv).split(r, -1)
-                q_m = q + F.linear(low[0], B_q).view(q.shape)
-                k_m = k + F.linear(low[1], B_k).view(k.shape)
-                v_m = v + F.linear(low[2], B_v).view(v.shape)
-            sk = F.elu(k_m) + 1.0  # σ(K) (B, Hkv, 1, D)
-            if rule == "delta" and M is not None:
-                v_m = v_m - (sk @ M) / (sk @ z.unsqueeze(-1))
-            deltas.append((sk.transpose(-1, -2) @ v_m, sk.view(B, Hkv, D)))
-
+            qkv = L.qkv(rms_norm(x, L.n1, eps))  # (B, HD + 2 KD [+ 3r]): q | k | v [| the adapter's low rank]
+            if L.A_qkv is None:
+                qkv_m = qkv
+            else:  # as the memory sees them
+                qkv, low = qkv[:, : -L.A_qkv], qkv[:, -L.A_qkv :]
+                qkv_m = torch.addmm(qkv, low, L.B_qkv)
             c = caches[i]
-            qk = (torch.cat((q, k), 1).view(B * (H + Hkv), D) @ R).view(B, H + Hkv, 1, D)
-            kc, vc = c.append(qk[:, H:].to(dt), v.to(dt), cfg.segment_length)  # the cache in the model's dtype
+            c.keep(qkv_m[:, HD:], L_seg)  # k, v for the memory: written by `settle`
+
+            qk = (qkv[:, : HD + KD].reshape(B * (H + Hkv), D) @ R).view(B, H + Hkv, 1, D)  # rotary
+            kc, vc = c.append(qk[:, H:].to(dt), qkv[:, HD + KD :].reshape(B, Hkv, 1, D).to(dt), L_seg)
             qr = qk[:, :H]
             if qr.dtype != kc.dtype:
                 qr = qr.to(kc.dtype)
             a_dot = F.scaled_dot_product_attention(qr, kc, vc, enable_gqa=True).float()  # (B, H, 1, D)
             read = None
-            if M is None:
+            if mem is None:
                 a = L.one_minus_g * a_dot
             else:
-                sq = (F.elu(q_m) + 1.0).view(B, Hkv, G, 1, D)
-                nd = sq @ self._mz_of(M, z)  # (B, Hkv, G, 1, D + 1)
-                read = (nd[..., :D] / nd[..., D:]).view(B, H, 1, D) * L.g
+                M, z = mem[i]
+                sq = F.elu(qkv_m[:, :HD].reshape(B * H, 1, D)).add_(1.0)  # σ(q)
+                nd = torch.bmm(sq, self._mzg(i, M, z))  # (B·H, 1, D + 1): g·σ(q)M | σ(q)z
+                read = (nd[..., :D] / nd[..., D:]).view(B, H, 1, D)  # g · the memory's read
                 a = torch.addcmul(read, L.one_minus_g, a_dot)
-            out = L.o(a.view(B, 1, H * D))
-            if read is not None and L.proj is not None:
-                out = out + F.linear(F.linear(read.view(B, 1, H * D), A_o), B_o)
-            x = x + out
-            h = F.rms_norm(x, (C,), L.n2, self.eps)
-            gu = L.gate_up(h)
-            gate, up = gu.chunk(2, -1)
-            x = x + L.down(F.silu(gate) * up)
-        return F.rms_norm(x, (C,), self.norm, self.eps), deltas
+            x = x + L.o(a.view(B, HD))
+            if read is not None and L.A_o is not None:
+                x.addmm_(read.view(B, HD) @ L.A_o, L.B_o)
+            gate, up = L.gate_up(rms_norm(x, L.n2, eps)).chunk(2, -1)
+            x = x + L.down(F.silu(gate).mul_(up))
+        return rms_norm(x, self.norm, eps).view(B, 1, C), None
+
+    def settle(self, caches: list[SegmentCache], mem: list[LayerMemory] | None) -> None:
+        """Write what the tokens decoded since the last call add to each layer's memory into its
+        cache's (dM, dz): σ(K)ᵀV over those tokens in one product (and the delta rule's correction
+        against the segment's memory, the same for all of them)."""
+        cfg = self.cfg
+        Hkv, D = cfg.num_key_value_heads, cfg.head_dim
+        for i, c in enumerate(caches):
+            rows = c.take_kept()
+            if rows is None:
+                continue
+            B, T, _ = rows.shape
+            kv = rows.view(B, T, 2, Hkv, D).permute(2, 0, 3, 1, 4)  # (2, B, Hkv, T, D)
+            M, z = mem[i] if mem is not None else (None, None)
+            dM, dz = memory_delta(F.elu(kv[0]) + 1.0, kv[1], M, z, cfg.memory_update)
+            c.accumulate(dM, dz)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Float32 logits of one hidden state h (C,): the int8 head for every token, its TOPK best

@@ -94,13 +94,12 @@ def decode_report(tokens: int = 128, new_tokens: int = 32, rounds: int = 3) -> s
 
     from infini_reader.app.core import models
     from infini_reader.engine.generate import Stream, generate_ids
-    from infini_reader.engine.quant import Int8Decoder
 
     e = models.load_model("builtin", device="cpu")
     guard = torch.inference_mode()
     guard.__enter__()  # for the rest of this function (kept alive by the name)
     t = time.perf_counter()
-    fast = Int8Decoder.for_model(e.model)
+    fast = e.int8_decoder()
     lines = [f"model dtype {e.dtype}, int8 weights prepared in {time.perf_counter() - t:.2f} s", ""]
     nll = {"exact": [], "int8": []}
     for text in held_out_text():

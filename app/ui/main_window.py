@@ -348,6 +348,9 @@ class MainWindow(QMainWindow):
         if m.state == ModelState.READY:
             self.say("The model is ready")
             self.refresh()
+            # the int8 decoder for answers (a second or two, once per model), made now rather than
+            # at the first answer; a question asked meanwhile waits for it, not for a second one
+            self.tasks.call(e.prepare_decode, lambda _done: None, lambda m: log.warning("int8 decoder: %s", m))
         elif m.state == ModelState.FAILED:
             self.show_error("The model could not be loaded", f"The model could not be loaded: {m.error}\n\n"
                             "Choose another model in Settings (File → Settings).")

@@ -24,7 +24,7 @@ from infini_reader.app.core.ingest import ingest_file
 from infini_reader.app.core.library import Library
 from infini_reader.app.core.segments import tokenize_with_offsets
 from infini_reader.engine.generate import SegmentCache, Stream, detokenize, sample
-from infini_reader.engine.quant import Int8Decoder, resolve_decode
+from infini_reader.engine.quant import resolve_decode
 from infini_reader.engine.model import InfiniTransformer
 from lab.train.trainer import SHARED_DATA
 from infini_reader.app.core import models
@@ -114,7 +114,7 @@ def answers_sharing_prefix(e: eng.Engine, prompts: list, max_new_tokens: int) ->
         if differ.size:
             n0 = int(differ[0])
     # the decode path `Engine.generate` takes (engine/quant.py), so that the answers are the same
-    fast = Int8Decoder.for_model(e.model) if resolve_decode(None, e.device) == "int8" else None
+    fast = e.int8_decoder() if resolve_decode(None, e.device) == "int8" else None
     stream = Stream(e.model, None, fast)
     if n0 > 0:
         stream.feed(ids[0][:n0])
