@@ -166,3 +166,31 @@ def test_builtin_model_perplexity_and_greedy_answers(builtin_engine_f32):
     exact = list(generate_ids(e.model, prompt, None, 12, decode="exact"))
     int8 = list(generate_ids(e.model, prompt, None, 12, decode="int8"))
     assert int8[:6] == exact[:6] and len(exact) >= 6
+
+
+@torch.inference_mode()
+def test_input_ranges_are_kept_on_disk_for_the_next_process(builtin_engine_f32, tmp_path, monkeypatch):
+    """`Engine.int8_decoder` measures the ranges on the calibration text once and keeps them beside the
+    prepared weights; a later decoder (another process) reads them instead of measuring, and a damaged
+    file or one of other weights is measured again."""
+    e = builtin_engine_f32
+    assert e.decode_cache is not None and e.decode_cache.name.endswith(".int8-ranges.safetensors")
+    monkeypatch.setattr(e, "decode_cache", tmp_path / "r.int8-ranges.safetensors")
+    monkeypatch.delitem(e.model.__dict__, "_int8_decoder", raising=False)
+    d = e.int8_decoder()
+    assert e.decode_cache.is_file() and e.int8_decoder() is d
+    measured = d.ranges
+    e.model.__dict__.pop("_int8_decoder")
+    calls = []
+    monkeypatch.setattr(quant, "input_ranges", lambda *a: calls.append(a) or measured)
+    d2 = e.int8_decoder()
+    assert not calls  # read from the file
+    for a, b in zip(d2.ranges, measured):
+        for k in quant.PRODUCTS:
+            torch.testing.assert_close(a[k], b[k])
+    e.model.__dict__.pop("_int8_decoder")
+    e.decode_cache.write_bytes(b"\0" * 64)
+    e.int8_decoder()
+    assert len(calls) == 1  # measured again, and written anew
+    assert quant.load_ranges(e.decode_cache, {"fingerprint": e.fingerprint, "calibration": "x"}, 30) is None
+    e.model.__dict__.pop("_int8_decoder")
