@@ -361,7 +361,12 @@ class _Body(nn.Module):
 
     def __init__(self, cfg: InfiniConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        if torch.empty(0).is_meta:  # built to be loaded (torch.device("meta")): Embedding's own random
+            # init there goes through PyTorch's Python decompositions, whose import took 1.5 s of a 1.8 s load
+            self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                             _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
+        else:
+            self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -381,7 +386,10 @@ class InfiniTransformer(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        cos, sin = rotary_tables(cfg.head_dim, cfg.segment_length, cfg.rope_theta)
+        if torch.empty(0).is_meta:  # to be loaded: the tables are made on the real device then (as above)
+            cos, sin = torch.empty(cfg.segment_length, cfg.head_dim), torch.empty(cfg.segment_length, cfg.head_dim)
+        else:
+            cos, sin = rotary_tables(cfg.head_dim, cfg.segment_length, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
