@@ -30,7 +30,7 @@ def test_decode_mode_override(monkeypatch):
     assert quant.resolve_decode(None, "cpu") == "int8"
     assert quant.resolve_decode(None, "meta") == "exact"  # the int8 kernels are the CPU's
     monkeypatch.setenv(quant.DECODE_ENV, "auto")
-    assert quant.resolve_decode(None, "cpu") == "int8"  # the CPU's default: within 1% of exact's perplexity
+    assert quant.resolve_decode(None, "cpu") == "int8"  # the default on x86 (+1.3-1.8% perplexity, docs/performance.md)
     assert quant.resolve_decode(None, "meta") == "exact"
     monkeypatch.setenv(quant.DECODE_ENV, "int4")
     with pytest.raises(ValueError, match="decode mode"):
