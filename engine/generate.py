@@ -8,12 +8,17 @@ may run longer than a segment. Everything happens on a private copy of the memor
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import torch
 
 from .model import InfiniTransformer, LayerMemory, SegmentCache, add_delta
-from .quant import Int8Decoder, resolve_decode
+from .quant import DECODE_ENV, Int8Decoder, resolve_decode
+
+# Tokens after which making the int8 decoder (about 1 s) has paid for itself: it saves about 21 ms a
+# token here (15 against 36 ms, docs/performance.md).
+INT8_BREAK_EVEN = 48
 
 
 class Stream:
@@ -112,7 +117,12 @@ def generate_ids(
     `int8`: what gives the int8 decoder (`Engine.int8_decoder`; default: made from the model alone)."""
     fast = None
     if resolve_decode(decode, prompt.device) == "int8":
-        fast = int8() if int8 is not None else Int8Decoder.for_model(model)
+        # Chosen by default (auto), the int8 decoder is made only where it repays its making (about a
+        # second, once per process): already made (the window makes it when the model is ready), or an
+        # answer that may run past the break-even; a one-off short answer (`infini ask`) stays exact.
+        chosen = (decode or os.environ.get(DECODE_ENV, "auto")).strip().lower() in ("", "auto")
+        if not chosen or max_new_tokens >= INT8_BREAK_EVEN or Int8Decoder.current(model) is not None:
+            fast = int8() if int8 is not None else Int8Decoder.for_model(model)
     stream = Stream(model, mem, fast)
     logits = stream.feed(prompt)
     answer: list[int] = []

@@ -194,3 +194,22 @@ def test_input_ranges_are_kept_on_disk_for_the_next_process(builtin_engine_f32, 
     assert len(calls) == 1  # measured again, and written anew
     assert quant.load_ranges(e.decode_cache, {"fingerprint": e.fingerprint, "calibration": "x"}, 30) is None
     e.model.__dict__.pop("_int8_decoder")
+
+
+@torch.inference_mode()
+def test_a_short_default_answer_does_not_make_the_decoder(monkeypatch):
+    """Chosen by default, the int8 decoder is made for answers that may repay it (or when it exists
+    already); a short one-off answer stays exact, and an explicit int8 is always honoured."""
+    from infini_reader.engine import generate as gen
+
+    monkeypatch.delenv(quant.DECODE_ENV, raising=False)
+    e = tiny_engine()
+    prompt = torch.tensor([5, 9, 2])
+    list(gen.generate_ids(e.model, prompt, None, 4))
+    assert quant.Int8Decoder.current(e.model) is None
+    list(gen.generate_ids(e.model, prompt, None, gen.INT8_BREAK_EVEN))
+    d = quant.Int8Decoder.current(e.model)
+    assert d is not None
+    e2 = tiny_engine()
+    list(gen.generate_ids(e2.model, prompt, None, 4, decode="int8"))
+    assert quant.Int8Decoder.current(e2.model) is not None
