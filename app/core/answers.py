@@ -23,6 +23,7 @@ from infini_reader.engine.attribution import query_features, segment_scores
 
 from .db import ChatRow, CitationRow, MessageRow, SegmentRow, SnapshotRow
 from .library import STOPWORDS, Library, LibraryError
+from .passages import ABBREVIATION, sentences
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ class RetrievalSettings:
     # ranking of those drowns the embeddings' (0: always fully)
     bm25_full: float = 0.5
     lm_reorder: bool = False  # the candidates whose sentences were scored are ordered by that score outright
+    # every passage ranked by its closest sentence in the sentence index (False: only the best
+    # `rerank` candidates, their sentences embedded at question time)
+    sentence_search: bool = True
     # a free answer to a question (why, how, what happened) ends with its first sentence, at most this
     # many words: FairytaleQA train's reference answers to such questions are 6 words at the median,
     # 11 at the 75th percentile; the model's own run on for 20 (0: no limit)
@@ -118,15 +122,51 @@ MODE_WEIGHTS = {
 # ---- finding the passages ----
 
 
-def passage_similarities(library: Library, doc_id: int, question: str) -> np.ndarray | None:
+def passage_similarities(library: Library, doc_id: int, question: str, embed=None) -> np.ndarray | None:
     """Cosine similarity of the question to every passage, or None without embeddings."""
     from . import embeddings
 
     blobs = library.passage_embeddings(doc_id)
-    embedder = embeddings.default_embedder() if blobs is not None else None
-    if embedder is None:
+    embed = embed or (embeddings.default_embedder() if blobs is not None else None)
+    if blobs is None or embed is None:
         return None
-    return embeddings.from_bytes(blobs) @ embedder([question])[0]
+    return embeddings.from_bytes(blobs) @ embed([question])[0]
+
+
+class DocumentVectors:
+    """texts → unit vectors for one document: its sentences' stored vectors (computed when it was
+    indexed), the embedding model for any other text (the question), each computed once. Without a
+    sentence index (a library indexed before there was one) every text goes to the model."""
+
+    def __init__(self, embedder, text: str, passages, blobs: list[bytes] | None):
+        from . import embeddings
+
+        self.embedder, self.memo = embedder, {}
+        self.passage_of = self.vectors = None
+        if blobs is not None:
+            owner, vecs = [], []
+            for i, (p, blob) in enumerate(zip(passages, blobs)):
+                bounds, v = embeddings.unpack_sentences(blob)
+                for (a, b), vec in zip(bounds + p.char_start, v):
+                    self.memo.setdefault(text[a:b], vec)
+                owner += [i] * len(bounds)
+                vecs.append(v)
+            self.passage_of = np.array(owner, dtype=np.int64)
+            self.vectors = np.concatenate(vecs) if vecs else np.zeros((0, embeddings.DIM), np.float32)
+
+    def __call__(self, texts: list[str], batch: int = 32) -> np.ndarray:
+        new = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        if new:
+            self.memo.update(zip(new, self.embedder(new, batch)))
+        return np.stack([self.memo[t] for t in texts]) if texts else self.embedder([])
+
+    def best_sentence_similarity(self, question: str, n_passages: int) -> np.ndarray | None:
+        """Each passage's closest sentence's similarity to the question (-1 without sentences)."""
+        if self.vectors is None:
+            return None
+        best = np.full(n_passages, -1.0, np.float32)
+        np.maximum.at(best, self.passage_of, self.vectors @ self([question])[0])
+        return best
 
 
 def load_memory(library: Library, engine: eng.Engine, doc_id: int) -> eng.Memory:
@@ -162,9 +202,10 @@ def _segment_attribution(library: Library, engine: eng.Engine, doc_id: int, ques
 
 
 def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: str,
-                  settings: RetrievalSettings | None = None) -> list[Citation]:
+                  settings: RetrievalSettings | None = None, embed: DocumentVectors | None = None) -> list[Citation]:
     """The passages that best match a question: reciprocal-rank fusion of BM25, the passages'
-    embeddings (their meaning) and the memory's attribution, weighted per `settings.mode`."""
+    embeddings (their meaning), their closest sentences' and the memory's attribution, weighted per
+    `settings.mode`. `embed`: the document's vectors (`_embedder`), when the caller has them."""
     st = settings or RetrievalSettings()
     passages = library.passages(doc_id)
     if not passages:
@@ -184,8 +225,10 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
             w_bm25 *= min(1.0, word_coverage(doc.text, question, doc.text[p0.char_start:p0.char_end]) / st.bm25_full)
         for rank, (idx, _score) in enumerate(found):
             fused[idx] += w_bm25 / (K + rank)
-    if w_emb:
-        sims = passage_similarities(library, doc_id, question)
+    if w_emb and embed is None:
+        embed = _embedder(library, doc_id)
+    if w_emb and embed is not None:
+        sims = passage_similarities(library, doc_id, question, embed)
         if sims is not None:
             order = np.argsort(-sims)[: st.embedding_candidates]
             fused[order] += w_emb / (K + np.arange(len(order)))
@@ -202,23 +245,29 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
             ok = first >= 0  # passages before the first segment read so far (a reading under way) take none
             seg_of = np.array([a + int(np.argmin(seg_rank[a : b + 1])) if a >= 0 else -1 for a, b in zip(first, last)])
             fused[ok] += w_mem / (K + seg_rank[seg_of[ok]])
-    if w_emb and st.sentence_weight and fused.any():
-        # the best candidates again, by their single closest sentence: a planted fact is one
-        # sentence that a whole passage's vector dilutes
+    best_sent = embed.best_sentence_similarity(question, len(passages)) if (
+        w_emb and st.sentence_weight and st.sentence_search and embed is not None) else None
+    if best_sent is not None:
+        # every passage by its closest sentence, from the sentence index: a planted fact is one
+        # sentence that a whole passage's vector dilutes, and a question in other words may share
+        # no word with it, so it must be found among all the sentences, not only BM25's best
+        order = np.argsort(-best_sent, kind="stable")[: st.embedding_candidates]
+        fused[order] += st.sentence_weight / (K + np.arange(len(order)))
+    elif w_emb and st.sentence_weight and fused.any() and embed is not None:
+        # no sentence index: the best candidates again, by their closest sentence, embedded now
         top = [i for i in np.argsort(-fused, kind="stable")[: st.rerank] if fused[i] > 0]
-        embedder = _embedder(library, doc_id)
-        if embedder is not None and top:
+        if top:
             spans = [(i, a, b) for i in top for a, b in sentences(doc.text, passages[i].char_start,
                                                                  passages[i].char_end)]
-            vecs = embedder([question] + [doc.text[a:b] for _, a, b in spans])
-            best_sent = {}
+            vecs = embed([question] + [doc.text[a:b] for _, a, b in spans])
+            near = {}
             for (i, _, _), v in zip(spans, vecs[1:] @ vecs[0]):
-                best_sent[i] = max(best_sent.get(i, -1.0), float(v))
-            for rank, i in enumerate(sorted(best_sent, key=lambda i: -best_sent[i])):
+                near[i] = max(near.get(i, -1.0), float(v))
+            for rank, i in enumerate(sorted(near, key=lambda i: -near[i])):
                 fused[i] += st.sentence_weight / (K + rank)
     lm_best: dict[int, tuple[int, int]] = {}
     if st.mode == "hybrid" and st.lm_weight and st.lm_sentences and fused.any() and engine is not None and engine.tokenizer is not None:
-        lm_best = _lm_rerank(engine, doc.text, passages, fused, question, st, _embedder(library, doc_id) if w_emb else None)
+        lm_best = _lm_rerank(engine, doc.text, passages, fused, question, st, embed if w_emb else None)
     ranked = [i for i in np.argsort(-fused, kind="stable") if fused[i] > 0]
     # a title or a heading alone (the book's name before chapter 1) says nothing to answer from, and
     # re-read beside the question it becomes the answer ("The Lighthouse Keeper." for the cat's name)
@@ -302,41 +351,31 @@ def continuation_logprobs(engine: eng.Engine, prompts: list[list[int]], conts: l
     dev = engine.device
     L = engine.config.segment_length
     rows = [(p + c)[-L:] for p, c in zip(prompts, conts)]
+    order = sorted(range(len(rows)), key=lambda k: len(rows[k]))  # similar lengths together: little padding
     for b0 in range(0, len(rows), batch):
-        group = rows[b0 : b0 + batch]
-        n = max(len(r) for r in group)
+        group = order[b0 : b0 + batch]
+        n = max(len(rows[k]) for k in group)
         ids = torch.zeros(len(group), n, dtype=torch.long, device=dev)
-        for k, r in enumerate(group):
-            ids[k, : len(r)] = torch.tensor(r, device=dev)
+        for j, k in enumerate(group):
+            ids[j, : len(rows[k])] = torch.tensor(rows[k], device=dev)
         h, _ = engine.model.segment(ids, None)
-        logp = torch.log_softmax(engine.model.lm_head(h).float(), -1)
-        for k, r in enumerate(group):
-            c = conts[b0 + k]
-            first = len(r) - len(c)
-            pos = torch.arange(max(first, 1) - 1, len(r) - 1, device=dev)
-            tgt = torch.tensor(r[max(first, 1) :], device=dev)
-            out[b0 + k] = float(logp[k, pos, tgt].mean())
+        # the head only where a continuation token is predicted: over every position it cost a
+        # fifth of the pass and a log-softmax over 49,152 words for each
+        where, targets, owner = [], [], []
+        for j, k in enumerate(group):
+            r, first = rows[k], max(len(rows[k]) - len(conts[k]), 1)
+            where += [j * n + t for t in range(first - 1, len(r) - 1)]
+            targets += r[first:]
+            owner += [j] * (len(r) - first)
+        logp = torch.log_softmax(engine.model.lm_head(h.reshape(-1, h.shape[-1])[where]).float(), -1)
+        picked = logp[torch.arange(len(where)), torch.tensor(targets, device=dev)].cpu().numpy()
+        owner = np.array(owner)
+        for j, k in enumerate(group):
+            out[k] = float(picked[owner == j].mean())
     return out
 
 
 # ---- the sentences that are re-read ----
-
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)]*\s+|\n\s*\n")
-_ABBREVIATION = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|Capt|Col|Gen|Lt|Rev|Hon|No|vs|Mt|[A-Z])\.[\"'”’)]*\s*$")
-
-
-def sentences(text: str, a: int, b: int) -> list[tuple[int, int]]:
-    """Sentence spans (document offsets) of text[a:b]; "Dr. Jekyll" stays one sentence."""
-    out, start = [], a
-    for m in _SENTENCE_END.finditer(text, a, b):
-        if _ABBREVIATION.search(text, start, m.end()) and "\n" not in m.group():
-            continue
-        if text[start:m.start()].strip():
-            out.append((start, m.start()))
-        start = m.end()
-    if text[start:b].strip():
-        out.append((start, b))
-    return out
 
 
 def _stem(word: str) -> str:
@@ -569,13 +608,18 @@ def _batched_memory(mem, B: int):
 # ---- the chat ----
 
 
-def _embedder(library: Library, doc_id: int):
-    """texts → unit vectors with the document's embedding model, or None when it has none."""
+def _embedder(library: Library, doc_id: int) -> DocumentVectors | None:
+    """texts → unit vectors with the document's embedding model and its stored sentence vectors,
+    or None when it has no embeddings."""
     from . import embeddings
 
     if library.passage_embeddings(doc_id) is None:
         return None
-    return embeddings.default_embedder()
+    model = embeddings.default_embedder()
+    if model is None:
+        return None
+    return DocumentVectors(model, library.document(doc_id).text, library.passages(doc_id),
+                           library.sentence_embeddings(doc_id))
 
 
 def _chat_id(session, doc_id: int) -> int:
@@ -669,12 +713,12 @@ def ask(library: Library, engine: eng.Engine, doc_id: int, question: str, reread
     search = question if choices is None else " ".join([choices[0], *(o for _, o in choices[1])])
     try:
         memory, complete = answer_memory(library, engine, doc_id)
-        cites = find_passages(library, engine, doc_id, search, st) if reread else []
+        embed = _embedder(library, doc_id) if reread else None
+        cites = find_passages(library, engine, doc_id, search, st, embed) if reread else []
     except (LibraryError, eng.SnapshotError) as exc:
         yield AnswerEvent("error", str(exc))
         return
     doc_text = library.document(doc_id).text if reread else ""
-    embed = _embedder(library, doc_id) if reread else None
     ranked = best_sentences(doc_text, search, cites, embed) if cites else []
     for s in ranked[::-1]:  # each citation shows its best sentence
         c = cites[s.cite]
@@ -756,7 +800,7 @@ def brief_end(text: str, max_words: int) -> int | None:
     for m in _FIRST_SENTENCE.finditer(text):
         if not text[: m.start()].strip():
             continue  # a line end before any word
-        if m.group() != "\n" and _ABBREVIATION.search(text, 0, m.end()):
+        if m.group() != "\n" and ABBREVIATION.search(text, 0, m.end()):
             continue  # "Mr. Hyde" goes on
         head = text[: m.end()]
         if len(head.split()) <= max_words:

@@ -136,6 +136,9 @@ class PassageRow(Base):
     page: Mapped[int | None] = mapped_column(Integer)
     # the passage's meaning: all-MiniLM-L6-v2 vector, float16 little endian (app/core/embeddings.py)
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # its sentences' offsets and vectors (embeddings.pack_sentences): a fact is one sentence, which a
+    # whole passage's vector dilutes
+    sentence_embeddings: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class ChatRow(Base):

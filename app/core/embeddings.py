@@ -247,3 +247,20 @@ def to_bytes(vectors: np.ndarray) -> list[bytes]:
 
 def from_bytes(blobs: list[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), "<f2").reshape(len(blobs), -1).astype(np.float32)
+
+
+def pack_sentences(bounds: list[tuple[int, int]], vectors: np.ndarray) -> bytes:
+    """One passage's sentences: their count, their (start, end) offsets from the passage's start and
+    their vectors; int32 and float16, little endian."""
+    n = len(bounds)
+    head = np.array([n, *(x for ab in bounds for x in ab)], "<i4").tobytes()
+    return head + np.ascontiguousarray(vectors, dtype="<f2").reshape(n, DIM).tobytes()
+
+
+def unpack_sentences(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(bounds (n, 2) int, vectors (n, DIM) float32) of `pack_sentences`."""
+    n = int(np.frombuffer(blob, "<i4", 1)[0])
+    bounds = np.frombuffer(blob, "<i4", 2 * n, 4).reshape(n, 2).astype(np.int64)
+    vectors = np.frombuffer(blob, "<f2", n * DIM, 4 + 8 * n).reshape(n, DIM).astype(np.float32)
+    return bounds, vectors
+

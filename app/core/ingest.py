@@ -26,6 +26,7 @@ from .document import ReaderError
 from .errors import clean_line, database_message, os_message
 from .library import Library, file_hash
 from .locks import exclusive, lock_folder
+from .passages import sentences
 from .segments import plan_segments
 
 log = logging.getLogger(__name__)
@@ -145,24 +146,39 @@ def _ingest_file(library, engine, path: Path, title: str, digest: str, cancel, c
         plans = plan_segments(doc, engine.tokenizer, engine.config.segment_length)
         snap_id = library.create_reading(doc_id, engine.fingerprint, model_name(engine),
                                          engine.config.segment_length, plans)
+    else:  # read before: a library indexed before sentences had vectors gets them now
+        yield from index_passages(library, doc_id, title)
     yield from _read_segments(library, engine, doc_id, snap_id, cancel, checkpoint_segments, checkpoint_seconds)
 
 
 def index_passages(library: Library, doc_id: int, title: str, embedder=None) -> Iterator[Progress]:
-    """The passages' embeddings, computed in bulk and stored in one statement: with them (and the
-    full-text index, written with the passages) the document is askable before its memory pass.
-    Without an embedding model the document is searched by its words only."""
+    """The passages' embeddings and their sentences', computed in bulk and stored in one statement:
+    with them (and the full-text index, written with the passages) the document is askable before
+    its memory pass. A library indexed before sentences had vectors gets those only. Without an
+    embedding model the document is searched by its words only."""
     from . import embeddings
 
-    if library.passage_embeddings(doc_id) is not None:
+    have_passages = library.passage_embeddings(doc_id) is not None
+    if have_passages and library.sentence_embeddings(doc_id) is not None:
         return
     embedder = embedder or embeddings.default_embedder()
     if embedder is None:
         return
     yield Progress(doc_id, title, "parsing", message="indexing the passages")
     doc = library.document(doc_id)
-    texts = [doc.text[p.char_start:p.char_end] for p in library.passages(doc_id)]
-    library.set_passage_embeddings(doc_id, embeddings.to_bytes(embedder(texts)))
+    rows = library.passages(doc_id)
+    bounds = [sentences(doc.text, p.char_start, p.char_end) for p in rows]
+    flat = [doc.text[a:b] for sb in bounds for a, b in sb]
+    # passages and sentences in one call: similar lengths are batched together across both
+    vectors = embedder(([] if have_passages else [doc.text[p.char_start:p.char_end] for p in rows]) + flat)
+    k = 0 if have_passages else len(rows)
+    packed = []
+    for p, sb in zip(rows, bounds):
+        packed.append(embeddings.pack_sentences([(a - p.char_start, b - p.char_start) for a, b in sb],
+                                                vectors[k : k + len(sb)]))
+        k += len(sb)
+    library.set_passage_embeddings(doc_id, None if have_passages else embeddings.to_bytes(vectors[: len(rows)]),
+                                   packed)
 
 
 def _read_segments(library, engine, doc_id, snap_id, cancel, every, seconds) -> Iterator[Progress]:

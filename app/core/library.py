@@ -269,26 +269,40 @@ class Library:
             params).all()
         return [(int(i), float(score)) for i, score in rows]
 
-    def set_passage_embeddings(self, doc_id: int, blobs: list[bytes]) -> None:
-        """The passages' vectors, in passage order, in one statement."""
+    def set_passage_embeddings(self, doc_id: int, blobs: list[bytes] | None,
+                               sentence_blobs: list[bytes] | None = None) -> None:
+        """The passages' vectors (and their sentences', embeddings.pack_sentences), in passage order,
+        in one statement; None leaves those as they are."""
         with self.Session.begin() as s:
             ids = s.scalars(select(PassageRow.id).where(PassageRow.document_id == doc_id).order_by(PassageRow.idx)).all()
-            if len(ids) != len(blobs):
-                raise LibraryError(f"{len(blobs)} embeddings for {len(ids)} passages of document {doc_id}")
-            if ids:
-                s.execute(update(PassageRow), [{"id": i, "embedding": b} for i, b in zip(ids, blobs)])
+            rows = [{"id": i} for i in ids]
+            for key, values in (("embedding", blobs), ("sentence_embeddings", sentence_blobs)):
+                if values is None:
+                    continue
+                if len(ids) != len(values):
+                    raise LibraryError(f"{len(values)} embeddings for {len(ids)} passages of document {doc_id}")
+                for r, v in zip(rows, values):
+                    r[key] = v
+            if ids and len(rows[0]) > 1:
+                s.execute(update(PassageRow), rows)
 
     def passage_embeddings(self, doc_id: int) -> list[bytes] | None:
         """The passages' vectors in passage order, or None unless every passage has one."""
+        return self._complete_column(doc_id, PassageRow.embedding)
+
+    def sentence_embeddings(self, doc_id: int) -> list[bytes] | None:
+        """Each passage's packed sentence vectors in passage order, or None unless every passage has them."""
+        return self._complete_column(doc_id, PassageRow.sentence_embeddings)
+
+    def _complete_column(self, doc_id: int, column) -> list[bytes] | None:
         with self.Session() as s:
-            blobs = s.scalars(select(PassageRow.embedding).where(PassageRow.document_id == doc_id)
-                              .order_by(PassageRow.idx)).all()
+            blobs = s.scalars(select(column).where(PassageRow.document_id == doc_id).order_by(PassageRow.idx)).all()
         return None if not blobs or any(b is None for b in blobs) else list(blobs)
 
     def passages(self, doc_id: int) -> list[PassageRow]:
         with self.Session() as s:
             rows = s.scalars(select(PassageRow).where(PassageRow.document_id == doc_id).order_by(PassageRow.idx)
-                             .options(defer(PassageRow.embedding))).all()
+                             .options(defer(PassageRow.embedding), defer(PassageRow.sentence_embeddings))).all()
             s.expunge_all()
             return list(rows)
 

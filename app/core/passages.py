@@ -72,3 +72,23 @@ def split_passages(doc: Document) -> list[PassageSpan]:
         sec = doc.section_at(a)
         out.append(PassageSpan(i, a, b, doc.sections.index(sec) if sec is not None else None, doc.page_at(a)))
     return out
+
+
+# Sentences, for the sentence-level index and for what is re-read: a blank line ends one too (a
+# heading); "Dr. Jekyll" stays one sentence.
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?…])[\"'”’)]*\s+|\n\s*\n")
+ABBREVIATION = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|Capt|Col|Gen|Lt|Rev|Hon|No|vs|Mt|[A-Z])\.[\"'”’)]*\s*$")
+
+
+def sentences(text: str, a: int, b: int) -> list[tuple[int, int]]:
+    """Sentence spans (document offsets) of text[a:b]."""
+    out, start = [], a
+    for m in _SENTENCE_BREAK.finditer(text, a, b):
+        if ABBREVIATION.search(text, start, m.end()) and "\n" not in m.group():
+            continue
+        if text[start:m.start()].strip():
+            out.append((start, m.start()))
+        start = m.end()
+    if text[start:b].strip():
+        out.append((start, b))
+    return out

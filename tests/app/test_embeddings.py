@@ -81,3 +81,86 @@ def test_ingest_stores_embeddings_and_a_fact_is_found_in_other_words(embedder, t
                                                             RetrievalSettings(mode="bm25")))
     cites = find_passages(library, tiny_reader, doc_id, q, RetrievalSettings(mode="hybrid"))
     assert any(fact in c.passage for c in cites[:3])
+
+
+def test_sentences_pack_and_unpack():
+    v = np.random.default_rng(1).standard_normal((3, E.DIM)).astype(np.float32)
+    bounds, vectors = E.unpack_sentences(E.pack_sentences([(0, 10), (11, 40), (41, 700)], v))
+    assert bounds.tolist() == [[0, 10], [11, 40], [41, 700]]
+    assert np.allclose(vectors, v, atol=1e-2)
+    bounds, vectors = E.unpack_sentences(E.pack_sentences([], np.zeros((0, E.DIM))))
+    assert bounds.shape == (0, 2) and vectors.shape == (0, E.DIM)
+
+
+class Counting:
+    """The real embedder, counting the texts it is given."""
+
+    def __init__(self, inner):
+        self.inner, self.texts = inner, []
+
+    def __call__(self, texts, batch=32):
+        self.texts += list(texts)
+        return self.inner(texts, batch)
+
+
+FILLER = ("The rain fell on the roofs of the town for most of the week. The baker opened his shop at dawn "
+          "and the smell of bread went down the street. Children ran past the church on their way to "
+          "school, and the old clock struck eight. ")
+
+
+def _sentence_book(library, fact):
+    from infini_reader.app.core.document import Document
+    from infini_reader.app.core.ingest import index_passages
+
+    paras = [FILLER * 2 for _ in range(30)]
+    paras[17] = FILLER + fact + " " + FILLER  # the fact is one sentence of a long passage
+    text = "\n\n".join(paras)
+    doc = Document(title="Rain", author=None, language="en", format="txt", text=text, sections=[])
+    doc_id = library.add_document(doc, "sentence-book", len(text))
+    return doc_id, text, index_passages
+
+
+def test_each_sentence_is_indexed_and_a_question_in_other_words_finds_its_passage(embedder, library):
+    from infini_reader.app.core.answers import _embedder
+    from infini_reader.app.core.passages import sentences
+
+    fact = "Doctor Ignatius Thorne's favourite colour is turquoise."
+    doc_id, text, index_passages = _sentence_book(library, fact)
+    list(index_passages(library, doc_id, "Rain", embedder))
+    passages = library.passages(doc_id)
+    blobs = library.sentence_embeddings(doc_id)
+    assert blobs is not None and len(blobs) == len(passages)
+    for p, blob in zip(passages, blobs):  # every sentence of every passage, at its offsets
+        bounds, vectors = E.unpack_sentences(blob)
+        assert [tuple(b + p.char_start) for b in bounds] == sentences(text, p.char_start, p.char_end)
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-2)
+
+    counting = Counting(embedder)
+    vectors = _embedder(library, doc_id)
+    vectors.embedder = counting
+    q = "Which hue does the physician like best?"
+    best = vectors.best_sentence_similarity(q, len(passages))
+    holder = next(i for i, p in enumerate(passages) if fact in text[p.char_start:p.char_end])
+    assert int(np.argmax(best)) == holder
+    cites = find_passages(library, None, doc_id, q, RetrievalSettings(mode="embeddings"), vectors)
+    assert fact in cites[0].passage
+    # the question was embedded once; the book's sentences came from the index
+    vectors([text[a:b] for p in passages[:3] for a, b in sentences(text, p.char_start, p.char_end)])
+    assert counting.texts == [q]
+
+
+def test_a_library_indexed_before_sentence_vectors_gets_them_and_keeps_its_passage_vectors(embedder, library):
+    fact = "The annual fair of Dunmore Vale is always held in October."
+    doc_id, text, index_passages = _sentence_book(library, fact)
+    passages = library.passages(doc_id)
+    old = E.to_bytes(embedder([text[p.char_start:p.char_end] for p in passages]))
+    library.set_passage_embeddings(doc_id, old)  # as version 0004 left it: passages only
+    assert library.sentence_embeddings(doc_id) is None
+    counting = Counting(embedder)
+    list(index_passages(library, doc_id, "Rain", counting))
+    assert library.passage_embeddings(doc_id) == old
+    assert library.sentence_embeddings(doc_id) is not None
+    assert len(counting.texts) == sum(len(E.unpack_sentences(b)[0]) for b in library.sentence_embeddings(doc_id))
+    counting.texts.clear()
+    list(index_passages(library, doc_id, "Rain", counting))  # complete: nothing computed again
+    assert counting.texts == []

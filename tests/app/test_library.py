@@ -10,7 +10,7 @@ from infini_reader.app.core.document import Document, Section
 from infini_reader.app.core.library import Library, LibraryError
 from infini_reader.app.core.segments import SegmentPlan
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
