@@ -164,3 +164,21 @@ def test_a_library_indexed_before_sentence_vectors_gets_them_and_keeps_its_passa
     counting.texts.clear()
     list(index_passages(library, doc_id, "Rain", counting))  # complete: nothing computed again
     assert counting.texts == []
+
+
+def test_one_sentence_is_the_models_choice(embedder, tiny_reader, library):
+    """Only the cited passage the question likelihood ranked first carries its chosen sentence (which
+    `best_sentences` favours): each cited passage's chosen sentence put other passages' beside the fact."""
+    from infini_reader.app.core.answers import best_sentences
+
+    fact = "Inspector Lemuel Grady's dog is called Biscuit."
+    doc_id, text, index_passages = _sentence_book(library, fact)
+    list(index_passages(library, doc_id, "Rain", embedder))
+    cites = find_passages(library, tiny_reader, doc_id, "What is the inspector's dog called?",
+                          RetrievalSettings(mode="hybrid", lm_sentences=24))
+    assert len(cites) == 3
+    marked = [c for c in cites if c.sentence_start is not None]
+    assert len(marked) == 1
+    assert text[marked[0].sentence_start:marked[0].sentence_end].strip() == marked[0].sentence
+    ranked = best_sentences(text, "What is the inspector's dog called?", cites)
+    assert sum(s.chosen for s in ranked) == 1
