@@ -103,6 +103,8 @@ class RetrievalSettings:
     # every passage ranked by its closest sentence in the sentence index (False: only the best
     # `rerank` candidates, their sentences embedded at question time)
     sentence_search: bool = True
+    sentence_min_words: int = 0  # sentences of fewer words are not searched by meaning (headings)
+    lm_global: int = 0  # the book's sentences closest in meaning also scored by the question likelihood
     # a free answer to a question (why, how, what happened) ends with its first sentence, at most this
     # many words: FairytaleQA train's reference answers to such questions are 6 words at the median,
     # 11 at the 75th percentile; the model's own run on for 20 (0: no limit)
@@ -142,17 +144,21 @@ class DocumentVectors:
         from . import embeddings
 
         self.embedder, self.memo = embedder, {}
-        self.passage_of = self.vectors = None
+        self.passage_of = self.vectors = self.bounds = self.words = None
         if blobs is not None:
-            owner, vecs = [], []
+            owner, vecs, spans, words = [], [], [], []
             for i, (p, blob) in enumerate(zip(passages, blobs)):
                 bounds, v = embeddings.unpack_sentences(blob)
                 for (a, b), vec in zip(bounds + p.char_start, v):
                     self.memo.setdefault(text[a:b], vec)
+                    words.append(len(text[a:b].split()))
                 owner += [i] * len(bounds)
                 vecs.append(v)
+                spans.append(bounds + p.char_start)
             self.passage_of = np.array(owner, dtype=np.int64)
             self.vectors = np.concatenate(vecs) if vecs else np.zeros((0, embeddings.DIM), np.float32)
+            self.bounds = np.concatenate(spans) if spans else np.zeros((0, 2), np.int64)  # document offsets
+            self.words = np.array(words, dtype=np.int64)
 
     def __call__(self, texts: list[str], batch: int = 32) -> np.ndarray:
         new = [t for t in dict.fromkeys(texts) if t not in self.memo]
@@ -160,12 +166,19 @@ class DocumentVectors:
             self.memo.update(zip(new, self.embedder(new, batch)))
         return np.stack([self.memo[t] for t in texts]) if texts else self.embedder([])
 
-    def best_sentence_similarity(self, question: str, n_passages: int) -> np.ndarray | None:
+    def sentence_similarity(self, question: str, min_words: int = 0) -> np.ndarray:
+        """Every indexed sentence's similarity to the question; -1 for those of fewer than
+        `min_words` words (a heading, "THE TOWN", is close to many questions and answers none)."""
+        sims = self.vectors @ self([question])[0]
+        sims[self.words < min_words] = -1.0
+        return sims
+
+    def best_sentence_similarity(self, question: str, n_passages: int, min_words: int = 0) -> np.ndarray | None:
         """Each passage's closest sentence's similarity to the question (-1 without sentences)."""
         if self.vectors is None:
             return None
         best = np.full(n_passages, -1.0, np.float32)
-        np.maximum.at(best, self.passage_of, self.vectors @ self([question])[0])
+        np.maximum.at(best, self.passage_of, self.sentence_similarity(question, min_words))
         return best
 
 
@@ -245,7 +258,7 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
             ok = first >= 0  # passages before the first segment read so far (a reading under way) take none
             seg_of = np.array([a + int(np.argmin(seg_rank[a : b + 1])) if a >= 0 else -1 for a, b in zip(first, last)])
             fused[ok] += w_mem / (K + seg_rank[seg_of[ok]])
-    best_sent = embed.best_sentence_similarity(question, len(passages)) if (
+    best_sent = embed.best_sentence_similarity(question, len(passages), st.sentence_min_words) if (
         w_emb and st.sentence_weight and st.sentence_search and embed is not None) else None
     if best_sent is not None:
         # every passage by its closest sentence, from the sentence index: a planted fact is one
@@ -310,6 +323,15 @@ def _lm_rerank(engine, text, passages, fused, question, st, embed) -> dict[int, 
     likeliest first."""
     top = [i for i in np.argsort(-fused, kind="stable")[: st.rerank] if fused[i] > 0]
     spans = [(i, a, b) for i in top for a, b in sentences(text, passages[i].char_start, passages[i].char_end)]
+    if st.lm_global and embed is not None and embed.vectors is not None:
+        # and the book's sentences closest in meaning, wherever they are: the fused ranking may hold
+        # a question in other words' passage below its first `rerank`
+        sims = embed.sentence_similarity(question, st.sentence_min_words)
+        seen = set(spans)
+        for k in np.argsort(-sims, kind="stable")[: st.lm_global]:
+            span = (int(embed.passage_of[k]), int(embed.bounds[k, 0]), int(embed.bounds[k, 1]))
+            if span not in seen:
+                spans.append(span)
     if not spans:
         return {}
     q = content_words(question)
