@@ -153,7 +153,8 @@ def run(args) -> dict:
             aw = set(A._words(answer))
             fairy.append({"question": q, "reference": ref, "free": cache.last.strip(), "answer": answer,
                           "contains": ref.lower() in answer.lower(),
-                          "overlap": len(aw & refw) / max(1, len(refw))})
+                          "overlap": len(aw & refw) / max(1, len(refw)),
+                          "precision": len(aw & refw) / max(1, len(aw))})
             if args.verbose:
                 print(f"{'OK ' if fairy[-1]['contains'] else '-- '}fairy {q!r} ref {ref!r}\n     free: "
                       f"{fairy[-1]['free']!r}\n     span: {answer!r}", flush=True)
@@ -168,9 +169,11 @@ def run(args) -> dict:
                     ["questions", "n", "answer has the key", "span question"], rows)]
     if fairy:
         tables.append(Table("FairytaleQA train span questions (answer's sentence re-read first)",
-                            ["n", "answer contains the reference", "reference words in the answer"],
+                            ["n", "answer contains the reference", "reference words in the answer",
+                             "answer words in the reference"],
                             [[len(fairy), pct(np.mean([f["contains"] for f in fairy])),
-                              pct(np.mean([f["overlap"] for f in fairy]))]]))
+                              pct(np.mean([f["overlap"] for f in fairy])),
+                              pct(np.mean([f["precision"] for f in fairy]))]]))
     result = {"command": "spans", "settings": {k: v for k, v in vars(args).items() if k != "func"},
               "items": items, "fairytale": fairy, "tables": tables, "seconds": time.perf_counter() - t0}
     write_json(args.out, result)
