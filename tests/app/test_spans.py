@@ -57,3 +57,36 @@ def test_the_questions_subject_in_other_words_is_not_taken_for_the_answer(embed)
     spans = A.span_candidates(sentence, question, max_words=6)
     subject = A.restated_subject(embed, A.answer_type(question), spans, question)
     assert "locked sea chest" not in subject and "sea chest" not in subject
+
+
+def test_a_name_that_the_subjects_noun_describes_is_the_subject_too():
+    sentence = "The merchant Ansel Brook speaks fluent Flemish."
+    spans = A.span_candidates(sentence, "What tongue does the trader talk in?", max_words=6)
+    named = A.names_of(sentence, {"merchant"}, spans)
+    assert {"Ansel Brook", "Ansel", "Brook", "merchant Ansel Brook"} <= named and "Flemish" not in named
+    # "called" brings in the answer's name, it does not describe the subject's
+    sentence = "The chemist keeps a tortoise called Methuselah."
+    spans = A.span_candidates(sentence, "What is the reptile known as?", max_words=6)
+    assert "Methuselah" not in A.names_of(sentence, {"tortoise", "called"}, spans)
+
+
+def test_the_real_model_answers_a_question_in_other_words_with_the_answer_not_its_subject(
+        builtin_tokenizer_engine, embed):
+    # before issue 37 the model's free answer "The language of the merchant Ansel Brook." was snapped
+    # to "Merchant Ansel Brook." (the subject, restated by "the trader")
+    e = builtin_tokenizer_engine
+    before, fact = "The rain had stopped by the time the coach reached the inn.", \
+        "The merchant Ansel Brook speaks fluent Flemish."
+    after = "Nobody in the parlour said a word about it."
+    other = "The road ran along the river to the market in the morning. The horses were tired and the driver was cross."
+    text = f"{before} {fact} {after}\n\n{other}"
+    end = len(f"{before} {fact} {after}")
+    cites = [A.Citation(0, None, None, None, None, 0, end, 1.0, text[:end]),
+             A.Citation(1, None, None, None, None, end + 2, len(text), 0.5, text[end + 2:])]
+    question = "What tongue does the trader talk in?"
+    ranked = A.best_sentences(text, question, cites, embed)
+    ranked.sort(key=lambda s: text[s.start:s.end] != fact)  # the fact's sentence re-read first
+    windows = A.reread_windows(text, ranked, cites, around=1, passages=2)
+    messages = A.build_prompt(text, question, windows)
+    answer = A._span_answer(e, messages, text, question, ranked, windows, cites, None, 32)
+    assert answer == "Flemish." and cites[0].sentence == fact
