@@ -1,4 +1,4 @@
-"""`python -m lab.evals needle|qa|retrieval|indexing|summary|passkey|ppl|chat|distance [options]`: prints markdown tables,
+"""`python -m lab.evals needle|spans|qa|retrieval|indexing|summary|passkey|ppl|chat|distance [options]`: prints markdown tables,
 writes the results as JSON with `--out FILE.json`."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ import sys
 
 
 def build_parser(model: str = "builtin", device: str = "cpu") -> argparse.ArgumentParser:
-    from . import chat, distance, indexing, needle, passkey, ppl, qa, retrieval, summary
+    from . import chat, distance, indexing, needle, passkey, ppl, qa, retrieval, spans, summary
 
     p = argparse.ArgumentParser(prog="python -m lab.evals", description="Measure the reader and its model: needle, qa, summary, passkey, ppl, chat, distance.")
     cmds = p.add_subparsers(dest="eval", required=True, metavar="EVAL")
     for name, mod, text in (
         ("needle", needle, "planted facts in long books"),
+        ("spans", spans, "span answers read out of re-read sentences (development facts), retrieval left out"),
         ("qa", qa, "FairytaleQA questions, ROUGE-L"),
         ("summary", summary, "SQuALITY plot summaries, ROUGE-1/2/L"),
         ("passkey", passkey, "the paper's passkey grid, 32K to 1M tokens"),

@@ -132,6 +132,180 @@ FACTS = [
     ),
 ]
 
+# A development set for answer extraction (lab.evals spans, `needle --facts dev`): the same shape
+# as FACTS, other people, things and answer types (who, where, when, how many/old, which/what +
+# noun, what is X called). Methods are tuned on these, never on FACTS or FairytaleQA val.
+DEV_FACTS = [
+    Fact(
+        "The lighthouse on Gull Rock was built by the engineer Cornelius Drabble.",
+        "Who built the lighthouse on Gull Rock?",
+        "Who raised the warning tower on the seabird islet?",
+        "Drabble",
+    ),
+    Fact(
+        "The explorer Tobias Wren spent his final years in the village of Karndale.",
+        "In which village did the explorer Tobias Wren spend his final years?",
+        "Where did the old adventurer live out his last days?",
+        "Karndale",
+    ),
+    Fact(
+        "The stone bridge over the river Esk was finished in the year 1743.",
+        "In what year was the stone bridge over the river Esk finished?",
+        "When was the crossing over that stream completed?",
+        "1743",
+    ),
+    Fact(
+        "Farmer Josiah Penhallow kept exactly seventeen goats on his hillside.",
+        "How many goats did Farmer Josiah Penhallow keep on his hillside?",
+        "How many horned animals did the rancher own?",
+        "seventeen",
+    ),
+    Fact(
+        "The favourite flower of Duchess Amelia Harcourt is the bluebell.",
+        "What is the favourite flower of Duchess Amelia Harcourt?",
+        "Which blossom does the noble lady love most?",
+        "bluebell",
+    ),
+    Fact(
+        "The inn at the crossroads near Harlow Ford is called the Gilded Badger.",
+        "What is the inn at the crossroads near Harlow Ford called?",
+        "What name does the tavern where the roads meet go by?",
+        "Badger",
+    ),
+    Fact(
+        "The missing portrait of the admiral was stolen by the butler Ambrose Tindle.",
+        "Who stole the missing portrait of the admiral?",
+        "Which servant took the vanished painting of the naval commander?",
+        "Tindle",
+    ),
+    Fact(
+        "Young Cordelia Marsh plays the oboe in the town orchestra.",
+        "Which instrument does Cordelia Marsh play in the town orchestra?",
+        "What does the girl perform on in the local band?",
+        "oboe",
+    ),
+    Fact(
+        "Sergeant Rufus Kettering lost his medal in the old cistern behind the bakery.",
+        "Where did Sergeant Rufus Kettering lose his medal?",
+        "In what spot did the soldier misplace his decoration?",
+        "cistern",
+    ),
+    Fact(
+        "The library of Saint Aldric's abbey holds 4380 manuscripts.",
+        "How many manuscripts does the library of Saint Aldric's abbey hold?",
+        "How many handwritten books does the monastery keep?",
+        "4380",
+    ),
+    Fact(
+        "The favourite breakfast of the poet Lucian Abernathy is smoked herring.",
+        "What is the favourite breakfast of the poet Lucian Abernathy?",
+        "Which morning meal does the verse writer enjoy most?",
+        "herring",
+    ),
+    Fact(
+        "The wedding of Edmund Rooke and Clara Finch took place in March.",
+        "In which month did the wedding of Edmund Rooke and Clara Finch take place?",
+        "When did the young couple get married?",
+        "March",
+    ),
+    Fact(
+        "The sword of the knight Sir Aldous Grey is called Dawnbreaker.",
+        "What is the sword of the knight Sir Aldous Grey called?",
+        "What name was given to the warrior's blade?",
+        "Dawnbreaker",
+    ),
+    Fact(
+        "The owner of the Copperfield mill is a widow named Martha Soames.",
+        "Who is the owner of the Copperfield mill?",
+        "Which woman has the grain-grinding works?",
+        "Soames",
+    ),
+    Fact(
+        "The merchant Bastian Holt speaks fluent Portuguese.",
+        "Which language does the merchant Bastian Holt speak?",
+        "What tongue is the trader able to talk in?",
+        "Portuguese",
+    ),
+    Fact(
+        "The glassblower Pietro Galvani learned his craft in the city of Ostravel.",
+        "In which city did the glassblower Pietro Galvani learn his craft?",
+        "Where did the glass artisan train?",
+        "Ostravel",
+    ),
+    Fact(
+        "The hermit Silas Blackthorn was ninety-two years old when he died.",
+        "How old was the hermit Silas Blackthorn when he died?",
+        "At what age did the recluse pass away?",
+        "ninety-two",
+    ),
+    Fact(
+        "Miss Philippa Dorn carries a silver compass wherever she travels.",
+        "What item does Miss Philippa Dorn carry wherever she travels?",
+        "Which navigation tool does the young woman take on every journey?",
+        "compass",
+    ),
+    Fact(
+        "The poison in the duke's goblet was hemlock.",
+        "What was the poison in the duke's goblet?",
+        "Which deadly herb was put in the nobleman's cup?",
+        "hemlock",
+    ),
+    Fact(
+        "The ghost of Ravenscar Hall appears only at midnight.",
+        "At what hour does the ghost of Ravenscar Hall appear?",
+        "When does the spirit of that manor show itself?",
+        "midnight",
+    ),
+    Fact(
+        "It was Thaddeus Crump who first mapped the caves of Eldermoor.",
+        "Who first mapped the caves of Eldermoor?",
+        "Which person charted the underground caverns of that heath before anyone else?",
+        "Crump",
+    ),
+    Fact(
+        "In 1812 the chapel of Saint Wenna burned to the ground.",
+        "In what year did the chapel of Saint Wenna burn to the ground?",
+        "When was the little church destroyed by fire?",
+        "1812",
+    ),
+    Fact(
+        "Beneath the third oak of Marrow Lane the smugglers buried their gold.",
+        "Where did the smugglers of Marrow Lane bury their gold?",
+        "Under which tree did the contraband runners hide their coins?",
+        "oak",
+    ),
+    Fact(
+        "The code name of the spy Lavinia Crowe was Nightjar.",
+        "What was the code name of the spy Lavinia Crowe?",
+        "What secret alias did the female agent use?",
+        "Nightjar",
+    ),
+    Fact(
+        "Eleven lanterns hang above the gate of Fennick Castle.",
+        "How many lanterns hang above the gate of Fennick Castle?",
+        "How many lamps are suspended over the fortress entrance?",
+        "eleven",
+    ),
+    Fact(
+        "The chemist Oswin Pryce keeps a tortoise called Methuselah in his laboratory.",
+        "What is the name of the tortoise of the chemist Oswin Pryce?",
+        "What is the pharmacist's slow reptile known as?",
+        "Methuselah",
+    ),
+    Fact(
+        "Admiral Hestia Vane commanded the frigate Seraphine.",
+        "Which frigate did Admiral Hestia Vane command?",
+        "What warship was the naval officer in charge of?",
+        "Seraphine",
+    ),
+    Fact(
+        "The town of Brindlecombe is famous for its saffron.",
+        "What is the town of Brindlecombe famous for?",
+        "For which spice is that village renowned?",
+        "saffron",
+    ),
+]
+
 # Questions about nothing in particular: their key mass tells how much a segment draws *any*
 # question (its bias), which the "÷ neutral" attribution variants divide out.
 NEUTRAL_QUESTIONS = ("What happens in the book?", "Who is it about?", "What is this text about?")
@@ -265,8 +439,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--facts",
         default="generated",
-        choices=["generated", "babi"],
-        help="invented facts with paraphrased questions, or bAbI qa1 sentences",
+        choices=["generated", "dev", "babi"],
+        help="invented facts with paraphrased questions (dev: the development set, DEV_FACTS), or bAbI qa1 sentences",
     )
     p.add_argument("--no-paraphrases", action="store_true", help="ask only the direct questions")
     p.add_argument(
@@ -308,7 +482,7 @@ def run(args) -> dict:
         if w and not args.index_only
     ]
     books = list(read_jsonl(args.books))
-    pool = FACTS if args.facts == "generated" else babi_facts(args.babi, 10 * args.n, args.seed)
+    pool = {"generated": FACTS, "dev": DEV_FACTS}.get(args.facts) or babi_facts(args.babi, 10 * args.n, args.seed)
     nf = np.mean([query_features(e, q) for q in NEUTRAL_QUESTIONS], axis=0)
     nh = np.mean([query_features(e, q, per_head=True) for q in NEUTRAL_QUESTIONS], axis=0)
     result = {

@@ -446,3 +446,25 @@ def test_needle_index_only_asks_a_book_that_was_not_read(capsys, tmp_path, tiny_
         assert "answer" in it["modes"]["hybrid"] and "answer" in it["modes"]["bm25"]
     systems = {r[3] for r in table_rows(out) if r[0] in ("direct", "paraphrase")}
     assert systems == {"bm25", "hybrid", "embeddings"}
+
+
+def test_spans_reads_answers_out_of_the_dev_facts_sentences(capsys, tmp_path, tiny_model_dir):
+    from lab.evals import spans
+
+    out_json = tmp_path / "spans.json"
+    argv = "spans --contexts 1 --fairytale 2 --cache"
+    out = run_eval(capsys, *argv.split(), "", "--model", str(tiny_model_dir), "--out", str(out_json))
+    assert "**Span answers on the development facts" in out and "**FairytaleQA train span questions" in out
+    data = json.loads(out_json.read_text())
+    n = len(spans.DEV_FACTS)
+    assert [it["kind"] for it in data["items"]] == ["direct", "paraphrase"] * n
+    for it in data["items"]:  # the tiny random model reads out some span of the re-read text
+        assert it["answer"] and isinstance(it["correct"], bool)
+    assert len(data["fairytale"]) == 2
+
+
+def test_dev_facts_are_distinct_from_the_reported_ones_and_paraphrases_avoid_the_key():
+    assert len(needle.DEV_FACTS) >= 16
+    assert not {f.key for f in needle.DEV_FACTS} & {f.key for f in needle.FACTS}
+    for f in needle.DEV_FACTS:
+        assert f.key.lower() in f.text.lower() and f.key.lower() not in f.paraphrase.lower()

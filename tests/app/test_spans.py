@@ -1,0 +1,92 @@
+"""Span answers read out of the re-read sentences: what kind of span a question asks for, the
+question's subject restated in the book's words, and the real model end to end (issue 37)."""
+
+import pytest
+
+from infini_reader.app.core import answers as A
+from infini_reader.app.core import embeddings
+
+
+@pytest.fixture(scope="module")
+def embed():
+    e = embeddings.default_embedder()
+    if e is None:
+        pytest.skip("the embedding model cannot be installed here")
+    return e
+
+
+def test_the_wh_phrase_says_what_kind_of_span_answers():
+    cases = {
+        "Who rebuilt the mill by the weir?": ("person", ""),
+        "Where did the old sailor bury his compass?": ("place", ""),
+        "Under which bush did the hare sleep?": ("place", "bush"),
+        "When does the ferry leave the harbour?": ("time", ""),
+        "In which month is the sheep fair held?": ("time", "month"),
+        "How many bells are in the tower?": ("number", "bells"),
+        "At what age did the weaver marry?": ("number", "age"),
+        "Which herb does the innkeeper grow?": ("thing", "herb"),
+        "Which servant opened the gate for the stranger?": ("person", "servant"),  # "opened" is a verb
+        "What is the favourite song of the miller's wife?": ("thing", "favourite song"),
+        "What is the miller's dog called?": ("thing", "name"),
+        "What is the village of Upcott famous for?": ("thing", ""),  # not a village: ends on "for"
+    }
+    for question, (kind, noun) in cases.items():
+        got = A.answer_type(question)
+        assert (got.kind, got.noun) == (kind, noun), question
+    assert A.answer_type("Which herb does the innkeeper grow?").rest == "does the innkeeper grow"
+
+
+def test_spans_of_the_wrong_kind_do_not_answer():
+    who, when = A.answer_type("Who rebuilt the mill?"), A.answer_type("When did the ferry leave?")
+    assert A.fits_kind("Tobias Quill", who) and not A.fits_kind("rebuilt", who)
+    assert A.fits_kind("in 1791", when) and A.fits_kind("at midnight", when) and not A.fits_kind("harbour", when)
+    assert A.fits_kind("ninety-two years", A.answer_type("At what age did the weaver marry?"))
+    # hyphenated number words count: "How old …" kept no span of "ninety-two years old" before
+    spans = A.span_candidates("The weaver was ninety-two years old when he married.", "How old was the weaver?")
+    assert "ninety-two years old" in spans or "ninety-two" in spans
+
+
+def test_the_questions_subject_in_other_words_is_not_taken_for_the_answer(embed):
+    sentence = "The village of Thornbury is famous for its lavender."
+    question = "For which herb is that hamlet known?"
+    spans = A.span_candidates(sentence, question, max_words=6)
+    subject = A.restated_subject(embed, A.answer_type(question), spans, question)
+    assert "village of Thornbury" in subject and "lavender" not in subject
+    sentence = "The merchant Ansel Brook keeps his ledgers in a locked sea chest."
+    question = "Where does the trader store his account books?"
+    spans = A.span_candidates(sentence, question, max_words=6)
+    subject = A.restated_subject(embed, A.answer_type(question), spans, question)
+    assert "locked sea chest" not in subject and "sea chest" not in subject
+
+
+def test_a_name_that_the_subjects_noun_describes_is_the_subject_too():
+    sentence = "The merchant Ansel Brook speaks fluent Flemish."
+    spans = A.span_candidates(sentence, "What tongue does the trader talk in?", max_words=6)
+    named = A.names_of(sentence, {"merchant"}, spans)
+    assert {"Ansel Brook", "Ansel", "Brook", "merchant Ansel Brook"} <= named and "Flemish" not in named
+    # "called" brings in the answer's name, it does not describe the subject's
+    sentence = "The chemist keeps a tortoise called Methuselah."
+    spans = A.span_candidates(sentence, "What is the reptile known as?", max_words=6)
+    assert "Methuselah" not in A.names_of(sentence, {"tortoise", "called"}, spans)
+
+
+def test_the_real_model_answers_a_question_in_other_words_with_the_answer_not_its_subject(
+        builtin_tokenizer_engine, embed):
+    # before issue 37 the model's free answer "The language of the merchant Ansel Brook." was snapped
+    # to "Merchant Ansel Brook." (the subject, restated by "the trader")
+    e = builtin_tokenizer_engine
+    before, fact = "The rain had stopped by the time the coach reached the inn.", \
+        "The merchant Ansel Brook speaks fluent Flemish."
+    after = "Nobody in the parlour said a word about it."
+    other = "The road ran along the river to the market in the morning. The horses were tired and the driver was cross."
+    text = f"{before} {fact} {after}\n\n{other}"
+    end = len(f"{before} {fact} {after}")
+    cites = [A.Citation(0, None, None, None, None, 0, end, 1.0, text[:end]),
+             A.Citation(1, None, None, None, None, end + 2, len(text), 0.5, text[end + 2:])]
+    question = "What tongue does the trader talk in?"
+    ranked = A.best_sentences(text, question, cites, embed)
+    ranked.sort(key=lambda s: text[s.start:s.end] != fact)  # the fact's sentence re-read first
+    windows = A.reread_windows(text, ranked, cites, around=1, passages=2)
+    messages = A.build_prompt(text, question, windows)
+    answer = A._span_answer(e, messages, text, question, ranked, windows, cites, None, 32)
+    assert answer == "Flemish." and cites[0].sentence == fact
