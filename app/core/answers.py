@@ -103,8 +103,6 @@ class RetrievalSettings:
     # every passage ranked by its closest sentence in the sentence index (False: only the best
     # `rerank` candidates, their sentences embedded at question time)
     sentence_search: bool = True
-    sentence_min_words: int = 0  # sentences of fewer words are not searched by meaning (headings)
-    lm_global: int = 0  # the book's sentences closest in meaning also scored by the question likelihood
     # a free answer to a question (why, how, what happened) ends with its first sentence, at most this
     # many words: FairytaleQA train's reference answers to such questions are 6 words at the median,
     # 11 at the 75th percentile; the model's own run on for 20 (0: no limit)
@@ -144,21 +142,17 @@ class DocumentVectors:
         from . import embeddings
 
         self.embedder, self.memo = embedder, {}
-        self.passage_of = self.vectors = self.bounds = self.words = None
+        self.passage_of = self.vectors = None
         if blobs is not None:
-            owner, vecs, spans, words = [], [], [], []
+            owner, vecs = [], []
             for i, (p, blob) in enumerate(zip(passages, blobs)):
                 bounds, v = embeddings.unpack_sentences(blob)
                 for (a, b), vec in zip(bounds + p.char_start, v):
                     self.memo.setdefault(text[a:b], vec)
-                    words.append(len(text[a:b].split()))
                 owner += [i] * len(bounds)
                 vecs.append(v)
-                spans.append(bounds + p.char_start)
             self.passage_of = np.array(owner, dtype=np.int64)
             self.vectors = np.concatenate(vecs) if vecs else np.zeros((0, embeddings.DIM), np.float32)
-            self.bounds = np.concatenate(spans) if spans else np.zeros((0, 2), np.int64)  # document offsets
-            self.words = np.array(words, dtype=np.int64)
 
     def __call__(self, texts: list[str], batch: int = 32) -> np.ndarray:
         new = [t for t in dict.fromkeys(texts) if t not in self.memo]
@@ -166,19 +160,12 @@ class DocumentVectors:
             self.memo.update(zip(new, self.embedder(new, batch)))
         return np.stack([self.memo[t] for t in texts]) if texts else self.embedder([])
 
-    def sentence_similarity(self, question: str, min_words: int = 0) -> np.ndarray:
-        """Every indexed sentence's similarity to the question; -1 for those of fewer than
-        `min_words` words (a heading, "THE TOWN", is close to many questions and answers none)."""
-        sims = self.vectors @ self([question])[0]
-        sims[self.words < min_words] = -1.0
-        return sims
-
-    def best_sentence_similarity(self, question: str, n_passages: int, min_words: int = 0) -> np.ndarray | None:
+    def best_sentence_similarity(self, question: str, n_passages: int) -> np.ndarray | None:
         """Each passage's closest sentence's similarity to the question (-1 without sentences)."""
         if self.vectors is None:
             return None
         best = np.full(n_passages, -1.0, np.float32)
-        np.maximum.at(best, self.passage_of, self.sentence_similarity(question, min_words))
+        np.maximum.at(best, self.passage_of, self.vectors @ self([question])[0])
         return best
 
 
@@ -258,7 +245,7 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
             ok = first >= 0  # passages before the first segment read so far (a reading under way) take none
             seg_of = np.array([a + int(np.argmin(seg_rank[a : b + 1])) if a >= 0 else -1 for a, b in zip(first, last)])
             fused[ok] += w_mem / (K + seg_rank[seg_of[ok]])
-    best_sent = embed.best_sentence_similarity(question, len(passages), st.sentence_min_words) if (
+    best_sent = embed.best_sentence_similarity(question, len(passages)) if (
         w_emb and st.sentence_weight and st.sentence_search and embed is not None) else None
     if best_sent is not None:
         # every passage by its closest sentence, from the sentence index: a planted fact is one
@@ -323,15 +310,6 @@ def _lm_rerank(engine, text, passages, fused, question, st, embed) -> dict[int, 
     likeliest first."""
     top = [i for i in np.argsort(-fused, kind="stable")[: st.rerank] if fused[i] > 0]
     spans = [(i, a, b) for i in top for a, b in sentences(text, passages[i].char_start, passages[i].char_end)]
-    if st.lm_global and embed is not None and embed.vectors is not None:
-        # and the book's sentences closest in meaning, wherever they are: the fused ranking may hold
-        # a question in other words' passage below its first `rerank`
-        sims = embed.sentence_similarity(question, st.sentence_min_words)
-        seen = set(spans)
-        for k in np.argsort(-sims, kind="stable")[: st.lm_global]:
-            span = (int(embed.passage_of[k]), int(embed.bounds[k, 0]), int(embed.bounds[k, 1]))
-            if span not in seen:
-                spans.append(span)
     if not spans:
         return {}
     q = content_words(question)
@@ -592,12 +570,10 @@ def answer_type(question: str) -> AnswerType:
                           " ".join(rest))
     # which / what: the noun right after it, or the subject of "is/was": "What is the favourite
     # flower of Duchess Amelia Harcourt?" asks for a flower, "What is the town of Brindlecombe
-    # famous for?" does not ask for a town (the question ends on a preposition)
-    if not noun and rest and rest[0].lower() in ("is", "was", "are", "were"):
-        after = rest[1:]
-        if after and after[0].lower() in _DETERMINERS:
-            after = after[1:]
-        x, more = _noun_run(after)
+    # famous for?" does not ask for a town (the question ends on a preposition). The determiner is
+    # needed: "What was written on the little bottle?" asks for no "written"
+    if not noun and len(rest) > 2 and rest[0].lower() in ("is", "was", "are", "were") and rest[1].lower() in _DETERMINERS:
+        x, more = _noun_run(rest[2:])
         if x and more and more[0].lower() in _PREPOSITIONS and tail[-1].lower() not in _PREPOSITIONS:
             noun, rest = x, more[1:]
     stems = {_stem(w) for w in noun}
@@ -712,6 +688,18 @@ def span_candidates(text: str, question: str, max_words: int = 4) -> list[str]:
             if counting and not _is_number(span):
                 continue
             out[span] = None
+    # a part of a hyphened word alone: "croquet" of "croquet-ground" ("The Queen played a game of
+    # croquet" named no span and the answer fell to "Lives.")
+    for w in words:
+        for part in (w.group().split("-") if "-" in w.group() else ()):
+            low = part.strip("'’").lower()
+            if len(low) > 2 and low not in STOPWORDS and _stem(low) not in q and (not counting or _is_number(part)):
+                out.setdefault(part.strip("'’"), None)
+    # words in quotes, as they stand: “DRINK ME,” (a span may not end on "me" otherwise)
+    for m in re.finditer(r"[“\"]([^“”\"]{1,60}?)[,.!?]?[”\"]", text):
+        quoted = m.group(1).strip()
+        if quoted and len(quoted.split()) <= 6 and not re.search(r"[^\w\s'’-]", quoted) and not counting:
+            out.setdefault(quoted, None)
     return list(out)
 
 
@@ -1094,6 +1082,10 @@ def _span_answer(engine, messages, doc_text, question, ranked, windows, cites, m
         # 89%, direct 94% → 98%; in fresh contexts 64% → 87% and 87% → 92% (docs/quality.md).
         # A narrowing that would leave nothing is not made.
         short = [sp for sp in spans if len(sp.split()) <= 4]
+        if kind.kind in ("person", "time", "number") and not any(fits_kind(sp, kind) for sp in short):
+            # nothing re-read names a person (a time, a number): the best sentence, not a word of the
+            # wrong kind ("Bottle." for who owned the gloves)
+            return " ".join(doc_text[ranked[0].start:ranked[0].end].split())
         for keep in (lambda sp: where[sp] is inside[0], lambda sp: fits_kind(sp, kind), lambda sp: sp not in subject):
             short = [sp for sp in short if keep(sp)] or short
         short = short[:MAX_SPANS]
