@@ -175,6 +175,17 @@ def test_passage_embeddings_round_trip(library):
     assert library.passage_embeddings(did) == blobs
     with pytest.raises(LibraryError):
         library.set_passage_embeddings(did, blobs[:-1])
+    # the sentences' vectors (migration 0005), stored beside the passages' without touching them
+    assert library.sentence_embeddings(did) is None
+    sentences = [np.arange(3 + i, dtype="<i4").tobytes() for i in range(n)]
+    library.set_passage_embeddings(did, None, sentences)
+    assert library.sentence_embeddings(did) == sentences and library.passage_embeddings(did) == blobs
+    with pytest.raises(LibraryError):
+        library.set_passage_embeddings(did, None, sentences[1:])
+    from sqlalchemy import inspect
+
+    assert all({"embedding", "sentence_embeddings"} <= inspect(p).unloaded
+               for p in library.passages(did))  # not loaded with the passages
 
 
 def test_one_reader_of_a_book_at_a_time(url):
