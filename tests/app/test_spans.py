@@ -94,11 +94,11 @@ def test_the_real_model_answers_a_question_in_other_words_with_the_answer_not_it
 
 
 
-def test_when_nothing_re_read_names_a_person_the_answer_is_the_best_sentence(builtin_tokenizer_engine, embed):
+def test_when_nothing_re_read_names_a_time_the_answer_is_the_best_sentence(builtin_tokenizer_engine, embed):
     # before, a word of the wrong kind was scored likeliest ("Bottle." for who owned the gloves)
-    text = "The coach reached the inn after dark. The horses were tired and the road was long. It was a cold night."
+    text = "The coach reached the inn with its lamps lit. The horses were tired and the road was long. It was cold."
     cites = [A.Citation(0, None, None, None, None, 0, len(text), 1.0, text)]
-    question = "Who owned the horses?"
+    question = "When did the coach reach the inn?"
     ranked = A.best_sentences(text, question, cites, embed)
     windows = A.reread_windows(text, ranked, cites, around=1, passages=1)
     answer = A._span_answer(builtin_tokenizer_engine, A.build_prompt(text, question, windows), text, question,
@@ -106,11 +106,7 @@ def test_when_nothing_re_read_names_a_person_the_answer_is_the_best_sentence(bui
     assert answer == " ".join(text[ranked[0].start:ranked[0].end].split())
 
 
-def test_parts_of_hyphened_words_and_quoted_words_are_spans():
-    spans = A.span_candidates("The balls were live hedgehogs on the croquet-ground.", "What game did the Queen play?")
-    assert "croquet" in spans and "croquet-ground" in spans
-    assert A.snap_to_span("The Queen played a game of croquet with flamingos.", spans) == "croquet"
-    spans = A.span_candidates("Round its neck was a label with the words “DRINK ME,” printed on it.",
-                              "What was written on the bottle?")
-    assert "DRINK ME" in spans  # "me" is a little word a span may not otherwise end on
-    assert A.snap_to_span("The words were “DRINK ME.”", spans) == "DRINK ME"
+def test_a_person_may_be_named_by_a_word_for_one():
+    who = A.answer_type("Who was standing in the corner of the garden?")
+    assert A.fits_kind("little boy", who) and A.fits_kind("Selfish Giant", who) and A.fits_kind("the queen", who)
+    assert not A.fits_kind("bottle", who) and not A.fits_kind("garden wall", who)
