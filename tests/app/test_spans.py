@@ -4,15 +4,11 @@ question's subject restated in the book's words, and the real model end to end (
 import pytest
 
 from infini_reader.app.core import answers as A
-from infini_reader.app.core import embeddings
 
 
 @pytest.fixture(scope="module")
-def embed():
-    e = embeddings.default_embedder()
-    if e is None:
-        pytest.skip("the embedding model cannot be installed here")
-    return e
+def embed(embedder):
+    return embedder
 
 
 def test_the_wh_phrase_says_what_kind_of_span_answers():
