@@ -129,15 +129,11 @@ MODE_WEIGHTS = {
 # ---- finding the passages ----
 
 
-def passage_similarities(library: Library, doc_id: int, question: str, embed=None) -> np.ndarray | None:
+def passage_similarities(library: Library, doc_id: int, question: str,
+                         embed: DocumentVectors | None = None) -> np.ndarray | None:
     """Cosine similarity of the question to every passage, or None without embeddings."""
-    from . import embeddings
-
-    blobs = library.passage_embeddings(doc_id)
-    embed = embed or (embeddings.default_embedder() if blobs is not None else None)
-    if blobs is None or embed is None:
-        return None
-    return embeddings.from_bytes(blobs) @ embed([question])[0]
+    embed = embed or _embedder(library, doc_id)
+    return None if embed is None else embed.passage_vectors @ embed([question])[0]
 
 
 class DocumentVectors:
@@ -145,10 +141,11 @@ class DocumentVectors:
     indexed), the embedding model for any other text (the question), each computed once. Without a
     sentence index (a library indexed before there was one) every text goes to the model."""
 
-    def __init__(self, embedder, text: str, passages, blobs: list[bytes] | None):
+    def __init__(self, embedder, text: str, passages, passage_blobs: list[bytes], blobs: list[bytes] | None):
         from . import embeddings
 
         self.embedder, self.memo = embedder, {}
+        self.passage_vectors = embeddings.from_bytes(passage_blobs)  # the passages' own vectors, in passage order
         self.passage_of = self.vectors = None
         if blobs is not None:
             owner, vecs = [], []
@@ -789,12 +786,11 @@ def _embedder(library: Library, doc_id: int) -> DocumentVectors | None:
     or None when it has no embeddings."""
     from . import embeddings
 
-    if library.passage_embeddings(doc_id) is None:
-        return None
-    model = embeddings.default_embedder()
+    blobs = library.passage_embeddings(doc_id)
+    model = embeddings.default_embedder() if blobs is not None else None
     if model is None:
         return None
-    return DocumentVectors(model, library.document(doc_id).text, library.passages(doc_id),
+    return DocumentVectors(model, library.document(doc_id).text, library.passages(doc_id), blobs,
                            library.sentence_embeddings(doc_id))
 
 
