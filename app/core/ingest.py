@@ -155,7 +155,21 @@ def index_passages(library: Library, doc_id: int, title: str, embedder=None) -> 
     """The passages' embeddings and their sentences', computed in bulk and stored in one statement:
     with them (and the full-text index, written with the passages) the document is askable before
     its memory pass. A library indexed before sentences had vectors gets those only. Without an
-    embedding model the document is searched by its words only."""
+    embedding model the document is searched by its words only. Closing the generator before its
+    end (a cancel) stores nothing."""
+    first = True
+    for _done, _total in embed_index(library, doc_id, embedder):
+        if first:
+            first = False
+            yield Progress(doc_id, title, "parsing", message="indexing the passages")
+
+
+EMBED_CHUNK = 512  # texts embedded between two chances to stop (about a second on one core)
+
+
+def embed_index(library: Library, doc_id: int, embedder=None) -> Iterator[tuple[int, int]]:
+    """What `index_passages` stores, computed in chunks: yields (texts embedded, texts in all)
+    before each chunk, so that a consumer may stop between them; stores when all are done."""
     from . import embeddings
 
     have_passages = library.passage_embeddings(doc_id) is not None
@@ -164,13 +178,19 @@ def index_passages(library: Library, doc_id: int, title: str, embedder=None) -> 
     embedder = embedder or embeddings.default_embedder()
     if embedder is None:
         return
-    yield Progress(doc_id, title, "parsing", message="indexing the passages")
     doc = library.document(doc_id)
     rows = library.passages(doc_id)
     bounds = [sentences(doc.text, p.char_start, p.char_end) for p in rows]
-    flat = [doc.text[a:b] for sb in bounds for a, b in sb]
-    # passages and sentences in one call: similar lengths are batched together across both
-    vectors = embedder(([] if have_passages else [doc.text[p.char_start:p.char_end] for p in rows]) + flat)
+    # passages and sentences together: similar lengths are batched together across both
+    texts = ([] if have_passages else [doc.text[p.char_start:p.char_end] for p in rows]) + \
+        [doc.text[a:b] for sb in bounds for a, b in sb]
+    # the embedder batches by length: each chunk is sorted so that a chunk's batches stay even
+    order = sorted(range(len(texts)), key=lambda k: len(texts[k]))
+    vectors = np.zeros((len(texts), embeddings.DIM), np.float32)
+    for c in range(0, len(texts), EMBED_CHUNK):
+        yield c, len(texts)
+        part = order[c : c + EMBED_CHUNK]
+        vectors[part] = embedder([texts[k] for k in part])
     k = 0 if have_passages else len(rows)
     packed = []
     for p, sb in zip(rows, bounds):
@@ -179,6 +199,21 @@ def index_passages(library: Library, doc_id: int, title: str, embedder=None) -> 
         k += len(sb)
     library.set_passage_embeddings(doc_id, None if have_passages else embeddings.to_bytes(vectors[: len(rows)]),
                                    packed)
+
+
+def index_library(library: Library, embedder=None) -> Iterator[tuple[str, int, int]]:
+    """The books of a library indexed before sentences had vectors (or without an embedding model
+    then), indexed now: yields (title, texts embedded, texts in all) between chunks; a book is
+    stored when it is done, so a stop loses at most the book under way."""
+    from . import embeddings
+
+    embedder = embedder or embeddings.default_embedder()
+    if embedder is None:
+        return
+    for doc_id in library.unindexed():
+        title = library.info(doc_id).title
+        for done, total in embed_index(library, doc_id, embedder):
+            yield title, done, total
 
 
 def _read_segments(library, engine, doc_id, snap_id, cancel, every, seconds) -> Iterator[Progress]:

@@ -294,6 +294,14 @@ class Library:
         """Each passage's packed sentence vectors in passage order, or None unless every passage has them."""
         return self._complete_column(doc_id, PassageRow.sentence_embeddings)
 
+    def unindexed(self) -> list[int]:
+        """The documents some of whose passages have no vector or no sentence vectors (indexed
+        before there were any), oldest first."""
+        with self.Session() as s:
+            return list(s.scalars(select(PassageRow.document_id).where(
+                (PassageRow.embedding.is_(None)) | (PassageRow.sentence_embeddings.is_(None)))
+                .distinct().order_by(PassageRow.document_id)).all())
+
     def _complete_column(self, doc_id: int, column) -> list[bytes] | None:
         with self.Session() as s:
             blobs = s.scalars(select(column).where(PassageRow.document_id == doc_id).order_by(PassageRow.idx)).all()

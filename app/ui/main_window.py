@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QTabWidget,
 )
 
-from infini_reader.app.core import paths
+from infini_reader.app.core import ingest, paths
 from infini_reader.app.core.export import export_markdown
 from infini_reader.app.core.fingerprints import recall
 from infini_reader.app.core.ingest import Progress
@@ -102,6 +102,7 @@ class MainWindow(QMainWindow):
         self._after_idle: list[Callable[[], None]] = []
         self._boxes: list[QMessageBox] = []
         self._closing = self._close_when_idle = False
+        self._indexing = False  # books of an older version being indexed (index_library)
 
         self.tasks = Tasks(self)
         self.queue = ReadingQueue(self.tasks, self.state.queue, self)
@@ -323,6 +324,7 @@ class MainWindow(QMainWindow):
         self.queue.bind(library, self.engine)
         self.say(self.restored_note)
         self.refresh()
+        self.index_library()
 
     def load_model(self) -> None:
         """Load the model in the settings, off the GUI thread; the state says how it goes."""
@@ -351,9 +353,32 @@ class MainWindow(QMainWindow):
             # the int8 decoder for answers (a second or two, once per model), made now rather than
             # at the first answer; a question asked meanwhile waits for it, not for a second one
             self.tasks.call(e.prepare_decode, lambda _done: None, lambda m: log.warning("int8 decoder: %s", m))
+            self.index_library()
         elif m.state == ModelState.FAILED:
             self.show_error("The model could not be loaded", f"The model could not be loaded: {m.error}\n\n"
                             "Choose another model in Settings (File → Settings).")
+
+    def index_library(self) -> None:
+        """Books indexed by an older version (no sentence vectors, found by their words only) are
+        indexed now, in the background, a chunk at a time: closing the window stops it within a
+        second, and the book under way is indexed again next time."""
+        if self.library is None or self.engine is None or self._indexing:
+            return  # after the model is ready: its loading is what the window waits for first
+        library, self._indexing = self.library, True
+
+        def step(item):
+            title, done, total = item
+            self.statusBar().showMessage(f"Indexing “{title}” for questions in other words: "
+                                         f"{100 * done // max(total, 1)}%", 5000)
+
+        def ended():
+            self._indexing = False
+
+        def failed(message):
+            ended()
+            log.warning("indexing the library: %s", message)
+
+        self.tasks.run(lambda: ingest.index_library(library), step, ended, failed)
 
     def refresh(self) -> None:
         """The library's list, read in a worker; a newer request wins over an older one."""

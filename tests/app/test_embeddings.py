@@ -10,6 +10,7 @@ import torch
 from infini_reader.app.core import embeddings as E
 from infini_reader.app.core.answers import RetrievalSettings, find_passages
 from infini_reader.app.core.ingest import ingest_file
+from infini_reader.app.core.passages import sentences
 
 
 def test_our_encoder_matches_transformers_bert():
@@ -174,3 +175,29 @@ def test_one_sentence_is_the_models_choice(embedder, tiny_reader, library):
     assert text[marked[0].sentence_start:marked[0].sentence_end].strip() == marked[0].sentence
     ranked = best_sentences(text, "What is the inspector's dog called?", cites)
     assert sum(s.chosen for s in ranked) == 1
+
+
+def test_a_stopped_indexing_stores_nothing_and_the_library_indexes_its_old_books(embedder, library, monkeypatch):
+    from infini_reader.app.core import ingest
+
+    first, text, _ = _sentence_book(library, "The annual fair of Dunmore Vale is always held in October.")
+    from infini_reader.app.core.document import Document
+
+    doc = Document(title="Snow", author=None, language="en", format="txt", text=FILLER * 40, sections=[])
+    second = library.add_document(doc, "second-book", len(doc.text))
+    assert library.unindexed() == [first, second]  # neither has vectors yet
+    monkeypatch.setattr(ingest, "EMBED_CHUNK", 16)
+    steps = ingest.embed_index(library, first, embedder)
+    assert next(steps)[0] == 0 and next(steps)[0] == 16  # chunk by chunk, (done, total)
+    steps.close()  # stopped (the window closed) between two chunks
+    assert library.passage_embeddings(first) is None and library.sentence_embeddings(first) is None
+    assert library.unindexed() == [first, second]
+
+    seen = list(ingest.index_library(library, embedder))
+    assert {t for t, _, _ in seen} == {"Rain", "Snow"}
+    assert all(0 <= done < total for _, done, total in seen)
+    assert library.unindexed() == []
+    # what a stop and a fresh start made is what one pass makes
+    n_sent = sum(len(E.unpack_sentences(b)[0]) for b in library.sentence_embeddings(first))
+    assert n_sent == len([s for p in library.passages(first) for s in sentences(text, p.char_start, p.char_end)])
+    assert list(ingest.index_library(library, embedder)) == []  # nothing left to do

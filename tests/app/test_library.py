@@ -170,9 +170,11 @@ def test_passage_embeddings_round_trip(library):
     did = library.add_document(philosophy_doc(), "ee" * 32, 10)
     n = len(library.passages(did))
     assert library.passage_embeddings(did) is None
+    assert library.unindexed() == [did]
     blobs = [np.full(384, i, dtype="<f2").tobytes() for i in range(n)]
     library.set_passage_embeddings(did, blobs)
     assert library.passage_embeddings(did) == blobs
+    assert library.unindexed() == [did]  # its sentences have no vectors yet
     with pytest.raises(LibraryError):
         library.set_passage_embeddings(did, blobs[:-1])
     # the sentences' vectors (migration 0005), stored beside the passages' without touching them
@@ -180,6 +182,7 @@ def test_passage_embeddings_round_trip(library):
     sentences = [np.arange(3 + i, dtype="<i4").tobytes() for i in range(n)]
     library.set_passage_embeddings(did, None, sentences)
     assert library.sentence_embeddings(did) == sentences and library.passage_embeddings(did) == blobs
+    assert library.unindexed() == []
     with pytest.raises(LibraryError):
         library.set_passage_embeddings(did, None, sentences[1:])
     from sqlalchemy import inspect

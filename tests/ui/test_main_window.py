@@ -561,3 +561,34 @@ def test_help_opens_the_user_guide(qtbot, tmp_path, tiny_reader, monkeypatch):
     (url,) = opened
     guide = Path(url.toLocalFile())
     assert guide.name == "user-guide.md" and guide.read_text(encoding="utf-8").startswith("# Infini Reader")
+
+
+def test_books_of_an_older_version_are_indexed_in_the_background_and_a_close_stops_it(qtbot, tmp_path, tiny_reader,
+                                                                                         monkeypatch):
+    from infini_reader.app.core import embeddings
+    from infini_reader.app.core.document import Document
+    from infini_reader.app.core.library import Library
+
+    if embeddings.default_embedder() is None:
+        pytest.skip("the embedding model could not be installed (offline)")
+    monkeypatch.setattr(ingest, "EMBED_CHUNK", 16)
+    (tmp_path / "data").mkdir()
+    lib = Library(f"sqlite:///{tmp_path / 'data' / 'library.sqlite3'}")
+    sentences = [f"The bell of tower {i} rang {i % 7 + 2} times at noon over the quiet square." for i in range(1500)]
+    text = "\n\n".join(" ".join(sentences[i : i + 10]) for i in range(0, len(sentences), 10))
+    doc_id = lib.add_document(Document(title="Bells", author=None, language="en", format="txt", text=text,
+                                       sections=[]), "bells", len(text))  # as an older version left it
+    assert lib.unindexed() == [doc_id]
+
+    first = open_window(qtbot, tmp_path, tiny_reader)
+    qtbot.waitUntil(lambda: "Indexing “Bells”" in first.statusBar().currentMessage(), timeout=WAIT)
+    t0 = time.perf_counter()
+    first.close()  # mid-book: the chunk under way ends, nothing is stored
+    qtbot.waitUntil(lambda: not first.tasks.busy, timeout=WAIT)
+    assert time.perf_counter() - t0 < 5
+    assert lib.unindexed() == [doc_id] and lib.sentence_embeddings(doc_id) is None
+
+    second = open_window(qtbot, tmp_path, tiny_reader)  # the next start indexes it to the end
+    qtbot.waitUntil(lambda: lib.unindexed() == [], timeout=60000)
+    assert len(lib.sentence_embeddings(doc_id)) == len(lib.passages(doc_id))
+    qtbot.waitUntil(lambda: not second.tasks.busy, timeout=WAIT)
