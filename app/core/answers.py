@@ -22,6 +22,7 @@ from infini_reader import engine as eng
 from infini_reader.engine.attribution import query_features, segment_scores
 
 from .db import ChatRow, CitationRow, MessageRow, SegmentRow, SnapshotRow
+from .document import Document
 from .library import STOPWORDS, Library, LibraryError
 from .passages import ABBREVIATION, sentences
 
@@ -110,6 +111,9 @@ class RetrievalSettings:
     # every passage ranked by its closest sentence in the sentence index (False: only the best
     # `rerank` candidates, their sentences embedded at question time)
     sentence_search: bool = True
+    # a sentence that holds the kind of answer asked for (a number for "how many", a name for "who")
+    # is this much closer to the question in the sentence index
+    kind_bonus: float = 0.0
     # a free answer to a question (why, how, what happened) ends with its first sentence, at most this
     # many words: FairytaleQA train's reference answers to such questions are 6 words at the median,
     # 11 at the 75th percentile; the model's own run on for 20 (0: no limit)
@@ -144,18 +148,20 @@ class DocumentVectors:
     def __init__(self, embedder, text: str, passages, passage_blobs: list[bytes], blobs: list[bytes] | None):
         from . import embeddings
 
-        self.embedder, self.memo = embedder, {}
+        self.embedder, self.memo, self.text = embedder, {}, text
         self.passage_vectors = embeddings.from_bytes(passage_blobs)  # the passages' own vectors, in passage order
-        self.passage_of = self.vectors = None
+        self.passage_of = self.vectors = self.starts = None
         if blobs is not None:
-            owner, vecs = [], []
+            owner, vecs, starts = [], [], []
             for i, (p, blob) in enumerate(zip(passages, blobs)):
                 bounds, v = embeddings.unpack_sentences(blob)
                 for (a, b), vec in zip(bounds + p.char_start, v):
                     self.memo.setdefault(text[a:b], vec)
                 owner += [i] * len(bounds)
+                starts.append(bounds[:, 0] + p.char_start)
                 vecs.append(v)
             self.passage_of = np.array(owner, dtype=np.int64)
+            self.starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
             self.vectors = np.concatenate(vecs) if vecs else np.zeros((0, embeddings.DIM), np.float32)
 
     def __call__(self, texts: list[str], batch: int = 32) -> np.ndarray:
@@ -164,13 +170,46 @@ class DocumentVectors:
             self.memo.update(zip(new, self.embedder(new, batch)))
         return np.stack([self.memo[t] for t in texts]) if texts else self.embedder([])
 
-    def best_sentence_similarity(self, question: str, n_passages: int) -> np.ndarray | None:
-        """Each passage's closest sentence's similarity to the question (-1 without sentences)."""
+    def best_sentence_similarity(self, question: str, n_passages: int, kind_bonus: float = 0.0) -> np.ndarray | None:
+        """Each passage's closest sentence's similarity to the question (-1 without sentences); a
+        sentence that holds the kind of answer asked for (a number for "how many") counts
+        `kind_bonus` more."""
         if self.vectors is None:
             return None
+        sims = self.vectors @ self([question])[0]
+        fits = sentences_fitting(self.text, self.starts, answer_type(question)) if kind_bonus else None
+        if fits is not None:
+            sims = sims + kind_bonus * fits
         best = np.full(n_passages, -1.0, np.float32)
-        np.maximum.at(best, self.passage_of, self.vectors @ self([question])[0])
+        np.maximum.at(best, self.passage_of, sims)
         return best
+
+
+
+
+def sentences_fitting(text: str, starts: np.ndarray, kind: AnswerType, ends: np.ndarray | None = None) -> np.ndarray | None:
+    """For the sentences beginning at `starts` (in order; each ending where the next begins, or at
+    `ends`), 1.0 where one holds a mark of the kind of answer asked for, else 0; None when any
+    sentence may hold it (a place, a thing)."""
+    if "nam" in {_stem(w) for w in kind.noun.split()}:
+        marks = [_NAME_MARK]
+    elif kind.kind == "person":
+        marks = [_NAME_MARK, _PERSON_MARK]
+    elif kind.kind == "time":
+        marks = [_TIME_MARK]
+    elif kind.kind == "number":
+        marks = [_NUMBER_MARK]
+    else:
+        return None
+    at = np.array(sorted(m.start() for mark in marks for m in mark.finditer(text)), dtype=np.int64)
+    out = np.zeros(len(starts), np.float32)
+    if len(starts) and len(at):
+        owner = np.searchsorted(starts, at, side="right") - 1
+        inside = owner >= 0
+        if ends is not None:
+            inside &= at < np.asarray(ends)[np.maximum(owner, 0)]
+        out[owner[inside]] = 1.0
+    return out
 
 
 def load_memory(library: Library, engine: eng.Engine, doc_id: int) -> eng.Memory:
@@ -206,10 +245,12 @@ def _segment_attribution(library: Library, engine: eng.Engine, doc_id: int, ques
 
 
 def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: str,
-                  settings: RetrievalSettings | None = None, embed: DocumentVectors | None = None) -> list[Citation]:
+                  settings: RetrievalSettings | None = None, embed: DocumentVectors | None = None,
+                  doc: Document | None = None) -> list[Citation]:
     """The passages that best match a question: reciprocal-rank fusion of BM25, the passages'
     embeddings (their meaning), their closest sentences' and the memory's attribution, weighted per
-    `settings.mode`. `embed`: the document's vectors (`_embedder`), when the caller has them."""
+    `settings.mode`. `embed`: the document's vectors (`_embedder`), `doc` the document, when the
+    caller has them."""
     st = settings or RetrievalSettings()
     passages = library.passages(doc_id)
     if not passages:
@@ -220,7 +261,7 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
     if st.mode == "hybrid":
         w_emb, w_mem = st.embedding_weight, st.memory_weight
     K = st.rrf_k
-    doc = library.document(doc_id)
+    doc = doc or library.document(doc_id)
     fused = np.zeros(len(passages))
     if w_bm25:
         found = library.search(doc_id, question)
@@ -230,7 +271,7 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
         for rank, (idx, _score) in enumerate(found):
             fused[idx] += w_bm25 / (K + rank)
     if w_emb and embed is None:
-        embed = _embedder(library, doc_id)
+        embed = _embedder(library, doc_id, doc)
     if w_emb and embed is not None:
         sims = passage_similarities(library, doc_id, question, embed)
         if sims is not None:
@@ -249,7 +290,7 @@ def find_passages(library: Library, engine: eng.Engine, doc_id: int, question: s
             ok = first >= 0  # passages before the first segment read so far (a reading under way) take none
             seg_of = np.array([a + int(np.argmin(seg_rank[a : b + 1])) if a >= 0 else -1 for a, b in zip(first, last)])
             fused[ok] += w_mem / (K + seg_rank[seg_of[ok]])
-    best_sent = embed.best_sentence_similarity(question, len(passages)) if (
+    best_sent = embed.best_sentence_similarity(question, len(passages), st.kind_bonus) if (
         w_emb and st.sentence_weight and st.sentence_search and embed is not None) else None
     if best_sent is not None:
         # every passage by its closest sentence, from the sentence index: a planted fact is one
@@ -324,6 +365,12 @@ def _lm_rerank(engine, text, passages, fused, question, st, embed) -> dict[int, 
     if embed is not None:
         vecs = embed([question] + [text[a:b] for _, a, b in spans])
         pre = pre + vecs[1:] @ vecs[0]
+    if st.kind_bonus:
+        order = sorted(range(len(spans)), key=lambda k: spans[k][1])
+        fits = sentences_fitting(text, np.array([spans[k][1] for k in order]), answer_type(question),
+                                 np.array([spans[k][2] for k in order]))
+        if fits is not None:
+            pre[order] += st.kind_bonus * fits
     keep = [spans[k] for k in np.argsort(-pre, kind="stable")[: st.lm_sentences]]
     scores = question_likelihood(engine, question, [" ".join(text[a:b].split()) for _, a, b in keep])
     best: dict[int, tuple[float, int, int]] = {}
@@ -539,9 +586,10 @@ _TIME_NOUNS = frozenset("time year month day season hour date century age".split
 _PERSON_STEMS = {_stem(w) for w in _PERSON_NOUNS} - {"nam"}
 # words that name a person without a capital: in tales the answer to "who" is often "the king" or
 # "a little boy" (FairytaleQA val lost "Little boy." and "Queen." when a person needed a capital)
-_PERSON_WORDS = frozenset(_PERSON_STEMS | {_stem(w) for w in """king queen prince princess giant dwarf witch wizard
+_PEOPLE = frozenset("""king queen prince princess giant dwarf witch wizard
 fairy father mother son daughter brother sister husband wife uncle aunt grandmother grandfather farmer fisherman
-hunter soldier knight maiden widow shepherd merchant miller tailor cook stranger beggar""".split()})
+hunter soldier knight maiden widow shepherd merchant miller tailor cook stranger beggar""".split())
+_PERSON_WORDS = frozenset(_PERSON_STEMS | {_stem(w) for w in _PEOPLE})
 _PLACE_STEMS = {_stem(w) for w in _PLACE_NOUNS}
 _TIME_STEMS = {_stem(w) for w in _TIME_NOUNS}
 _DETERMINERS = frozenset("the a an his her its their this that these those my your our some any".split())
@@ -610,6 +658,12 @@ _TIME_WORDS = frozenset("""january february march april may june july august sep
 monday tuesday wednesday thursday friday saturday sunday spring summer autumn fall winter midnight noon midday dawn
 dusk daybreak morning evening night afternoon sunrise sunset tonight today yesterday tomorrow year years day days
 week weeks month months century centuries hour hours minute minutes o'clock christmas easter""".split())
+# what marks a sentence that can answer a kind of question: a number; a time; a name (a capitalised
+# word after a lower-case one, so not the sentence's first); a person (a name or a word for one)
+_NUMBER_MARK = re.compile(r"\d|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.I)
+_NAME_MARK = re.compile(r"(?<=[a-z,;:] )[A-Z][a-z]")
+_TIME_MARK = re.compile(r"\d|\b(?:" + "|".join(sorted(_TIME_WORDS)) + r")\b", re.I)
+_PERSON_MARK = re.compile(r"\b(?:" + "|".join(sorted((_PERSON_NOUNS | _PEOPLE) - {"one", "name"})) + r")s?\b", re.I)
 # the kind's own word, to which an answer of that kind is closer than the subject is
 _KIND_WORDS = {"person": "a person", "place": "a place", "time": "a time", "number": "a number", "thing": "a thing"}
 SUBJECT_MARGIN = 0.1  # a span this much closer to the question's rest than to the asked kind restates the subject
@@ -781,7 +835,7 @@ def _batched_memory(mem, B: int):
 # ---- the chat ----
 
 
-def _embedder(library: Library, doc_id: int) -> DocumentVectors | None:
+def _embedder(library: Library, doc_id: int, doc: Document | None = None) -> DocumentVectors | None:
     """texts → unit vectors with the document's embedding model and its stored sentence vectors,
     or None when it has no embeddings."""
     from . import embeddings
@@ -790,7 +844,7 @@ def _embedder(library: Library, doc_id: int) -> DocumentVectors | None:
     model = embeddings.default_embedder() if blobs is not None else None
     if model is None:
         return None
-    return DocumentVectors(model, library.document(doc_id).text, library.passages(doc_id), blobs,
+    return DocumentVectors(model, (doc or library.document(doc_id)).text, library.passages(doc_id), blobs,
                            library.sentence_embeddings(doc_id))
 
 
@@ -885,12 +939,13 @@ def ask(library: Library, engine: eng.Engine, doc_id: int, question: str, reread
     search = question if choices is None else " ".join([choices[0], *(o for _, o in choices[1])])
     try:
         memory, complete = answer_memory(library, engine, doc_id)
-        embed = _embedder(library, doc_id) if reread else None
-        cites = find_passages(library, engine, doc_id, search, st, embed) if reread else []
+        doc = library.document(doc_id) if reread else None
+        embed = _embedder(library, doc_id, doc) if reread else None
+        cites = find_passages(library, engine, doc_id, search, st, embed, doc) if reread else []
     except (LibraryError, eng.SnapshotError) as exc:
         yield AnswerEvent("error", str(exc))
         return
-    doc_text = library.document(doc_id).text if reread else ""
+    doc_text = doc.text if reread else ""
     ranked = best_sentences(doc_text, search, cites, embed) if cites else []
     for s in ranked[::-1]:  # each citation shows its best sentence
         c = cites[s.cite]

@@ -106,3 +106,44 @@ def test_a_person_may_be_named_by_a_word_for_one():
     who = A.answer_type("Who was standing in the corner of the garden?")
     assert A.fits_kind("little boy", who) and A.fits_kind("Selfish Giant", who) and A.fits_kind("the queen", who)
     assert not A.fits_kind("bottle", who) and not A.fits_kind("garden wall", who)
+
+
+def test_sentences_that_can_hold_the_kind_of_answer_asked_for():
+    import numpy as np
+
+    text = ("The farmer kept goats on the hill. He had seventeen of them. Then came Martha Soames to town. "
+            "It rained all through the spring. Nobody knew why.")
+    starts = np.array([0, 35, 61, 94, 128])
+    assert text[128:] == "Nobody knew why."
+
+    def fits(question, ends=None):
+        f = A.sentences_fitting(text, starts, A.answer_type(question), ends)
+        return None if f is None else f.tolist()
+
+    assert fits("How many horned animals did the rancher own?") == [0, 1, 0, 0, 0]
+    assert fits("When did the rain come?") == [0, 0, 0, 1, 0]
+    assert fits("Who arrived in the town?") == [1, 0, 1, 0, 0]  # a word for a person, a name
+    assert fits("What is the name of the widow?") == [0, 0, 1, 0, 0]  # a name: not a sentence's first word
+    assert fits("Where did the goats graze?") is None  # any sentence may name a place
+    # sentences apart (their ends given): a mark between two of them belongs to neither
+    assert A.sentences_fitting(text, np.array([0, 94]), A.answer_type("How many goats?"),
+                               np.array([34, 127])).tolist() == [0, 0]
+
+
+def test_the_kind_bonus_lifts_only_the_passage_whose_sentence_holds_that_kind(embedder, library):
+    import numpy as np
+
+    from infini_reader.app.core.answers import _embedder
+    from infini_reader.app.core.ingest import index_passages
+
+    from .test_embeddings import _sentence_book
+
+    doc_id, text, _ = _sentence_book(library, "Doctor Ignatius Thorne's favourite colour is turquoise.")
+    list(index_passages(library, doc_id, "Rain", embedder))
+    vectors, n = _embedder(library, doc_id), len(library.passages(doc_id))
+    q = "What is the name of the physician who likes turquoise?"
+    plain, lifted = vectors.best_sentence_similarity(q, n), vectors.best_sentence_similarity(q, n, 0.2)
+    holder = next(i for i, p in enumerate(library.passages(doc_id)) if "Thorne" in text[p.char_start:p.char_end])
+    assert lifted[holder] == pytest.approx(plain[holder] + 0.2, abs=1e-5)  # the fact's sentence holds a name
+    others = np.arange(n) != holder
+    assert np.allclose(lifted[others], plain[others])  # the filler names no one
