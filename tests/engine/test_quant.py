@@ -126,6 +126,34 @@ def test_smoothing_moves_input_outliers_into_the_weights():
     assert spread(x / s) < spread(x)
 
 
+@torch.inference_mode()
+def test_outliers_are_kept_out_of_int8():
+    """LLM.int8()'s decomposition, per token: with a planted outlier in each row (60, -40 and 30 among
+    standard normal values, on different channels), the product with each row's k largest inputs in float32 is an
+    order of magnitude nearer the float product than plain int8, whose activation scale they set,
+    and nearer one row at a time too (the decode step's path). Dropping their float part
+    or leaving them in the int8 row would fail."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(576, 1536, generator=g) / 40
+    x = torch.randn(3, 1536, generator=g)
+    x[0, 7] = 60.0
+    x[1, 100] = -40.0
+    x[2, 1500] = 30.0
+    ref = x @ W.T
+    err = lambda y, r=ref: float((y - r).norm() / r.norm())  # noqa: E731
+    plain, mixed = quant.QLinear(W), quant.QLinear(W, None, 16)
+    assert err(plain(x)) > 0.1  # the outliers leave the other channels a few int8 levels
+    assert err(mixed(x)) < 0.015, err(mixed(x))
+    for r in range(3):
+        one = mixed(x[r : r + 1])
+        assert err(one, ref[r : r + 1]) < 0.015
+        assert err(one, ref[r : r + 1]) < err(plain(x[r : r + 1]), ref[r : r + 1]) / 4
+    dropped = torch.ops.quantized.linear_dynamic(x.scatter(1, x.abs().topk(16, 1).indices, 0.0), mixed.packed, True)
+    assert err(dropped) > 0.5  # the outliers' float part carries much of the product
+    x_even = torch.randn(3, 1536, generator=g)  # no outlier: about plain int8
+    assert err(mixed(x_even), x_even @ W.T) < 0.02
+
+
 def test_decoder_is_made_again_when_a_weight_changes():
     """(A write under inference mode bumps no version counter: weights are changed outside it.)"""
     e = tiny_engine()
