@@ -11,7 +11,11 @@ small operations. This module prepares, once per set of weights, what the one-to
   max|W|^(1-α) and its weight's columns multiplied by s, the ranges max|X| measured once by reading
   engine/calibration.py's text (kept on disk by `Engine.int8_decoder`); the division costs nothing,
   folded into the norm weights (q/k/v, gate/up), the memory gates (o) and up's rows (down). Without
-  it int8 cost 3.5% of held-out perplexity, with it about 1-1.8% (docs/performance.md);
+  it int8 cost 3.5% of held-out perplexity, with it about 1.5-2.2% (docs/performance.md);
+- LLM.int8()'s decomposition (Dettmers et al., 2022) for the down projection, whose input (the MLP's
+  activations) spikes: each token's 16 largest inputs are multiplied in float32 beside the int8
+  product of the rest (QLinear's `outliers`, OUTLIERS), which cut the int8 cost on held-out text by
+  about a third to a half, for 7-11% of the int8 step's speed;
 - the vocabulary head in int8 as a shortlist: its TOPK best candidates are scored again exactly
   with the float weights, so the greedy token is the float head's whenever the float winner is
   among the int8 head's TOPK (tested on the built-in model);
@@ -27,9 +31,9 @@ not change. Only the answer's tokens are decoded here; the memory handed to `gen
 includes them as this path computed them.
 
 Choice: `INFINI_DECODE` = auto (default) | int8 | exact, or `generate(decode=...)`. Auto is int8 on a
-CPU whose PyTorch has fbgemm (x86), exact elsewhere: 2.3-2.6x the exact path's tokens/s, about half
-of llama.cpp's on the same GGUF, for +1.3% perplexity on 2,496 held-out tokens (+1.8% with PyTorch
-forced to AVX2), over the 1% aimed for: `INFINI_DECODE=exact` gives the exact path.
+CPU whose PyTorch has fbgemm (x86), exact elsewhere: about 2.5x the exact path's tokens/s, a little
+under half of llama.cpp's on the same GGUF, for +1.3% perplexity on 2,496 held-out tokens (+1.15%
+with PyTorch forced to AVX2), still over the 1% aimed for: `INFINI_DECODE=exact` gives the exact path.
 """
 
 from __future__ import annotations
@@ -80,9 +84,9 @@ class QLinear:
     `outliers` = k > 0: LLM.int8()'s mixed-precision decomposition (Dettmers et al., 2022), per
     token: each row's k largest |x| are taken out of the int8 row (which they would otherwise scale,
     leaving the other channels a few levels) and multiplied in float32 with their columns of W (kept
-    in float16: its rounding is a fraction of int8's). Chosen per token, not per channel: the MLP's activations spike
-    on different channels for different tokens, and k channels fixed by the calibrated ranges gained
-    nothing measurable (docs/performance.md)."""
+    in float16: its rounding is a fraction of int8's). Chosen per token, not per channel: the MLP's
+    activations spike on different channels for different tokens, and 8-64 channels fixed by the
+    calibrated ranges made held-out perplexity worse, not better (docs/performance.md)."""
 
     __slots__ = ("packed", "k", "w_t")
 
@@ -231,8 +235,8 @@ class Int8Decoder:
                     qkv_b = torch.cat((a.q_proj.bias, a.k_proj.bias, a.v_proj.bias))
                 W_qkv = torch.cat((f(a.q_proj.weight), f(a.k_proj.weight), f(a.v_proj.weight)))
                 L.o = QLinear(f(a.o_proj.weight) * s["o"], a.o_proj.bias, OUTLIERS["o"])
-                L.gate_up = QLinear(torch.cat((f(m.gate_proj.weight), f(m.up_proj.weight) / s["down"][:, None])) * s["gu"],
-                                    None, OUTLIERS["gu"])
+                W_gu = torch.cat((f(m.gate_proj.weight), f(m.up_proj.weight) / s["down"][:, None])) * s["gu"]
+                L.gate_up = QLinear(W_gu, None, OUTLIERS["gu"])
                 L.down = QLinear(f(m.down_proj.weight) * s["down"], None, OUTLIERS["down"])
                 g = torch.sigmoid(f(a.memory_gate))
                 so = s["o"].view(H, D)
