@@ -11,7 +11,11 @@ small operations. This module prepares, once per set of weights, what the one-to
   max|W|^(1-α) and its weight's columns multiplied by s, the ranges max|X| measured once by reading
   engine/calibration.py's text (kept on disk by `Engine.int8_decoder`); the division costs nothing,
   folded into the norm weights (q/k/v, gate/up), the memory gates (o) and up's rows (down). Without
-  it int8 cost 3.5% of held-out perplexity, with it about 1-1.8% (docs/performance.md);
+  it int8 cost 3.5% of held-out perplexity, with it about 1.5-2.2% (docs/performance.md);
+- LLM.int8()'s decomposition (Dettmers et al., 2022) for the down projection, whose input (the MLP's
+  activations) spikes: each token's 16 largest inputs are multiplied in float32 beside the int8
+  product of the rest (QLinear's `outliers`, OUTLIERS), which cut the int8 cost on held-out text by
+  about a third to a half, for 7-11% of the int8 step's speed;
 - the vocabulary head in int8 as a shortlist: its TOPK best candidates are scored again exactly
   with the float weights, so the greedy token is the float head's whenever the float winner is
   among the int8 head's TOPK (tested on the built-in model);
@@ -27,9 +31,9 @@ not change. Only the answer's tokens are decoded here; the memory handed to `gen
 includes them as this path computed them.
 
 Choice: `INFINI_DECODE` = auto (default) | int8 | exact, or `generate(decode=...)`. Auto is int8 on a
-CPU whose PyTorch has fbgemm (x86), exact elsewhere: 2.3-2.6x the exact path's tokens/s, about half
-of llama.cpp's on the same GGUF, for +1.3% perplexity on 2,496 held-out tokens (+1.8% with PyTorch
-forced to AVX2), over the 1% aimed for: `INFINI_DECODE=exact` gives the exact path.
+CPU whose PyTorch has fbgemm (x86), exact elsewhere: about 2.5x the exact path's tokens/s, a little
+under half of llama.cpp's on the same GGUF, for +1.3% perplexity on 2,496 held-out tokens (+1.15%
+with PyTorch forced to AVX2), still over the 1% aimed for: `INFINI_DECODE=exact` gives the exact path.
 """
 
 from __future__ import annotations
@@ -72,14 +76,25 @@ def resolve_decode(mode: str | None, device: torch.device | str) -> str:
 
 
 class QLinear:
-    """y = x Wᵀ (+ b) with W (out, in) in int8, one scale per output row, activations quantized per
-    row on the fly (fbgemm). reduce_range: 7-bit activations, so that no pair of u8 × s8 products
-    overflows 16 bits on CPUs without VNNI."""
+    """y = x Wᵀ (+ b) with W (out, in) in int8, one scale per output row, activations quantized on
+    the fly with one scale for the whole input (fbgemm; the decode step's input is one row).
+    reduce_range: 7-bit activations, so that no pair of u8 × s8 products overflows 16 bits on CPUs
+    without VNNI.
 
-    __slots__ = ("packed",)
+    `outliers` = k > 0: LLM.int8()'s mixed-precision decomposition (Dettmers et al., 2022), per
+    token: each row's k largest |x| are taken out of the int8 row (which they would otherwise scale,
+    leaving the other channels a few levels) and multiplied in float32 with their columns of W (kept
+    in float16: its rounding is a fraction of int8's). Chosen per token, not per channel: the MLP's
+    activations spike on different channels for different tokens, and 8-64 channels fixed by the
+    calibrated ranges made held-out perplexity worse, not better (docs/performance.md)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    __slots__ = ("packed", "k", "w_t")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, outliers: int = 0):
         w = weight.detach().float().contiguous()
+        self.k = min(int(outliers), w.shape[1])
+        # (in, out) in float16, the outliers' rows (53 MB for the built-in model's down projections)
+        self.w_t = w.T.to(torch.float16).contiguous() if self.k > 0 else None
         scale = (w.abs().amax(1) / 127).clamp_min(1e-12).double()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # quantized tensors are deprecated in favour of torchao
@@ -87,7 +102,13 @@ class QLinear:
             self.packed = torch.ops.quantized.linear_prepack(q, None if bias is None else bias.detach().float())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self.packed, REDUCE_RANGE)
+        if self.k == 0:
+            return torch.ops.quantized.linear_dynamic(x, self.packed, REDUCE_RANGE)
+        idx = x.abs().topk(self.k, 1, sorted=False).indices  # (B, k): each row's own outliers
+        y = torch.ops.quantized.linear_dynamic(x.scatter(1, idx, 0.0), self.packed, REDUCE_RANGE)
+        if x.shape[0] == 1:  # the decode step: one (1, k) × (k, out) product
+            return y.addmm_(x.gather(1, idx), self.w_t.index_select(0, idx.view(-1)).float())
+        return y.add_(F.embedding_bag(idx, self.w_t.float(), mode="sum", per_sample_weights=x.gather(1, idx)))
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -112,7 +133,10 @@ def rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 
 PRODUCTS = ("qkv", "o", "gu", "down")  # the inputs measured: q/k/v's, o's, gate/up's, down's
-ALPHA = {"qkv": 0.8, "o": 0.6, "gu": 0.6, "down": 0.6}  # SmoothQuant's migration strength per product
+ALPHA = {"qkv": 0.8, "o": 0.6, "gu": 0.6, "down": 0.4}  # SmoothQuant's migration strength per product
+# Per product, each token's k largest inputs kept out of int8 and multiplied in float32 (QLinear's
+# `outliers`): the down projection's input, the MLP's activations, spikes (docs/performance.md).
+OUTLIERS = {"qkv": 0, "o": 0, "gu": 0, "down": 16}
 
 
 @torch.no_grad()
@@ -210,9 +234,10 @@ class Int8Decoder:
                 if a.q_proj.bias is not None:
                     qkv_b = torch.cat((a.q_proj.bias, a.k_proj.bias, a.v_proj.bias))
                 W_qkv = torch.cat((f(a.q_proj.weight), f(a.k_proj.weight), f(a.v_proj.weight)))
-                L.o = QLinear(f(a.o_proj.weight) * s["o"], a.o_proj.bias)
-                L.gate_up = QLinear(torch.cat((f(m.gate_proj.weight), f(m.up_proj.weight) / s["down"][:, None])) * s["gu"])
-                L.down = QLinear(f(m.down_proj.weight) * s["down"])
+                L.o = QLinear(f(a.o_proj.weight) * s["o"], a.o_proj.bias, OUTLIERS["o"])
+                W_gu = torch.cat((f(m.gate_proj.weight), f(m.up_proj.weight) / s["down"][:, None])) * s["gu"]
+                L.gate_up = QLinear(W_gu, None, OUTLIERS["gu"])
+                L.down = QLinear(f(m.down_proj.weight) * s["down"], None, OUTLIERS["down"])
                 g = torch.sigmoid(f(a.memory_gate))
                 so = s["o"].view(H, D)
                 L.g = g[:, None] / so  # (H, D): folded into each query head's [M | z] (`_mzg`)
@@ -231,7 +256,7 @@ class Int8Decoder:
                     W_qkv = torch.cat((W_qkv, A_qkv))
                     if qkv_b is not None:
                         qkv_b = torch.cat((qkv_b, qkv_b.new_zeros(3 * r)))
-                L.qkv = QLinear(W_qkv * s["qkv"], qkv_b)
+                L.qkv = QLinear(W_qkv * s["qkv"], qkv_b, OUTLIERS["qkv"])
                 self.layers.append(L)
             self.norm = model.model.norm.weight.detach().float()
             self.eps = cfg.rms_norm_eps
