@@ -12,10 +12,10 @@ small operations. This module prepares, once per set of weights, what the one-to
   engine/calibration.py's text (kept on disk by `Engine.int8_decoder`); the division costs nothing,
   folded into the norm weights (q/k/v, gate/up), the memory gates (o) and up's rows (down). Without
   it int8 cost 3.5% of held-out perplexity, with it about 1.5-2.2% (docs/performance.md);
-- LLM.int8()'s decomposition (Dettmers et al., 2022) for the down projection, whose input (the MLP's
-  activations) spikes: each token's 16 largest inputs are multiplied in float32 beside the int8
-  product of the rest (QLinear's `outliers`, OUTLIERS), which cut the int8 cost on held-out text by
-  about a third to a half, for 7-11% of the int8 step's speed;
+- LLM.int8()'s decomposition (Dettmers et al., 2022), available and off by default: each token's k
+  largest inputs multiplied in float32 beside the int8 product of the rest (QLinear's `outliers`,
+  OUTLIERS); for the down projection it cut the int8 cost on held-out text by about a third, and
+  the decode rate by a quarter against llama.cpp's (docs/performance.md);
 - the vocabulary head in int8 as a shortlist: its TOPK best candidates are scored again exactly
   with the float weights, so the greedy token is the float head's whenever the float winner is
   among the int8 head's TOPK (tested on the built-in model);
@@ -31,9 +31,9 @@ not change. Only the answer's tokens are decoded here; the memory handed to `gen
 includes them as this path computed them.
 
 Choice: `INFINI_DECODE` = auto (default) | int8 | exact, or `generate(decode=...)`. Auto is int8 on a
-CPU whose PyTorch has fbgemm (x86), exact elsewhere: about 2.5x the exact path's tokens/s, a little
-under half of llama.cpp's on the same GGUF, for +1.3% perplexity on 2,496 held-out tokens (+1.15%
-with PyTorch forced to AVX2), still over the 1% aimed for: `INFINI_DECODE=exact` gives the exact path.
+CPU whose PyTorch has fbgemm (x86), exact elsewhere: about 2.5x the exact path's tokens/s, about
+half of llama.cpp's on the same GGUF, for +2.15% perplexity on 2,496 held-out tokens (+1.65% with
+PyTorch forced to AVX2), over the 1% aimed for: `INFINI_DECODE=exact` gives the exact path.
 """
 
 from __future__ import annotations
@@ -133,10 +133,12 @@ def rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 
 PRODUCTS = ("qkv", "o", "gu", "down")  # the inputs measured: q/k/v's, o's, gate/up's, down's
-ALPHA = {"qkv": 0.8, "o": 0.6, "gu": 0.6, "down": 0.4}  # SmoothQuant's migration strength per product
+ALPHA = {"qkv": 0.8, "o": 0.6, "gu": 0.6, "down": 0.6}  # SmoothQuant's migration strength per product
 # Per product, each token's k largest inputs kept out of int8 and multiplied in float32 (QLinear's
-# `outliers`): the down projection's input, the MLP's activations, spikes (docs/performance.md).
-OUTLIERS = {"qkv": 0, "o": 0, "gu": 0, "down": 16}
+# `outliers`): the down projection's input, the MLP's activations, spikes. down 16 (with α 0.4)
+# cut the int8 cost on held-out books from +2.15% to +1.31%, but decoding fell from 0.58× to 0.42×
+# llama.cpp's (lab.bench --sections llama, docs/performance.md): off until it is cheaper.
+OUTLIERS = {"qkv": 0, "o": 0, "gu": 0, "down": 0}
 
 
 @torch.no_grad()
