@@ -153,18 +153,20 @@ class DocumentVectors:
 
         self.embedder, self.memo, self.text = embedder, {}, text
         self.passage_vectors = embeddings.from_bytes(passage_blobs)  # the passages' own vectors, in passage order
-        self.passage_of = self.vectors = self.starts = None
+        self.passage_of = self.vectors = self.starts = self.ends = None
         if blobs is not None:
-            owner, vecs, starts = [], [], []
+            owner, vecs, starts, ends = [], [], [], []
             for i, (p, blob) in enumerate(zip(passages, blobs)):
                 bounds, v = embeddings.unpack_sentences(blob)
                 for (a, b), vec in zip(bounds + p.char_start, v):
                     self.memo.setdefault(text[a:b], vec)
                 owner += [i] * len(bounds)
                 starts.append(bounds[:, 0] + p.char_start)
+                ends.append(bounds[:, 1] + p.char_start)
                 vecs.append(v)
             self.passage_of = np.array(owner, dtype=np.int64)
             self.starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+            self.ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
             self.vectors = np.concatenate(vecs) if vecs else np.zeros((0, embeddings.DIM), np.float32)
 
     def __call__(self, texts: list[str], batch: int = 32) -> np.ndarray:
@@ -180,14 +182,12 @@ class DocumentVectors:
         if self.vectors is None:
             return None
         sims = self.vectors @ self([question])[0]
-        fits = sentences_fitting(self.text, self.starts, answer_type(question)) if kind_bonus else None
+        fits = sentences_fitting(self.text, self.starts, answer_type(question), self.ends) if kind_bonus else None
         if fits is not None:
             sims = sims + kind_bonus * fits
         best = np.full(n_passages, -1.0, np.float32)
         np.maximum.at(best, self.passage_of, sims)
         return best
-
-
 
 
 def sentences_fitting(text: str, starts: np.ndarray, kind: AnswerType, ends: np.ndarray | None = None) -> np.ndarray | None:
